@@ -1,0 +1,95 @@
+"""Signed callbacks to the client when a ticket reaches a terminal state."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from typing import Any
+
+import httpx
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from agents.models import LedgerStatus, SideEffect
+from tickets.models import Ticket
+
+SIGNATURE_HEADER = "X-Signature"
+
+
+def sign(secret: str, body: bytes, timestamp: int) -> str:
+    """`t=<unix time>,v1=<hex HMAC-SHA256 of "<t>.<body>">`, as Stripe signs its webhooks."""
+    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={digest}"
+
+
+def verify(secret: str, body: bytes, header: str, *, tolerance: int = 300) -> bool:
+    """Check a signature header against the body; what a client runs on receipt."""
+    try:
+        parts = dict(item.split("=", 1) for item in header.split(","))
+        timestamp = int(parts["t"])
+    except (KeyError, ValueError):
+        return False
+    if abs(time.time() - timestamp) > tolerance:
+        return False
+    return hmac.compare_digest(sign(secret, body, timestamp), header)
+
+
+def callback_payload(ticket: Ticket) -> dict[str, Any]:
+    """What the client is told: the ticket's outcome, not its trace."""
+    return {
+        "event": f"ticket.{ticket.status}",
+        "ticket": {
+            "id": str(ticket.id),
+            "idempotency_key": ticket.idempotency_key,
+            "customer_ref": ticket.customer_ref,
+            "status": ticket.status,
+            "intent": ticket.intent,
+            "confidence": ticket.confidence,
+            "action": ticket.action,
+            "reply": ticket.reply,
+            "resolved_at": ticket.resolved_at.isoformat() if ticket.resolved_at else None,
+        },
+    }
+
+
+class CallbackFailed(Exception):
+    """The client's endpoint did not take the callback; worth trying again later."""
+
+
+def callback_deliver(*, ticket_id: str, status: str) -> str:
+    """POST the signed outcome once per (ticket, status); returns 'sent', 'done' or 'none'."""
+    ticket = Ticket.objects.select_related("client").get(pk=ticket_id)
+    url = ticket.effective_callback_url
+    if not url:
+        return "none"
+    key = f"{ticket.id}:callback:{status}"
+    row, _ = SideEffect.objects.get_or_create(
+        idempotency_key=key, defaults={"ticket": ticket, "tool": "callback", "arguments": {"url": url}}
+    )
+    if row.status == LedgerStatus.DONE:
+        return "done"
+    body = json.dumps(callback_payload(ticket), separators=(",", ":")).encode()
+    headers = {
+        "Content-Type": "application/json",
+        SIGNATURE_HEADER: sign(ticket.client.webhook_secret, body, int(time.time())),
+        "Idempotency-Key": key,
+    }
+    try:
+        response = httpx.post(url, content=body, headers=headers, timeout=settings.PIPELINE["WEBHOOK_TIMEOUT_SECONDS"])
+        ok, error = response.is_success, f"callback answered {response.status_code}"
+    except httpx.HTTPError as exc:
+        ok, error = False, f"{type(exc).__name__}: {exc}"
+    with transaction.atomic():
+        row = SideEffect.objects.select_for_update().get(pk=row.pk)
+        row.attempts += 1
+        if ok:
+            row.status, row.finished_at = LedgerStatus.DONE, timezone.now()
+        else:
+            row.status, row.last_error = LedgerStatus.FAILED, error
+        row.save(update_fields=["status", "finished_at", "last_error", "attempts"])
+    if not ok:
+        raise CallbackFailed(error)
+    return "sent"

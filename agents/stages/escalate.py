@@ -1,0 +1,27 @@
+"""escalate: hand the ticket to a person with the agents' suggestion, and tell the customer."""
+
+from __future__ import annotations
+
+from agents.stages.types import StageContext, StageError, StageResult, TicketInput
+
+
+def escalate(ticket: TicketInput, ctx: StageContext) -> StageResult:
+    """Send the holding reply once, and describe what the reviewer should see."""
+    if ctx.tools is None:
+        raise StageError("no tool runner configured", permanent=True)
+    escalation = ticket.context.get("escalation", {})
+    classified = ticket.context.get("classify", {})
+    decided = ticket.context.get("decide", {})
+    result = ctx.tools.run("reply", {"text": ctx.holding_reply, "kind": "holding"}, idempotency_key=f"{ticket.id}:holding:reply")
+    if not result.ok:
+        raise StageError(f"holding reply failed: {result.data.get('error', 'unknown error')}")
+    suggestion = {
+        "intent": classified.get("intent", ""),
+        "confidence": classified.get("confidence"),
+        "tier": classified.get("tier", ""),
+        "plan": decided.get("plan", []),
+        "reply": decided.get("reply", ""),
+        "detail": escalation.get("detail", ""),
+    }
+    output = {"reason": escalation.get("reason", "low_confidence"), "suggestion": suggestion, "holding_reply": ctx.holding_reply}
+    return StageResult(output=output, confidence=classified.get("confidence"))

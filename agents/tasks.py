@@ -1,0 +1,48 @@
+"""Thin Celery tasks: take an id, call the pipeline service, decide whether to retry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Task, shared_task
+from django.conf import settings
+
+from agents import callbacks, pipeline
+
+
+def _make_stage_task(stage: str) -> Task:
+    @shared_task(name=f"agents.{stage}", bind=True, max_retries=None)
+    def run(self: Task, ticket_id: str) -> str:
+        outcome = pipeline.stage_run(ticket_id=ticket_id, stage=stage)
+        if outcome.retry_in is not None:
+            # The attempt count lives in Postgres; Celery's own counter is not the budget.
+            raise self.retry(countdown=outcome.retry_in, max_retries=None)
+        return outcome.kind
+
+    run.__doc__ = f"Run the {stage} stage for one ticket."
+    return run
+
+
+parse = _make_stage_task("parse")
+classify = _make_stage_task("classify")
+decide = _make_stage_task("decide")
+execute = _make_stage_task("execute")
+escalate = _make_stage_task("escalate")
+
+
+@shared_task(name="agents.deliver_callback", bind=True, max_retries=None)
+def deliver_callback(self: Task, ticket_id: str, status: str) -> str:
+    """POST the signed outcome to the client's callback URL, retried with backoff."""
+    try:
+        return callbacks.callback_deliver(ticket_id=ticket_id, status=status)
+    except callbacks.CallbackFailed as exc:
+        attempt = self.request.retries + 1
+        if attempt >= settings.PIPELINE["CALLBACK_MAX_ATTEMPTS"]:
+            return f"gave up: {exc}"
+        raise self.retry(countdown=pipeline.backoff_seconds(attempt), max_retries=None) from exc
+
+
+@shared_task(name="agents.sweep_stuck_tickets")
+def sweep_stuck_tickets(**kwargs: Any) -> int:
+    """Beat: re-enqueue tickets whose message the broker may have lost."""
+    return pipeline.tickets_sweep_stuck(**kwargs)

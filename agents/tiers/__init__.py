@@ -1,0 +1,1 @@
+"""Classifier tiers, cheapest first: rules, the local model, Claude."""

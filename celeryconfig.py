@@ -1,0 +1,53 @@
+"""Celery configuration: queues, routes, time limits, retry defaults, the beat schedule.
+
+State lives in Postgres, so results are ignored and every task is safe to deliver twice.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.conf import settings
+from kombu import Queue
+
+broker_url = settings.CELERY_BROKER_URL
+# acks_late: a task is acknowledged after it ran, so a worker that dies mid-stage hands it back.
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+task_ignore_result = True
+result_backend = None
+timezone = "UTC"
+enable_utc = True
+worker_hijack_root_logger = False
+broker_connection_retry_on_startup = True
+
+# Time limits stay well below the broker's visibility timeout, so a task still running is never
+# handed to a second worker because Redis thought it lost.
+VISIBILITY_TIMEOUT = 3600
+broker_transport_options = {"visibility_timeout": VISIBILITY_TIMEOUT}
+task_soft_time_limit = 60
+task_time_limit = 90
+
+# One queue per stage, so each agent scales on its own. `llm` and `webhooks` wait on the network
+# and are served by thread-pool workers; the stage queues are CPU work for prefork workers.
+STAGE_QUEUES = ("parse", "classify", "decide", "execute", "escalate")
+IO_QUEUES = ("llm", "webhooks", "maintenance")
+task_queues = [Queue(name) for name in (*STAGE_QUEUES, *IO_QUEUES)]
+task_default_queue = "maintenance"
+task_routes = {
+    "agents.parse": {"queue": "parse"},
+    "agents.classify": {"queue": "classify"},
+    "agents.decide": {"queue": "decide"},
+    "agents.execute": {"queue": "execute"},
+    "agents.escalate": {"queue": "escalate"},
+    "agents.deliver_callback": {"queue": "webhooks"},
+    "agents.sweep_stuck_tickets": {"queue": "maintenance"},
+}
+
+beat_schedule = {
+    "sweep-stuck-tickets": {"task": "agents.sweep_stuck_tickets", "schedule": timedelta(seconds=30)},
+}

@@ -1,0 +1,13 @@
+"""The Celery app: configuration lives in `celeryconfig.py` at the top level."""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+
+app = Celery("project")
+app.config_from_object("celeryconfig")
+app.autodiscover_tasks()

@@ -1,0 +1,187 @@
+"""Settings, all from the environment (see `.env.example`).
+
+`DJANGO_ENV=production` makes `SECRET_KEY` required and turns debug off. With `DATABASE_URL` /
+`REDIS_URL` unset, an embedded Postgres and Redis start under `var/` (see `project/embedded.py`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from project import embedded
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+ENV = os.environ.get("DJANGO_ENV", "development")
+PRODUCTION = ENV == "production"
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    return os.environ.get(name, str(default)).lower() in ("1", "true", "yes", "on")
+
+
+def _env_float(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+if PRODUCTION:
+    SECRET_KEY = os.environ.get("SECRET_KEY", "")
+    if not SECRET_KEY:
+        raise ImproperlyConfigured("SECRET_KEY is required when DJANGO_ENV=production")
+else:
+    # A development-only key; production refuses to start without its own.
+    SECRET_KEY = os.environ.get("SECRET_KEY", "dev-only-insecure-key-do-not-use-in-production")
+
+DEBUG = _env_bool("DEBUG", not PRODUCTION)
+ALLOWED_HOSTS = [h for h in os.environ.get("ALLOWED_HOSTS", "*" if not PRODUCTION else "").split(",") if h]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "django_prometheus",
+    "tickets",
+    "agents",
+    "reviews",
+]
+
+MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    "tickets.middleware.BodySizeLimitMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
+]
+
+ROOT_URLCONF = "project.urls"
+WSGI_APPLICATION = "project.wsgi.application"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Postgres (the system of record) and Redis (broker, shared limiter, cache) ---------------
+if os.environ.get("DATABASE_URL"):
+    DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"], conn_max_age=60)}
+else:
+    DATABASES = {"default": {**embedded.database_settings(), "CONN_MAX_AGE": 60}}
+DATABASES["default"]["ENGINE"] = "django_prometheus.db.backends.postgresql"
+DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = os.environ.get("REDIS_URL") or embedded.redis_url()
+# pytest sets PYTEST_VERSION: tests use their own Redis database, so a test worker never takes
+# tasks queued by a system running beside it on the same server.
+TESTING = "PYTEST_VERSION" in os.environ
+if TESTING:
+    REDIS_URL = os.environ.get("REDIS_TEST_URL") or urlsplit(REDIS_URL)._replace(path="/15").geturl()
+CELERY_BROKER_URL = (not TESTING and os.environ.get("CELERY_BROKER_URL")) or REDIS_URL
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": os.environ.get("CACHE_KEY_PREFIX", "ap"),
+    }
+}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "var" / "static"
+
+# --- The public API ---------------------------------------------------------------------------
+# Requests larger than this are refused with 413 before any parsing (documented in the README).
+MAX_REQUEST_BYTES = int(os.environ.get("MAX_REQUEST_BYTES", 64 * 1024))
+DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
+TICKET_BODY_MAX_CHARS = int(os.environ.get("TICKET_BODY_MAX_CHARS", 20_000))
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["tickets.auth.ClientTokenAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["tickets.auth.IsClient"],
+    "DEFAULT_THROTTLE_CLASSES": ["tickets.auth.ClientRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {"client": os.environ.get("CLIENT_THROTTLE_RATE", "6000/min")},
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "tickets.api_errors.exception_handler",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Agent pipeline API",
+    "DESCRIPTION": "Submit customer requests; read their resolution and per-stage trace.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# --- The pipeline -----------------------------------------------------------------------------
+PIPELINE = {
+    # How many attempts a stage gets before its ticket is dead-lettered.
+    "MAX_ATTEMPTS": int(os.environ.get("PIPELINE_MAX_ATTEMPTS", 5)),
+    # Exponential backoff with full jitter: delay = uniform(0, min(cap, base * 2**attempt)).
+    "BACKOFF_BASE_SECONDS": _env_float("PIPELINE_BACKOFF_BASE_SECONDS", 1.0),
+    "BACKOFF_CAP_SECONDS": _env_float("PIPELINE_BACKOFF_CAP_SECONDS", 300.0),
+    # Tickets sitting in a non-terminal state longer than this are re-enqueued by the sweeper.
+    "STUCK_AFTER_SECONDS": int(os.environ.get("PIPELINE_STUCK_AFTER_SECONDS", 300)),
+    "WEBHOOK_TIMEOUT_SECONDS": _env_float("WEBHOOK_TIMEOUT_SECONDS", 10.0),
+    "CALLBACK_MAX_ATTEMPTS": int(os.environ.get("CALLBACK_MAX_ATTEMPTS", 8)),
+    # The customer's last N interactions given to decide (and shown to reviewers).
+    "HISTORY_SIZE": int(os.environ.get("HISTORY_SIZE", 8)),
+    "HOLDING_REPLY": os.environ.get(
+        "HOLDING_REPLY",
+        "Thanks for getting in touch. A member of our team is looking at your request "
+        "and will reply shortly.",
+    ),
+}
+INTENT_PACK = os.environ.get("INTENT_PACK", str(BASE_DIR / "agents" / "packs" / "banking77.yaml"))
+# agents never imports reviews: escalation reaches the review queue through this hook.
+ESCALATION_HANDLER = os.environ.get("ESCALATION_HANDLER", "reviews.services.review_create_from_escalation")
+TICKET_REPLAY_HANDLER = "agents.pipeline.ticket_replay"
+CLASSIFIER_TIERS = [
+    t for t in os.environ.get("CLASSIFIER_TIERS", "agents.tiers.rules.RulesTier").split(",") if t
+]
+
+ANTHROPIC_API_KEY = os.environ.get("ANTHROPIC_API_KEY", "")
+ANTHROPIC_BASE_URL = os.environ.get("ANTHROPIC_BASE_URL", "")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}

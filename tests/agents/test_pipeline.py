@@ -1,0 +1,163 @@
+"""The pipeline end to end: real API, real Redis broker, a real Celery worker, real Postgres."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from agents import pipeline as pipeline_service
+from agents.callbacks import SIGNATURE_HEADER, verify
+from agents.models import DeadLetter, Intent, SideEffect, Trace
+from reviews.models import Review
+from tests.conftest import wait_for
+from tests.factories import ticket_payload
+from tickets.models import Status, Ticket
+
+pytestmark = pytest.mark.pipeline
+
+TERMINAL = {Status.RESOLVED, Status.AWAITING_REVIEW, Status.DEAD_LETTERED}
+
+
+def submit(http: Any, **overrides: Any) -> str:
+    response = http.post("/api/v1/tickets/", ticket_payload(**overrides), format="json")
+    assert response.status_code == 202, response.content
+    return response.json()["id"]
+
+
+def settled(ticket_id: str, statuses: set[str] = TERMINAL) -> Ticket:
+    return wait_for(
+        lambda: (t := Ticket.objects.get(pk=ticket_id)).status in statuses and t,
+        what=f"ticket {ticket_id} to reach {sorted(statuses)}",
+    )
+
+
+def test_a_request_the_rules_recognise_is_resolved_with_a_full_trace(pipeline, api):
+    http, _ = api()
+    ticket_id = submit(http, body="My card still hasn't arrived, where is it?", customer_ref="alice")
+
+    ticket = settled(ticket_id)
+
+    assert ticket.status == Status.RESOLVED
+    assert ticket.intent == "card_arrival" and ticket.confidence >= 0.9
+    assert ticket.action == "reply" and "alice" in ticket.reply
+    detail = http.get(f"/api/v1/tickets/{ticket_id}/").json()
+    assert [t["stage"] for t in detail["trace"]] == ["parse", "classify", "decide", "execute"]
+    assert all(t["status"] == "ok" for t in detail["trace"])
+    assert detail["trace"][1]["tier"] == "rules"
+    assert detail["resolution"] == {"action": "reply", "reply": ticket.reply}
+    assert SideEffect.objects.filter(ticket_id=ticket_id, tool="reply").count() == 1
+
+
+def test_a_request_no_tier_is_sure_of_waits_for_a_person_with_a_holding_reply(pipeline, api):
+    http, _ = api()
+    ticket_id = submit(http, body="Why is the sky blue on Tuesdays?")
+
+    ticket = settled(ticket_id)
+
+    assert ticket.status == Status.AWAITING_REVIEW
+    review = Review.objects.get(ticket_id=ticket_id)
+    assert review.reason == "low_confidence" and review.status == "open"
+    assert ticket.reply == ticket.context["escalate"]["holding_reply"]
+    stages = list(Trace.objects.filter(ticket_id=ticket_id).values_list("stage", flat=True))
+    assert stages == ["parse", "classify", "decide", "escalate"]
+
+
+def test_an_intent_reviewed_by_policy_and_a_customer_asking_for_a_person_are_escalated(pipeline, api):
+    http, _ = api()
+    by_policy = submit(http, body="Where is my refund?")
+    asked = submit(http, body="My card still hasn't arrived, let me speak to a real person")
+
+    assert settled(by_policy).status == Status.AWAITING_REVIEW
+    assert settled(asked).status == Status.AWAITING_REVIEW
+    assert Review.objects.get(ticket_id=by_policy).reason == "policy"
+    assert Review.objects.get(ticket_id=asked).reason == "customer_asked"
+
+
+def test_a_failing_downstream_call_is_retried_then_succeeds_once(pipeline, api, recorder):
+    Intent.objects.filter(name="lost_or_stolen_card").update(webhook_url=recorder.url)
+    recorder.statuses = [503, 503]
+    http, _ = api()
+
+    ticket_id = submit(http, body="I lost my card yesterday")
+    ticket = settled(ticket_id)
+
+    assert ticket.status == Status.RESOLVED
+    assert ticket.action == "reply+webhook"
+    assert [r["status"] for r in recorder.requests] == [503, 503, 200]
+    keys = {r["headers"]["Idempotency-Key"] for r in recorder.requests}
+    assert len(keys) == 1  # the same key every time: downstream can dedupe
+    attempts = list(Trace.objects.filter(ticket_id=ticket_id, stage="execute").values_list("status", flat=True))
+    assert attempts == ["retry", "retry", "ok"]
+    assert SideEffect.objects.get(ticket_id=ticket_id, tool="reply").attempts == 1  # the reply went out once
+
+
+def test_retries_exhausted_dead_letter_then_replay_resolves(pipeline, api, recorder, settings):
+    settings.PIPELINE = {**settings.PIPELINE, "MAX_ATTEMPTS": 3}
+    Intent.objects.filter(name="lost_or_stolen_card").update(webhook_url=recorder.url)
+    recorder.statuses = [500, 500, 500]
+    http, _ = api()
+
+    ticket_id = submit(http, body="Someone has stolen my card")
+    ticket = settled(ticket_id)
+
+    assert ticket.status == Status.DEAD_LETTERED
+    letter = DeadLetter.objects.get(ticket_id=ticket_id)
+    assert letter.stage == "execute" and letter.attempts == 3 and "500" in letter.last_error
+    review = Review.objects.get(ticket_id=ticket_id)
+    assert review.reason == "dead_letter"
+
+    response = http.post(f"/api/v1/tickets/{ticket_id}/replay/")
+    assert response.status_code == 202, response.content
+    ticket = settled(ticket_id, {Status.RESOLVED})
+
+    assert ticket.status == Status.RESOLVED
+    letter.refresh_from_db()
+    assert letter.replayed_at is not None
+    review.refresh_from_db()
+    assert review.status == "dismissed" and review.decision == "replay"
+    assert http.post(f"/api/v1/tickets/{ticket_id}/replay/").status_code == 409
+
+
+def test_a_stage_delivered_twice_changes_nothing_the_second_time(pipeline, api):
+    http, _ = api()
+    ticket_id = submit(http, body="My card still hasn't arrived")
+    settled(ticket_id)
+    before = Trace.objects.filter(ticket_id=ticket_id).count()
+
+    for stage in ("parse", "classify", "decide", "execute"):
+        assert pipeline_service.stage_run(ticket_id=ticket_id, stage=stage).kind == "skipped"
+        pipeline_service.stage_enqueue(ticket_id, stage)  # and through the broker
+    wait_for(lambda: True)  # let the worker take them
+
+    import time
+
+    time.sleep(1.0)
+    assert Trace.objects.filter(ticket_id=ticket_id).count() == before
+    assert SideEffect.objects.filter(ticket_id=ticket_id, tool="reply").count() == 1
+    assert Ticket.objects.get(pk=ticket_id).status == Status.RESOLVED
+
+
+def test_a_lost_message_is_recovered_by_the_sweeper(pipeline, api):
+    http, client = api()
+    ticket = Ticket.objects.create(client=client, body="My card still hasn't arrived", status=Status.CLASSIFYING,
+                                   context={"parse": {"text": "my card still hasn't arrived", "language": "en"}})
+    Ticket.objects.filter(pk=ticket.pk).update(updated_at=ticket.updated_at.replace(year=2000))
+
+    assert pipeline_service.tickets_sweep_stuck(older_than_seconds=60) == 1
+
+    assert settled(str(ticket.pk)).status == Status.RESOLVED
+
+
+def test_the_resolution_callback_is_signed_with_the_clients_secret(pipeline, api, recorder):
+    http, client = api(callback_url=recorder.url)
+    ticket_id = submit(http, body="My card still hasn't arrived")
+    settled(ticket_id)
+
+    wait_for(lambda: recorder.requests, what="the callback")
+    request = recorder.requests[0]
+    assert verify(client.webhook_secret, request["body"], request["headers"][SIGNATURE_HEADER])
+    assert not verify("another-secret", request["body"], request["headers"][SIGNATURE_HEADER])
+    body = json.loads(request["body"])
+    assert body["event"] == "ticket.resolved" and body["ticket"]["id"] == ticket_id

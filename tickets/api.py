@@ -1,0 +1,218 @@
+"""The public REST API: thin views over ticket services and selectors."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.conf import settings
+from django.urls import reverse
+from django.utils.module_loading import import_string
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.pagination import CursorPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from tickets.models import IllegalTransition, Priority, Status, Ticket
+from tickets.selectors import ticket_get, ticket_list, ticket_trace
+from tickets.services import IdempotencyConflict, ticket_create
+
+METADATA_MAX_BYTES = 8 * 1024
+METADATA_MAX_DEPTH = 5
+
+
+def _check_text(value: Any, path: str = "value") -> None:
+    """Postgres stores neither NUL characters nor lone surrogates: refuse them up front."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValidationError({path: "NUL characters are not allowed"})
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValidationError({path: "text is not valid Unicode"}) from exc
+
+
+def _check_json(value: Any, depth: int = 0, path: str = "metadata") -> None:
+    if depth > METADATA_MAX_DEPTH:
+        raise serializers.ValidationError(f"nested deeper than {METADATA_MAX_DEPTH} levels")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key, path)
+            _check_json(item, depth + 1, path)
+    elif isinstance(value, list):
+        for item in value:
+            _check_json(item, depth + 1, path)
+    else:
+        _check_text(value, path)
+
+
+class StrictSerializer(serializers.Serializer):
+    """Unknown fields are an error, not silently dropped."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise ValidationError({name: "unknown field" for name in unknown})
+        return super().to_internal_value(data)
+
+
+class TicketInputSerializer(StrictSerializer):
+    customer_ref = serializers.CharField(max_length=255, required=False, allow_blank=True, default="")
+    channel = serializers.RegexField(r"^[a-z0-9_-]{1,32}$", required=False, default="api")
+    subject = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
+    body = serializers.CharField(max_length=settings.TICKET_BODY_MAX_CHARS, trim_whitespace=True)
+    metadata = serializers.DictField(required=False, default=dict)
+    priority = serializers.ChoiceField(choices=[label for _, label in Priority.choices], required=False, default="normal")
+    callback_url = serializers.URLField(max_length=200, required=False, allow_blank=True, default="")
+
+    def validate_metadata(self, value: dict[str, Any]) -> dict[str, Any]:
+        _check_json(value)
+        if len(json.dumps(value)) > METADATA_MAX_BYTES:
+            raise serializers.ValidationError(f"metadata is larger than {METADATA_MAX_BYTES} bytes")
+        return value
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        for name in ("customer_ref", "subject", "body"):
+            _check_text(attrs.get(name), name)
+        attrs["priority"] = {label: value for value, label in Priority.choices}[attrs["priority"]]
+        return attrs
+
+
+class TraceSerializer(serializers.Serializer):
+    stage = serializers.CharField()
+    attempt = serializers.IntegerField()
+    status = serializers.CharField()
+    started_at = serializers.DateTimeField()
+    finished_at = serializers.DateTimeField()
+    duration_ms = serializers.FloatField()
+    confidence = serializers.FloatField(allow_null=True)
+    tier = serializers.CharField()
+    model = serializers.CharField()
+    input_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField()
+    cost_usd = serializers.DecimalField(max_digits=12, decimal_places=6)
+    cache_hit = serializers.BooleanField()
+    error_class = serializers.CharField()
+    error_message = serializers.CharField()
+    output = serializers.JSONField()
+
+
+class TicketOutputSerializer(serializers.ModelSerializer):
+    url = serializers.SerializerMethodField()
+    priority = serializers.CharField(source="get_priority_display")
+    resolution = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Ticket
+        fields = [
+            "id", "url", "status", "priority", "customer_ref", "channel", "subject", "body", "metadata",
+            "callback_url", "intent", "confidence", "resolution", "created_at", "updated_at", "resolved_at",
+        ]
+
+    @extend_schema_field(OpenApiTypes.STR)
+    def get_url(self, ticket: Ticket) -> str:
+        return reverse("ticket-detail", kwargs={"ticket_id": ticket.id})
+
+    @extend_schema_field(inline_serializer("Resolution", {"action": serializers.CharField(), "reply": serializers.CharField()}))
+    def get_resolution(self, ticket: Ticket) -> dict[str, Any]:
+        return {"action": ticket.action, "reply": ticket.reply}
+
+
+class TicketDetailSerializer(TicketOutputSerializer):
+    trace = serializers.SerializerMethodField()
+
+    class Meta(TicketOutputSerializer.Meta):
+        fields = [*TicketOutputSerializer.Meta.fields, "trace"]
+
+    @extend_schema_field(TraceSerializer(many=True))
+    def get_trace(self, ticket: Ticket) -> list[dict[str, Any]]:
+        return TraceSerializer(ticket_trace(ticket=ticket), many=True).data
+
+
+class TicketCursorPagination(CursorPagination):
+    ordering = "-created_at"
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 200
+
+
+class TicketFilterSerializer(StrictSerializer):
+    status = serializers.ChoiceField(choices=Status.values, required=False)
+    intent = serializers.CharField(max_length=100, required=False)
+    created_after = serializers.DateTimeField(required=False)
+    created_before = serializers.DateTimeField(required=False)
+    cursor = serializers.CharField(required=False)
+    page_size = serializers.IntegerField(required=False, min_value=1, max_value=200)
+
+
+ERROR = inline_serializer("Error", {"error": serializers.CharField(), "detail": serializers.JSONField()})
+
+
+class TicketListCreateApi(APIView):
+    """Submit a request; list your requests."""
+
+    @extend_schema(
+        request=TicketInputSerializer,
+        parameters=[OpenApiParameter("Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER, description="Retries with the same key return the same ticket.")],
+        responses={200: TicketOutputSerializer, 202: TicketOutputSerializer, 400: ERROR, 401: ERROR, 409: ERROR, 413: ERROR, 429: ERROR},
+    )
+    def post(self, request: Request) -> Response:
+        if not isinstance(request.data, dict):
+            raise ValidationError({"non_field_errors": "the body must be a JSON object"})
+        key = request.headers.get("Idempotency-Key") or None
+        if key is not None and (len(key) > 255 or not key.isprintable()):
+            raise ValidationError({"Idempotency-Key": "at most 255 printable characters"})
+        serializer = TicketInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        try:
+            ticket, created = ticket_create(client=request.user, payload=serializer.validated_data, idempotency_key=key)
+        except IdempotencyConflict as exc:
+            return Response({"error": "idempotency_conflict", "detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        body = TicketOutputSerializer(ticket).data
+        headers = {"Location": body["url"]}
+        if not created:
+            headers["Idempotent-Replayed"] = "true"
+        return Response(body, status=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK, headers=headers)
+
+    @extend_schema(
+        parameters=[TicketFilterSerializer],
+        responses={200: TicketOutputSerializer(many=True), 400: ERROR, 401: ERROR, 429: ERROR},
+    )
+    def get(self, request: Request) -> Response:
+        filters = TicketFilterSerializer(data=request.query_params.dict())
+        filters.is_valid(raise_exception=True)
+        params = {k: v for k, v in filters.validated_data.items() if k not in ("cursor", "page_size")}
+        paginator = TicketCursorPagination()
+        page = paginator.paginate_queryset(ticket_list(client=request.user, **params), request, view=self)
+        return paginator.get_paginated_response(TicketOutputSerializer(page, many=True).data)
+
+
+class TicketDetailApi(APIView):
+    """A ticket's status, resolution and ordered trace."""
+
+    @extend_schema(responses={200: TicketDetailSerializer, 401: ERROR, 404: ERROR})
+    def get(self, request: Request, ticket_id: str) -> Response:
+        ticket = ticket_get(client=request.user, ticket_id=ticket_id)
+        if ticket is None:
+            raise NotFound("no such ticket")
+        return Response(TicketDetailSerializer(ticket).data)
+
+
+class TicketReplayApi(APIView):
+    """Re-run a dead-lettered ticket from the stage that failed."""
+
+    @extend_schema(request=None, responses={202: TicketOutputSerializer, 401: ERROR, 404: ERROR, 409: ERROR})
+    def post(self, request: Request, ticket_id: str) -> Response:
+        ticket = ticket_get(client=request.user, ticket_id=ticket_id)
+        if ticket is None:
+            raise NotFound("no such ticket")
+        try:
+            ticket = import_string(settings.TICKET_REPLAY_HANDLER)(ticket=ticket)
+        except IllegalTransition as exc:
+            return Response({"error": "not_replayable", "detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        return Response(TicketOutputSerializer(ticket).data, status=status.HTTP_202_ACCEPTED)

@@ -1,0 +1,28 @@
+"""Every API error is JSON of one shape: {"error": code, "detail": message or field errors}."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import RequestDataTooBig
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """DRF's handler, with the body reshaped so clients parse one format."""
+    if isinstance(exc, RequestDataTooBig):
+        return Response({"error": "request_too_large", "detail": str(exc)}, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(exc, exceptions.ValidationError):
+        code = "validation_error"
+    elif isinstance(exc, exceptions.APIException):
+        code = exc.get_codes() if isinstance(exc.get_codes(), str) else exc.default_code
+    else:
+        code = "error"
+    detail = response.data.get("detail", response.data) if isinstance(response.data, dict) else response.data
+    response.data = {"error": code, "detail": detail}
+    return response

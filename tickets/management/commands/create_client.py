@@ -1,0 +1,25 @@
+"""`manage.py create_client NAME`: prints the new client's token alone on the last line."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from tickets.models import Client
+from tickets.services import client_create
+
+
+class Command(BaseCommand):
+    help = "Create an API client and print its bearer token (alone on the last line)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("name")
+        parser.add_argument("--callback-url", default="", help="Default callback URL for its tickets.")
+
+    def handle(self, *args: Any, name: str, callback_url: str, **options: Any) -> None:
+        if Client.objects.filter(name=name).exists():
+            raise CommandError(f"a client named {name!r} exists already")
+        client, token = client_create(name=name, callback_url=callback_url)
+        self.stderr.write(f"Created client {client.name!r} (id {client.pk}). Its token is shown once:")
+        self.stdout.write(token)

@@ -1,0 +1,151 @@
+"""API clients (tenants) and the tickets they submit."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+
+from django.db import models
+from django.db.models import Q
+
+
+def hash_token(token: str) -> str:
+    """Tokens are stored as SHA-256: they are long random strings, so no slow hash is needed."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Client(models.Model):
+    """A tenant of the API; every ticket belongs to one."""
+
+    name = models.CharField(max_length=200, unique=True)
+    token_hash = models.CharField(max_length=64, unique=True)
+    token_prefix = models.CharField(max_length=12, help_text="First characters, to recognise a token.")
+    webhook_secret = models.CharField(max_length=64, default=secrets.token_hex)
+    callback_url = models.URLField(blank=True, default="", help_text="Default callback for tickets.")
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    # DRF treats the authenticated principal as `request.user`.
+    is_authenticated = True
+    is_anonymous = False
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Status(models.TextChoices):
+    RECEIVED = "received"
+    PARSING = "parsing"
+    CLASSIFYING = "classifying"
+    DECIDING = "deciding"
+    EXECUTING = "executing"
+    ESCALATING = "escalating"
+    RESOLVED = "resolved"
+    AWAITING_REVIEW = "awaiting_review"
+    DEAD_LETTERED = "dead_lettered"
+
+
+TERMINAL = frozenset({Status.RESOLVED, Status.AWAITING_REVIEW, Status.DEAD_LETTERED})
+IN_FLIGHT = frozenset(set(Status) - TERMINAL)
+
+# The state machine: every legal move. Anything in flight may be escalated or dead-lettered;
+# a reviewer resumes an awaiting ticket at execute; replay restarts a dead letter at its stage.
+TRANSITIONS: dict[str, frozenset[str]] = {
+    Status.RECEIVED: frozenset({Status.PARSING}),
+    Status.PARSING: frozenset({Status.CLASSIFYING}),
+    Status.CLASSIFYING: frozenset({Status.DECIDING}),
+    Status.DECIDING: frozenset({Status.EXECUTING}),
+    Status.EXECUTING: frozenset({Status.RESOLVED}),
+    Status.ESCALATING: frozenset({Status.AWAITING_REVIEW}),
+    Status.AWAITING_REVIEW: frozenset({Status.EXECUTING, Status.RESOLVED}),
+    Status.DEAD_LETTERED: frozenset(
+        {Status.PARSING, Status.CLASSIFYING, Status.DECIDING, Status.EXECUTING, Status.ESCALATING,
+         Status.RESOLVED}
+    ),
+    Status.RESOLVED: frozenset(),
+}
+for _s in IN_FLIGHT - {Status.ESCALATING}:
+    TRANSITIONS[_s] = TRANSITIONS[_s] | {Status.ESCALATING, Status.DEAD_LETTERED}
+TRANSITIONS[Status.ESCALATING] = TRANSITIONS[Status.ESCALATING] | {Status.DEAD_LETTERED}
+
+
+class IllegalTransition(Exception):
+    """A status change the state machine does not allow."""
+
+
+def check_transition(current: str, new: str) -> None:
+    """Raise IllegalTransition unless `current -> new` is a legal move."""
+    if new not in TRANSITIONS.get(current, frozenset()):
+        raise IllegalTransition(f"illegal ticket transition {current} -> {new}")
+
+
+class Priority(models.IntegerChoices):
+    LOW = 0, "low"
+    NORMAL = 1, "normal"
+    HIGH = 2, "high"
+    URGENT = 3, "urgent"
+
+
+class Ticket(models.Model):
+    """One customer request and where it stands in the pipeline."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    client = models.ForeignKey(Client, on_delete=models.PROTECT, related_name="tickets")
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    request_hash = models.CharField(max_length=64, blank=True, default="")
+    customer_ref = models.CharField(max_length=255, blank=True, default="")
+    channel = models.CharField(max_length=32, default="api")
+    subject = models.CharField(max_length=500, blank=True, default="")
+    body = models.TextField()
+    metadata = models.JSONField(default=dict, blank=True)
+    priority = models.SmallIntegerField(choices=Priority.choices, default=Priority.NORMAL)
+    callback_url = models.URLField(blank=True, default="")
+
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.RECEIVED)
+    # Attempts of the current stage; reset on every stage change, so a retry budget survives a
+    # lost broker message (it is counted here, not in the message).
+    stage_attempts = models.PositiveSmallIntegerField(default=0)
+    intent = models.CharField(max_length=100, blank=True, default="")
+    confidence = models.FloatField(null=True, blank=True)
+    action = models.CharField(max_length=100, blank=True, default="")
+    reply = models.TextField(blank=True, default="")
+    # Each stage's persisted output ({"parse": {...}, "classify": {...}, ...}): the next hop is
+    # chosen from this, so a ticket can be resumed or replayed from any stage.
+    context = models.JSONField(default=dict, blank=True)
+    cost_usd = models.DecimalField(max_digits=12, decimal_places=6, default=0)
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["client", "idempotency_key"],
+                condition=Q(idempotency_key__isnull=False),
+                name="ticket_idempotency_key_unique_per_client",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["client", "-created_at"], name="ticket_client_created"),
+            models.Index(fields=["client", "status", "-created_at"], name="ticket_client_status"),
+            models.Index(fields=["client", "customer_ref", "-created_at"], name="ticket_customer"),
+            # The sweeper's query: in-flight tickets by age.
+            models.Index(
+                fields=["updated_at"],
+                condition=~Q(status__in=["resolved", "awaiting_review", "dead_lettered"]),
+                name="ticket_in_flight",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.status})"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    @property
+    def effective_callback_url(self) -> str:
+        return self.callback_url or self.client.callback_url

@@ -1,0 +1,61 @@
+"""Ticket services: accept a request, exactly once per idempotency key."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from typing import Any
+
+from celery import current_app
+from django.db import IntegrityError, transaction
+
+from tickets.models import Client, Ticket, hash_token
+
+
+class IdempotencyConflict(Exception):
+    """The idempotency key was used before with a different request."""
+
+    def __init__(self, ticket: Ticket):
+        super().__init__(f"idempotency key already used for ticket {ticket.id} with a different request")
+        self.ticket = ticket
+
+
+def request_fingerprint(payload: dict[str, Any]) -> str:
+    """SHA-256 of the canonical JSON of what the client asked for."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _existing(client: Client, key: str, fingerprint: str) -> Ticket:
+    ticket = Ticket.objects.get(client=client, idempotency_key=key)
+    if ticket.request_hash != fingerprint:
+        raise IdempotencyConflict(ticket)
+    return ticket
+
+
+def ticket_create(*, client: Client, payload: dict[str, Any], idempotency_key: str | None = None) -> tuple[Ticket, bool]:
+    """Store a new ticket and start its pipeline; a known key returns the first ticket instead."""
+    fingerprint = request_fingerprint(payload)
+    if idempotency_key and Ticket.objects.filter(client=client, idempotency_key=idempotency_key).exists():
+        return _existing(client, idempotency_key, fingerprint), False
+    try:
+        with transaction.atomic():
+            ticket = Ticket.objects.create(
+                client=client, idempotency_key=idempotency_key or None, request_hash=fingerprint, **payload
+            )
+            # Enqueued only once the row is committed: a worker never sees a ticket that isn't there.
+            transaction.on_commit(lambda: current_app.send_task("agents.parse", args=[str(ticket.id)]))
+    except IntegrityError:
+        if not idempotency_key:
+            raise
+        return _existing(client, idempotency_key, fingerprint), False  # lost a race with the same key
+    return ticket, True
+
+
+def client_create(*, name: str, callback_url: str = "") -> tuple[Client, str]:
+    """Create an API client; returns it with its token (shown once, stored only as a hash)."""
+    token = secrets.token_urlsafe(32)
+    client = Client.objects.create(
+        name=name, token_hash=hash_token(token), token_prefix=token[:8], callback_url=callback_url
+    )
+    return client, token
