@@ -217,6 +217,19 @@ class Simulator:
 
     # -------------------------------------------------------------- dispatch
     async def _dispatch(self, req: Request) -> Response:
+        if req.path.startswith("/_sim/") or req.path == "/healthz":
+            # The control surface is not counted in the stats it reports.
+            request_id = _rand_id("req_011C", 20)
+            endpoint, handler, args = self._route(req)
+            try:
+                if handler is None:
+                    resp = self._error(404, "not_found_error", f"Not found: {req.method} {req.path}", request_id)
+                else:
+                    resp = await handler(req, request_id, *args)
+            except InvalidRequest as e:
+                resp = self._error(e.status, e.error_type, e.message, request_id)
+            resp.headers = [("request-id", request_id)] + resp.headers
+            return resp
         s = self.stats
         s.requests_total += 1
         s.in_flight += 1
