@@ -23,8 +23,8 @@ class PackError(ValueError):
 
 def _check(entry: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
     name = entry.get("name")
-    if not name or not re.fullmatch(r"[a-z0-9_]{1,100}", str(name)):
-        raise PackError(f"intent name {name!r} must be 1-100 characters of a-z, 0-9 and _")
+    if not name or not re.fullmatch(r"[A-Za-z0-9_.?-]{1,100}", str(name)):
+        raise PackError(f"intent name {name!r} must be 1-100 characters of letters, digits and _ . ? -")
     merged = {**defaults, **entry}
     for rule in merged.get("rules") or []:
         try:

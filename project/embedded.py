@@ -21,6 +21,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import logging
+
+logging.getLogger("pgserver").setLevel(logging.WARNING)
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("EMBEDDED_VAR_DIR", BASE_DIR / "var"))
 PG_DIR = VAR_DIR / "pg"

@@ -1,0 +1,40 @@
+# Two commands for a fresh machine with Python 3.11: `make run` and `make test`.
+# With DATABASE_URL / REDIS_URL unset, an embedded Postgres and Redis start under var/.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(abspath $(VENV))/bin
+export PATH := $(BIN):$(PATH)
+
+.PHONY: install run test services services-stop bootstrap lint clean
+
+$(VENV)/.installed: requirements.txt
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+services: install  ## start the embedded Postgres and Redis (a no-op when URLs are set)
+	@[ -n "$$DATABASE_URL" ] && [ -n "$$REDIS_URL" ] || python -m project.embedded start
+
+services-stop:
+	python -m project.embedded stop
+
+bootstrap: services  ## migrate, load the intent pack, create the demo client and admin user
+	python manage.py migrate --noinput
+	python manage.py collectstatic --noinput -v0
+	python manage.py load_intents
+	python manage.py bootstrap_demo
+
+run: bootstrap  ## everything: API :8000, a worker per queue, beat, Flower :5555, sample requests
+	FLOWER_BASIC_AUTH="$$(cat var/flower_auth)" honcho -f Procfile start
+
+test: services  ## the whole suite, against real Postgres, Redis and Celery workers
+	python -m pytest
+
+lint:
+	ruff check . && ruff format --check .
+
+clean:
+	rm -rf var $(VENV)
