@@ -58,6 +58,14 @@ class StrictSerializer(serializers.Serializer):
             unknown = sorted(set(data) - set(self.fields))
             if unknown:
                 raise ValidationError({name: "unknown field" for name in unknown})
+            # DRF would turn 123 into "123": a wrong type is an error, not a guess.
+            wrong = {
+                name: "must be a string"
+                for name, field in self.fields.items()
+                if isinstance(field, serializers.CharField) and name in data and not isinstance(data[name], str)
+            }
+            if wrong:
+                raise ValidationError(wrong)
         return super().to_internal_value(data)
 
 

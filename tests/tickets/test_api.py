@@ -1,0 +1,192 @@
+"""The public API's contract: status codes, idempotency, tenant isolation, and every bad input."""
+
+from __future__ import annotations
+
+import pytest
+from rest_framework.test import APIClient
+
+from tests.factories import ticket_make, ticket_payload
+from tickets.models import Status, Ticket
+
+URL = "/api/v1/tickets/"
+
+
+@pytest.fixture
+def http(api):
+    return api()[0]
+
+
+def post(http, body=None, **headers):
+    return http.post(URL, body if body is not None else ticket_payload(), format="json", **headers)
+
+
+def post_raw(http, raw: bytes, **extra):
+    return http.generic("POST", URL, raw, content_type="application/json", **extra)
+
+
+def test_submitting_a_request_answers_202_with_the_ticket_and_its_url(http):
+    response = post(http)
+    assert response.status_code == 202
+    body = response.json()
+    assert body["status"] == "received" and body["priority"] == "normal"
+    assert body["url"] == f"/api/v1/tickets/{body['id']}/" == response["Location"]
+    assert Ticket.objects.get(pk=body["id"]).customer_ref == "cust-1"
+
+
+def test_a_retry_with_the_same_idempotency_key_returns_the_same_ticket(http):
+    first = post(http, HTTP_IDEMPOTENCY_KEY="k-1")
+    second = post(http, HTTP_IDEMPOTENCY_KEY="k-1")
+    assert first.status_code == 202 and second.status_code == 200
+    assert first.json()["id"] == second.json()["id"]
+    assert second["Idempotent-Replayed"] == "true"
+    assert Ticket.objects.count() == 1
+
+
+def test_the_same_key_with_a_different_body_is_a_conflict_that_stores_nothing(http):
+    post(http, HTTP_IDEMPOTENCY_KEY="k-2")
+    response = post(http, ticket_payload(body="something else"), HTTP_IDEMPOTENCY_KEY="k-2")
+    assert response.status_code == 409
+    assert response.json()["error"] == "idempotency_conflict"
+    assert Ticket.objects.count() == 1
+
+
+def test_idempotency_keys_are_per_client(api):
+    a, _ = api("a")
+    b, _ = api("b")
+    assert post(a, HTTP_IDEMPOTENCY_KEY="same").status_code == 202
+    assert post(b, HTTP_IDEMPOTENCY_KEY="same").status_code == 202
+    assert Ticket.objects.count() == 2
+
+
+def test_a_client_sees_only_its_own_tickets(api):
+    a, client_a = api("a")
+    b, client_b = api("b")
+    mine = ticket_make(client_a)
+    theirs = ticket_make(client_b)
+    assert a.get(f"{URL}{mine.pk}/").status_code == 200
+    assert a.get(f"{URL}{theirs.pk}/").status_code == 404
+    assert a.post(f"{URL}{theirs.pk}/replay/").status_code == 404
+    assert [t["id"] for t in a.get(URL).json()["results"]] == [str(mine.pk)]
+
+
+def test_no_token_or_a_wrong_token_is_401(db):
+    anonymous = APIClient()
+    assert anonymous.get(URL).status_code == 401
+    anonymous.credentials(HTTP_AUTHORIZATION="Bearer nope")
+    response = anonymous.get(URL)
+    assert response.status_code == 401 and response.json()["error"] == "authentication_failed"
+
+
+def test_the_list_is_cursor_paginated_and_filtered(api):
+    http, client = api()
+    for i in range(5):
+        ticket_make(client, body=f"t{i}", status=Status.RESOLVED if i % 2 else Status.AWAITING_REVIEW,
+                    intent="card_arrival" if i < 2 else "")
+    page = http.get(URL, {"page_size": 2}).json()
+    assert len(page["results"]) == 2 and page["next"]
+    rest = http.get(page["next"]).json()
+    assert len(rest["results"]) == 2
+    assert {t["status"] for t in http.get(URL, {"status": "resolved"}).json()["results"]} == {"resolved"}
+    assert len(http.get(URL, {"intent": "card_arrival"}).json()["results"]) == 2
+    assert http.get(URL, {"created_after": "2999-01-01T00:00:00Z"}).json()["results"] == []
+    assert http.get(URL, {"status": "bogus"}).status_code == 400
+    assert http.get(URL, {"created_after": "yesterday"}).status_code == 400
+
+
+def test_replaying_a_ticket_that_is_not_dead_lettered_is_a_conflict(api):
+    http, client = api()
+    ticket = ticket_make(client, status=Status.RESOLVED)
+    response = http.post(f"{URL}{ticket.pk}/replay/")
+    assert response.status_code == 409 and response.json()["error"] == "not_replayable"
+
+
+def test_a_client_over_its_rate_is_told_when_to_come_back(api, settings):
+    from django.core.cache import cache
+
+    cache.clear()
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"client": "2/min"}}
+    from rest_framework.settings import api_settings
+    from tickets.auth import ClientRateThrottle
+
+    api_settings.reload()
+    ClientRateThrottle.THROTTLE_RATES = api_settings.DEFAULT_THROTTLE_RATES
+    try:
+        http, _ = api()
+        assert http.get(URL).status_code == 200
+        assert http.get(URL).status_code == 200
+        response = http.get(URL)
+        assert response.status_code == 429 and int(response["Retry-After"]) > 0
+    finally:
+        settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"client": "6000/min"}}
+        api_settings.reload()
+        ClientRateThrottle.THROTTLE_RATES = api_settings.DEFAULT_THROTTLE_RATES
+        cache.clear()
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"customer_ref": "x"}, "body"),
+        (ticket_payload(body=""), "body"),
+        (ticket_payload(body="   "), "body"),
+        (ticket_payload(body=123), "body"),
+        (ticket_payload(body=["a"]), "body"),
+        (ticket_payload(priority="whenever"), "priority"),
+        (ticket_payload(metadata="not an object"), "metadata"),
+        (ticket_payload(callback_url="not a url"), "callback_url"),
+        (ticket_payload(surprise=True), "surprise"),
+        (ticket_payload(body="nul \x00 inside"), "body"),
+        (ticket_payload(body="x" * 20_001), "body"),
+        (ticket_payload(metadata={"a": {"b": {"c": {"d": {"e": {"f": {"g": 1}}}}}}}), "metadata"),
+        (ticket_payload(metadata={"k": "nul\x00"}), "metadata"),
+        (ticket_payload(channel="Not A Channel!"), "channel"),
+    ],
+)
+def test_bad_input_is_a_400_naming_the_problem_and_stores_nothing(http, payload, field):
+    response = post(http, payload)
+    assert response.status_code == 400, response.content
+    body = response.json()
+    assert body["error"] == "validation_error"
+    if field:
+        assert field in body["detail"]
+    assert Ticket.objects.count() == 0
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"{not json", b'{"body": "\xff\xfe invalid utf-8"}', b"[1, 2, 3]", b'"just a string"', b"null"],
+)
+def test_malformed_or_non_object_json_is_a_400(http, raw):
+    response = post_raw(http, raw)
+    assert response.status_code == 400, response.content
+    assert response.json()["error"] in ("parse_error", "validation_error")
+    assert Ticket.objects.count() == 0
+
+
+def test_a_lone_surrogate_is_refused(http):
+    response = post_raw(http, b'{"body": "bad \\ud800 text"}')
+    assert response.status_code == 400
+    assert Ticket.objects.count() == 0
+
+
+def test_a_body_over_the_documented_limit_is_413(http, settings):
+    raw = b'{"body": "' + b"a" * (settings.MAX_REQUEST_BYTES + 10) + b'"}'
+    response = post_raw(http, raw)
+    assert response.status_code == 413
+    assert response.json()["error"] == "request_too_large"
+    assert Ticket.objects.count() == 0
+
+
+def test_a_wrong_content_type_is_415(http):
+    response = http.generic("POST", URL, b"body=hello", content_type="application/x-www-form-urlencoded")
+    assert response.status_code == 415
+    assert Ticket.objects.count() == 0
+
+
+def test_the_openapi_schema_and_swagger_ui_are_served_without_internet(client):
+    schema = client.get("/api/schema/")
+    assert schema.status_code == 200
+    assert b"/api/v1/tickets/" in schema.content
+    docs = client.get("/api/docs/")
+    assert docs.status_code == 200
+    assert b"swagger-ui" in docs.content and b"cdn.jsdelivr" not in docs.content
