@@ -6,6 +6,7 @@ up to the per-minute limit, rather than reset at minute boundaries.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from datetime import datetime, timezone
@@ -15,7 +16,12 @@ UNLIMITED_REPORTED = 1_000_000_000  # what the headers report for an unlimited d
 
 
 def rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _rfc3339_second(int(math.ceil(ts)))
+
+
+@functools.lru_cache(maxsize=256)
+def _rfc3339_second(sec: int) -> str:
+    return datetime.fromtimestamp(sec, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class TokenBucket:

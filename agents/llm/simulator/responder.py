@@ -10,6 +10,7 @@ nothing about the quality of a real model.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -234,8 +235,9 @@ def extra_input_tokens(params: Dict[str, Any]) -> int:
     return 0
 
 
-def count_input_tokens(params: Dict[str, Any]) -> int:
-    total = sum(s.tokens for s in prompt_segments(params)) + extra_input_tokens(params)
+def count_input_tokens(params: Dict[str, Any], segments: Optional[List[Segment]] = None) -> int:
+    segs = prompt_segments(params) if segments is None else segments
+    total = sum(s.tokens for s in segs) + extra_input_tokens(params)
     return max(1, total)
 
 
@@ -246,8 +248,11 @@ class CacheBreakpoint:
     ttl: float  # seconds
 
 
-def cache_breakpoints(params: Dict[str, Any], *, ttl_override: Optional[float] = None) -> List[CacheBreakpoint]:
-    segs = prompt_segments(params)
+def cache_breakpoints(params: Dict[str, Any], *, ttl_override: Optional[float] = None,
+                      segments: Optional[List[Segment]] = None) -> List[CacheBreakpoint]:
+    segs = prompt_segments(params) if segments is None else segments
+    if not any(s.cache_control for s in segs):
+        return []
     h = hashlib.sha256(("model:" + str(params.get("model"))).encode())
     running = 0
     out: List[CacheBreakpoint] = []
@@ -339,18 +344,16 @@ def rank_enum_by_overlap(options: Sequence[Any], text: str) -> Tuple[Any, float]
     return best[1], best[2]
 
 
+@functools.lru_cache(maxsize=4096)
 def _free_text(digest: bytes, n_words: int) -> str:
     rng = random.Random(digest)
-    words = [rng.choice(_WORDS) for _ in range(n_words)]
+    words = rng.choices(_WORDS, k=n_words)
     out: List[str] = []
-    sentence: List[str] = []
-    for w in words:
-        sentence.append(w)
-        if len(sentence) >= rng.randint(6, 12):
-            out.append(" ".join(sentence).capitalize() + ".")
-            sentence = []
-    if sentence:
-        out.append(" ".join(sentence).capitalize() + ".")
+    i = 0
+    while i < n_words:
+        k = 6 + int(rng.random() * 7)  # sentences of 6-12 words
+        out.append(" ".join(words[i:i + k]).capitalize() + ".")
+        i += k
     return " ".join(out)
 
 

@@ -13,7 +13,6 @@ import logging
 import os
 import random
 import re
-import secrets
 import string
 import threading
 import time
@@ -32,6 +31,7 @@ from .responder import (
     count_input_tokens,
     last_user_text,
     parse_markers,
+    prompt_segments,
     simulate_reply,
     validate_message_params,
 )
@@ -55,7 +55,12 @@ SPEND_LIMIT_MESSAGE = (
 
 
 def _rand_id(prefix: str, n: int = 24) -> str:
-    return prefix + "".join(secrets.choice(_B62) for _ in range(n))
+    v = int.from_bytes(os.urandom(18), "big")
+    out = []
+    for _ in range(n):
+        v, r = divmod(v, 62)
+        out.append(_B62[r])
+    return prefix + "".join(out)
 
 
 def _iso(ts: float) -> str:
@@ -355,10 +360,10 @@ class Simulator:
                     break
         return kind
 
-    def _cache_lookup(self, params: Dict[str, Any]):
-        """(read_tokens, creation_tokens, creation_by_ttl, breakpoints_to_store)."""
+    def _cache_lookup(self, params: Dict[str, Any], segments=None):
+        """(read_tokens, creation_tokens, creation_by_ttl, breakpoints_to_store, hits)."""
         now = time.monotonic()
-        bps = cache_breakpoints(params, ttl_override=self.config.cache_ttl)
+        bps = cache_breakpoints(params, ttl_override=self.config.cache_ttl, segments=segments)
         bps = [b for b in bps if b.tokens >= self.config.cache_min_tokens]
         if not bps:
             return 0, 0, {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0}, [], []
@@ -413,8 +418,9 @@ class Simulator:
         cfg = self.config
         params = validate_message_params(self._body(req))
         markers, _ = parse_markers(last_user_text(params))
-        total_in = count_input_tokens(params)
-        read, create, by_ttl, store, hits = self._cache_lookup(params)
+        segments = prompt_segments(params)
+        total_in = count_input_tokens(params, segments)
+        read, create, by_ttl, store, hits = self._cache_lookup(params, segments)
 
         if cfg.spend_limit_after is not None and self.accepted_messages >= cfg.spend_limit_after:
             self.stats.spend_limited += 1
