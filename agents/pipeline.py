@@ -48,6 +48,12 @@ NEXT_STATUS = {
     "escalate": Status.AWAITING_REVIEW,
 }
 
+# Sent after every stage attempt is persisted (metrics, logs subscribe; nothing here depends on them).
+# kwargs: ticket_id, client_id, stage, attempt, outcome ("ok" | "retry" | "failed" | "escalated"),
+# duration_ms, tier, model, confidence, input_tokens, output_tokens, cost_usd, cache_hit, new_status,
+# created_at (the ticket's, for end-to-end latency).
+stage_finished = Signal()
+
 # Sent after a dead letter is replayed, so the review queue can close its dead-letter review
 # (agents does not import reviews).
 ticket_replayed = Signal()
@@ -128,6 +134,19 @@ def _trace(ticket: Ticket, stage: str, attempt: int, started: Any, t0: float, **
     )
 
 
+def _announce(ticket: Ticket, trace: Trace, outcome: str, new_status: str) -> None:
+    def send() -> None:
+        stage_finished.send(
+            sender=Trace, ticket_id=str(ticket.pk), client_id=ticket.client_id, stage=trace.stage,
+            attempt=trace.attempt, outcome=outcome, duration_ms=trace.duration_ms, tier=trace.tier,
+            model=trace.model, confidence=trace.confidence, input_tokens=trace.input_tokens,
+            output_tokens=trace.output_tokens, cost_usd=float(trace.cost_usd), cache_hit=trace.cache_hit,
+            new_status=new_status, created_at=ticket.created_at,
+        )
+
+    transaction.on_commit(send)
+
+
 def _claim(ticket: Ticket, stage: str) -> bool:
     if stage == "parse" and ticket.status == Status.RECEIVED:
         moved = Ticket.objects.filter(pk=ticket.pk, status=Status.RECEIVED).update(
@@ -182,7 +201,7 @@ def _commit(ticket: Ticket, stage: str, attempt: int, started: Any, t0: float, r
         )
         if moved != 1:
             return Outcome("duplicate")  # another delivery of this stage got there first
-        _trace(
+        trace = _trace(
             ticket, stage, attempt, started, t0, status=TraceStatus.OK, confidence=result.confidence,
             tier=result.tier, model=result.model, input_tokens=result.input_tokens,
             output_tokens=result.output_tokens, cost_usd=Decimal(str(result.cost_usd)), cache_hit=result.cache_hit,
@@ -192,6 +211,7 @@ def _commit(ticket: Ticket, stage: str, attempt: int, started: Any, t0: float, r
             handler = import_string(settings.ESCALATION_HANDLER)
             handler(ticket=ticket, reason=result.output["reason"], suggestion=result.output["suggestion"])
         _after_commit(str(ticket.pk), new_status)
+        _announce(ticket, trace, "escalated" if new_status == Status.ESCALATING else "ok", new_status)
     return Outcome("committed")
 
 
@@ -212,7 +232,8 @@ def _fail(ticket: Ticket, stage: str, attempt: int, started: Any, t0: float, exc
         )
         if moved != 1:
             return Outcome("duplicate")
-        _trace(ticket, stage, attempt, started, t0, status=TraceStatus.FAILED if final else TraceStatus.RETRY, **error)
+        trace = _trace(ticket, stage, attempt, started, t0, status=TraceStatus.FAILED if final else TraceStatus.RETRY, **error)
+        _announce(ticket, trace, "failed" if final else "retry", Status.DEAD_LETTERED if final else ticket.status)
         if not final:
             retry_after = exc.retry_after if isinstance(exc, StageError) else None
             return Outcome("retry", retry_in=backoff_seconds(attempt, retry_after))
