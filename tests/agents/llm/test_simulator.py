@@ -434,3 +434,11 @@ def test_cli_starts_and_serves() -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_sdk_reads_base_url_from_environment(sim, monkeypatch) -> None:
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", sim.base_url)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test")
+    c = anthropic.Anthropic(max_retries=0)
+    assert c.messages.create(model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "env"}]).content
+    assert sim.stats()["messages_ok"] == 1
