@@ -246,6 +246,7 @@ class CacheBreakpoint:
     key: str
     tokens: int  # tokens in the prefix up to and including this block
     ttl: float  # seconds
+    ttl_class: str = "5m"  # the block's declared ttl ("5m" or "1h"), for usage.cache_creation
 
 
 def cache_breakpoints(params: Dict[str, Any], *, ttl_override: Optional[float] = None,
@@ -260,10 +261,11 @@ def cache_breakpoints(params: Dict[str, Any], *, ttl_override: Optional[float] =
         h.update(b"\x00" + s.canon.encode("utf-8", "surrogatepass"))
         running += s.tokens
         if s.cache_control and s.cache_control.get("type") == "ephemeral":
-            ttl = 3600.0 if s.cache_control.get("ttl") == "1h" else 300.0
+            ttl_class = "1h" if s.cache_control.get("ttl") == "1h" else "5m"
+            ttl = 3600.0 if ttl_class == "1h" else 300.0
             if ttl_override is not None:
                 ttl = float(ttl_override)
-            out.append(CacheBreakpoint(h.hexdigest(), running, ttl))
+            out.append(CacheBreakpoint(h.hexdigest(), running, ttl, ttl_class))
     return out[-4:]  # the API allows at most 4 breakpoints
 
 

@@ -378,7 +378,7 @@ class Simulator:
         create = max(0, last.tokens - read)
         by_ttl = {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0}
         if create:
-            by_ttl["ephemeral_1h_input_tokens" if last.ttl >= 3600 else "ephemeral_5m_input_tokens"] = create
+            by_ttl["ephemeral_1h_input_tokens" if last.ttl_class == "1h" else "ephemeral_5m_input_tokens"] = create
         return read, create, by_ttl, [b for b in bps if b.tokens > read], hits
 
     def _cache_commit(self, store, hits) -> None:
