@@ -277,7 +277,6 @@ class SimulatorConfig:
 
     # --- misc ---------------------------------------------------------------
     require_api_key: bool = True  # 401 when neither x-api-key nor Authorization is sent
-    default_model_echo: bool = True  # echo the request's model in responses
     organization_id: str = "00000000-0000-4000-8000-00000000051d"
 
     def validate(self) -> "SimulatorConfig":

@@ -233,8 +233,7 @@ class Simulator:
                     resp = await handler(req, request_id, *args)
             except InvalidRequest as e:
                 resp = self._error(e.status, e.error_type, e.message, request_id)
-            resp.headers = [("request-id", request_id)] + resp.headers
-            return resp
+            return self._add_headers(resp, request_id)
         s = self.stats
         s.requests_total += 1
         s.in_flight += 1
@@ -273,6 +272,9 @@ class Simulator:
     def _finish(self, resp: Response, endpoint: str, request_id: str) -> Response:
         status = resp.status if resp.action is None else 0
         self.stats.record(endpoint, status if status else (599 if resp.action == "close" else 598))
+        return self._add_headers(resp, request_id)
+
+    def _add_headers(self, resp: Response, request_id: str) -> Response:
         if resp.action is None:
             hdrs = [("request-id", request_id),
                     ("anthropic-organization-id", self.config.organization_id),
