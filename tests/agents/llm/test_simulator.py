@@ -381,7 +381,7 @@ def test_latency_spec_parsing() -> None:
 
 def test_many_concurrent_slow_requests(sim) -> None:
     sim.configure(latency="fixed:0.8")
-    n = 300
+    n = 200
 
     async def run() -> float:
         async with anthropic.AsyncAnthropic(api_key="test", base_url=sim.base_url, max_retries=0) as c:
