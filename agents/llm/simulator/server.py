@@ -137,7 +137,7 @@ class Simulator:
         self.initial_config = base.updated(overrides) if overrides else base.updated({})
         self.host = host
         self.http = HTTPServer(self._dispatch, host, port)
-        self._apply_config(self.initial_config, fresh=True)
+        self._apply_config(self.initial_config.updated({}), fresh=True)  # a copy: fault_script is consumed
         self._clear_state()
 
     # ------------------------------------------------------------------ setup

@@ -442,3 +442,14 @@ def test_sdk_reads_base_url_from_environment(sim, monkeypatch) -> None:
     c = anthropic.Anthropic(max_retries=0)
     assert c.messages.create(model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "env"}]).content
     assert sim.stats()["messages_ok"] == 1
+
+
+def test_reset_restores_start_up_fault_script() -> None:
+    with start_simulator(fault_script=["529", "ok"]) as sim2:
+        c = anthropic.Anthropic(api_key="test", base_url=sim2.base_url, max_retries=0)
+        for _ in range(2):
+            with pytest.raises(anthropic.OverloadedError):
+                ask(c, "x")
+            assert ask(c, "x").content
+            assert ask(c, "x").content
+            sim2.reset()
