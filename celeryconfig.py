@@ -44,6 +44,7 @@ task_routes = {
     "agents.decide": {"queue": "decide"},
     "agents.execute": {"queue": "execute"},
     "agents.escalate": {"queue": "escalate"},
+    "agents.llm_stage": {"queue": "llm"},
     "agents.deliver_callback": {"queue": "webhooks"},
     "agents.sweep_stuck_tickets": {"queue": "maintenance"},
 }

@@ -78,9 +78,18 @@ def classifier_tiers() -> list[Any]:
     return _tiers
 
 
-def stage_enqueue(ticket_id: str, stage: str, *, countdown: float | None = None) -> None:
+def handed_over(context: dict[str, Any], stage: str) -> bool:
+    """Whether the stage's cheap variant already ran and handed the ticket to the llm queue."""
+    return f"{stage}_cpu" in context
+
+
+def stage_enqueue(ticket_id: str, stage: str, *, context: dict[str, Any] | None = None,
+                  countdown: float | None = None) -> None:
     """Publish the stage's task by name (routes in celeryconfig choose its queue)."""
-    current_app.send_task(f"agents.{stage}", args=[str(ticket_id)], countdown=countdown)
+    if context is not None and handed_over(context, stage):
+        current_app.send_task("agents.llm_stage", args=[str(ticket_id), stage], countdown=countdown)
+    else:
+        current_app.send_task(f"agents.{stage}", args=[str(ticket_id)], countdown=countdown)
 
 
 def customer_history(ticket: Ticket, limit: int) -> list[dict[str, Any]]:
@@ -107,11 +116,28 @@ def ticket_input(ticket: Ticket) -> TicketInput:
     )
 
 
-def stage_context(stage: str, ticket: Ticket, attempt: int) -> StageContext:
+_llm: dict[str, Any] = {}
+
+
+def llm_parts() -> dict[str, Any]:
+    """The network-bound tier and model client, built once per process; empty when not configured."""
+    if not _llm and settings.LLM_ENABLED:
+        _llm["tier"] = import_string(settings.LLM_TIER)()
+        _llm["client"] = getattr(_llm["tier"], "client", None)
+    return _llm
+
+
+def stage_context(stage: str, ticket: Ticket, attempt: int, variant: str = "cpu") -> StageContext:
     """Lend the stage only what it needs: tiers to classify, tools to execute, history to decide."""
-    ctx = StageContext(catalog=get_catalog(), attempt=attempt, holding_reply=settings.PIPELINE["HOLDING_REPLY"])
-    if stage == "classify":
+    ctx = StageContext(catalog=get_catalog(), attempt=attempt, holding_reply=settings.PIPELINE["HOLDING_REPLY"],
+                       variant=variant)
+    if variant == "llm":
+        parts = llm_parts()
+        ctx.tiers = [parts["tier"]] if stage == "classify" and parts else []
+        ctx.llm = parts.get("client")
+    elif stage == "classify":
         ctx.tiers = classifier_tiers()
+        ctx.can_handoff = settings.LLM_ENABLED
     if stage in ("execute", "escalate"):
         ctx.tools = LedgerTools(str(ticket.id))
     if stage == "decide":
@@ -147,7 +173,10 @@ def _announce(ticket: Ticket, trace: Trace, outcome: str, new_status: str) -> No
     transaction.on_commit(send)
 
 
-def _claim(ticket: Ticket, stage: str) -> bool:
+def _claim(ticket: Ticket, stage: str, variant: str) -> bool:
+    # The cheap variant runs once; after its hand-over only the llm variant may run the stage.
+    if handed_over(ticket.context, stage) != (variant == "llm"):
+        return False
     if stage == "parse" and ticket.status == Status.RECEIVED:
         moved = Ticket.objects.filter(pk=ticket.pk, status=Status.RECEIVED).update(
             status=Status.PARSING, updated_at=timezone.now()
@@ -157,15 +186,15 @@ def _claim(ticket: Ticket, stage: str) -> bool:
     return ticket.status == STAGE_STATUS[stage]
 
 
-def stage_run(*, ticket_id: str, stage: str) -> Outcome:
+def stage_run(*, ticket_id: str, stage: str, variant: str = "cpu") -> Outcome:
     """Run `stage` for the ticket if it is still waiting for it; persist what happened."""
     ticket = Ticket.objects.filter(pk=ticket_id).first()
-    if ticket is None or not _claim(ticket, stage):
+    if ticket is None or not _claim(ticket, stage, variant):
         return Outcome("skipped")
     attempt = ticket.stage_attempts + 1
     started, t0 = timezone.now(), time.perf_counter()
     try:
-        result = STAGES[stage](ticket_input(ticket), stage_context(stage, ticket, attempt))
+        result = STAGES[stage](ticket_input(ticket), stage_context(stage, ticket, attempt, variant))
     except StageError as exc:
         return _fail(ticket, stage, attempt, started, t0, exc)
     except Exception as exc:  # a bug or an outage we did not foresee: retried, then dead-lettered
@@ -187,17 +216,22 @@ def _stage_fields(stage: str, result: StageResult) -> dict[str, Any]:
 
 def _commit(ticket: Ticket, stage: str, attempt: int, started: Any, t0: float, result: StageResult) -> Outcome:
     context = {**ticket.context, stage: result.output}
-    if result.escalate and stage != "escalate":
+    if result.handoff and not handed_over(ticket.context, stage):
+        context = {**ticket.context, f"{stage}_cpu": result.output}
+        new_status = ticket.status  # the same stage goes on, on the llm queue
+    elif result.escalate and stage != "escalate":
         new_status = Status.ESCALATING
         detail = (result.output.get("needs_human") or {}).get("detail") or result.output.get("problem", "")
         context["escalation"] = {"reason": result.escalate, "stage": stage, "detail": detail}
     else:
         new_status = NEXT_STATUS[stage]
-    check_transition(ticket.status, new_status)
+    if new_status != ticket.status:
+        check_transition(ticket.status, new_status)
+    fields = _stage_fields(stage, result) if new_status != ticket.status else {}
     with transaction.atomic():
         moved = Ticket.objects.filter(pk=ticket.pk, status=ticket.status, stage_attempts=ticket.stage_attempts).update(
             status=new_status, stage_attempts=0, context=context, updated_at=timezone.now(),
-            cost_usd=F("cost_usd") + Decimal(str(result.cost_usd)), **_stage_fields(stage, result),
+            cost_usd=F("cost_usd") + Decimal(str(result.cost_usd)), **fields,
         )
         if moved != 1:
             return Outcome("duplicate")  # another delivery of this stage got there first
@@ -210,16 +244,16 @@ def _commit(ticket: Ticket, stage: str, attempt: int, started: Any, t0: float, r
         if stage == "escalate":
             handler = import_string(settings.ESCALATION_HANDLER)
             handler(ticket=ticket, reason=result.output["reason"], suggestion=result.output["suggestion"])
-        _after_commit(str(ticket.pk), new_status)
+        _after_commit(str(ticket.pk), new_status, context)
         _announce(ticket, trace, "escalated" if new_status == Status.ESCALATING else "ok", new_status)
     return Outcome("committed")
 
 
-def _after_commit(ticket_id: str, new_status: str) -> None:
+def _after_commit(ticket_id: str, new_status: str, context: dict[str, Any] | None = None) -> None:
     if new_status in TERMINAL:
         transaction.on_commit(lambda: current_app.send_task("agents.deliver_callback", args=[ticket_id, new_status]))
     else:
-        transaction.on_commit(lambda: stage_enqueue(ticket_id, STATUS_STAGE[new_status]))
+        transaction.on_commit(lambda: stage_enqueue(ticket_id, STATUS_STAGE[new_status], context=context))
 
 
 def _fail(ticket: Ticket, stage: str, attempt: int, started: Any, t0: float, exc: Exception) -> Outcome:
@@ -273,7 +307,7 @@ def ticket_replay(*, ticket: Ticket) -> Ticket:
         if letter:
             DeadLetter.objects.filter(pk=letter.pk).update(replayed_at=timezone.now())
         ticket_replayed.send(sender=Ticket, ticket=locked, stage=stage)
-        transaction.on_commit(lambda: stage_enqueue(str(locked.pk), stage))
+        transaction.on_commit(lambda: stage_enqueue(str(locked.pk), stage, context=locked.context))
     return locked
 
 
@@ -295,10 +329,10 @@ def tickets_sweep_stuck(*, older_than_seconds: int | None = None, limit: int = 1
     stuck = list(
         Ticket.objects.filter(status__in=list(STATUS_STAGE), updated_at__lt=cutoff)
         .order_by("updated_at")
-        .values_list("pk", "status")[:limit]
+        .values_list("pk", "status", "context")[:limit]
     )
-    for pk, status in stuck:
+    for pk, status, context in stuck:
         # Touch first, so the next sweep leaves it alone for another period.
         Ticket.objects.filter(pk=pk, status=status).update(updated_at=timezone.now())
-        stage_enqueue(str(pk), STATUS_STAGE[status])
+        stage_enqueue(str(pk), STATUS_STAGE[status], context=context)
     return len(stuck)

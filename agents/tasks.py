@@ -30,6 +30,15 @@ execute = _make_stage_task("execute")
 escalate = _make_stage_task("escalate")
 
 
+@shared_task(name="agents.llm_stage", bind=True, max_retries=None)
+def llm_stage(self: Task, ticket_id: str, stage: str) -> str:
+    """Run a stage's network-bound variant (Claude) on the llm queue's thread pool."""
+    outcome = pipeline.stage_run(ticket_id=ticket_id, stage=stage, variant="llm")
+    if outcome.retry_in is not None:
+        raise self.retry(countdown=outcome.retry_in, max_retries=None)
+    return outcome.kind
+
+
 @shared_task(name="agents.deliver_callback", bind=True, max_retries=None)
 def deliver_callback(self: Task, ticket_id: str, status: str) -> str:
     """POST the signed outcome to the client's callback URL, retried with backoff."""

@@ -177,6 +177,9 @@ CLASSIFIER_TIERS = [
 
 ANTHROPIC_API_KEY = os.environ.get("ANTHROPIC_API_KEY", "")
 ANTHROPIC_BASE_URL = os.environ.get("ANTHROPIC_BASE_URL", "")
+# The network-bound tier runs on the `llm` queue only when an API key is configured.
+LLM_ENABLED = bool(ANTHROPIC_API_KEY)
+LLM_TIER = os.environ.get("LLM_TIER", "agents.llm.tier.ClaudeTier")
 
 LOGGING = {
     "version": 1,

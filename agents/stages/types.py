@@ -99,6 +99,11 @@ class StageContext:
     history: Sequence[Mapping[str, Any]] = ()
     holding_reply: str = ""
     attempt: int = 1
+    # "cpu" on the stage's own queue; "llm" when re-run on the llm queue (thread pool) with the
+    # network-bound tiers. `can_handoff` says an llm variant is configured to hand over to.
+    variant: str = "cpu"
+    can_handoff: bool = False
+    llm: Any = None  # the model client (agents/llm) when variant == "llm"
 
 
 @dataclass
@@ -108,6 +113,7 @@ class StageResult:
     output: dict[str, Any]
     confidence: float | None = None
     escalate: str | None = None  # a review reason when the ticket needs a person
+    handoff: str | None = None  # "llm": persist this output, re-run the stage on the llm queue
     tier: str = ""
     model: str = ""
     input_tokens: int = 0
