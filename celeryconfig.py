@@ -47,8 +47,12 @@ task_routes = {
     "agents.llm_stage": {"queue": "llm"},
     "agents.deliver_callback": {"queue": "webhooks"},
     "agents.sweep_stuck_tickets": {"queue": "maintenance"},
+    "agents.retrain_local_model": {"queue": "maintenance"},
+    "agents.thresholds_follow_reviewers": {"queue": "maintenance"},
 }
 
 beat_schedule = {
     "sweep-stuck-tickets": {"task": "agents.sweep_stuck_tickets", "schedule": timedelta(seconds=30)},
+    "retrain-local-model": {"task": "agents.retrain_local_model", "schedule": timedelta(hours=6)},
+    "thresholds-follow-reviewers": {"task": "agents.thresholds_follow_reviewers", "schedule": timedelta(hours=1)},
 }

@@ -130,3 +130,46 @@ class SideEffect(models.Model):
 
     def __str__(self) -> str:
         return f"{self.tool} {self.idempotency_key} ({self.status})"
+
+
+class ModelVersion(models.Model):
+    """A trained local intent model: its bytes, what it was trained on, how it measured."""
+
+    version = models.CharField(max_length=40, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    n_examples = models.PositiveIntegerField()
+    n_feedback = models.PositiveIntegerField(default=0, help_text="Reviewer decisions among the examples.")
+    metrics = models.JSONField(default=dict, blank=True, help_text="Cross-validated metrics at training.")
+    holdout_metrics = models.JSONField(
+        default=dict, blank=True, help_text="Candidate vs active on the held-back slice."
+    )
+    blob = models.BinaryField()
+    is_active = models.BooleanField(default=False)
+    activated_at = models.DateTimeField(null=True, blank=True)
+    notes = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["is_active"], condition=models.Q(is_active=True), name="one_active_model"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.version}{' (active)' if self.is_active else ''}"
+
+
+class ThresholdChange(models.Model):
+    """Every change of an intent's automation threshold, with its reason."""
+
+    intent = models.CharField(max_length=100, db_index=True)
+    old = models.FloatField(null=True)
+    new = models.FloatField()
+    reason = models.TextField()
+    model_version = models.CharField(max_length=40, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.intent}: {self.old} → {self.new}"

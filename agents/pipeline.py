@@ -83,8 +83,9 @@ def handed_over(context: dict[str, Any], stage: str) -> bool:
     return f"{stage}_cpu" in context
 
 
-def stage_enqueue(ticket_id: str, stage: str, *, context: dict[str, Any] | None = None,
-                  countdown: float | None = None) -> None:
+def stage_enqueue(
+    ticket_id: str, stage: str, *, context: dict[str, Any] | None = None, countdown: float | None = None
+) -> None:
     """Publish the stage's task by name (routes in celeryconfig choose its queue)."""
     if context is not None and handed_over(context, stage):
         current_app.send_task("agents.llm_stage", args=[str(ticket_id), stage], countdown=countdown)
@@ -97,7 +98,9 @@ def customer_history(ticket: Ticket, limit: int) -> list[dict[str, Any]]:
     if not ticket.customer_ref:
         return []
     rows = (
-        Ticket.objects.filter(client_id=ticket.client_id, customer_ref=ticket.customer_ref, created_at__lt=ticket.created_at)
+        Ticket.objects.filter(
+            client_id=ticket.client_id, customer_ref=ticket.customer_ref, created_at__lt=ticket.created_at
+        )
         .order_by("-created_at")
         .values("created_at", "status", "intent", "reply")[:limit]
     )
@@ -110,8 +113,14 @@ def customer_history(ticket: Ticket, limit: int) -> list[dict[str, Any]]:
 def ticket_input(ticket: Ticket) -> TicketInput:
     """The stage-facing view of a ticket."""
     return TicketInput(
-        id=str(ticket.id), client_id=ticket.client_id, customer_ref=ticket.customer_ref, channel=ticket.channel,
-        subject=ticket.subject, body=ticket.body, priority=ticket.priority, metadata=ticket.metadata,
+        id=str(ticket.id),
+        client_id=ticket.client_id,
+        customer_ref=ticket.customer_ref,
+        channel=ticket.channel,
+        subject=ticket.subject,
+        body=ticket.body,
+        priority=ticket.priority,
+        metadata=ticket.metadata,
         context=ticket.context,
     )
 
@@ -129,8 +138,9 @@ def llm_parts() -> dict[str, Any]:
 
 def stage_context(stage: str, ticket: Ticket, attempt: int, variant: str = "cpu") -> StageContext:
     """Lend the stage only what it needs: tiers to classify, tools to execute, history to decide."""
-    ctx = StageContext(catalog=get_catalog(), attempt=attempt, holding_reply=settings.PIPELINE["HOLDING_REPLY"],
-                       variant=variant)
+    ctx = StageContext(
+        catalog=get_catalog(), attempt=attempt, holding_reply=settings.PIPELINE["HOLDING_REPLY"], variant=variant
+    )
     if variant == "llm":
         parts = llm_parts()
         ctx.tiers = [parts["tier"]] if stage == "classify" and parts else []
@@ -155,19 +165,35 @@ def backoff_seconds(attempt: int, retry_after: float | None = None) -> float:
 
 def _trace(ticket: Ticket, stage: str, attempt: int, started: Any, t0: float, **fields: Any) -> Trace:
     return Trace.objects.create(
-        ticket_id=ticket.id, stage=stage, attempt=attempt, started_at=started, finished_at=timezone.now(),
-        duration_ms=(time.perf_counter() - t0) * 1000, **fields,
+        ticket_id=ticket.id,
+        stage=stage,
+        attempt=attempt,
+        started_at=started,
+        finished_at=timezone.now(),
+        duration_ms=(time.perf_counter() - t0) * 1000,
+        **fields,
     )
 
 
 def _announce(ticket: Ticket, trace: Trace, outcome: str, new_status: str) -> None:
     def send() -> None:
         stage_finished.send(
-            sender=Trace, ticket_id=str(ticket.pk), client_id=ticket.client_id, stage=trace.stage,
-            attempt=trace.attempt, outcome=outcome, duration_ms=trace.duration_ms, tier=trace.tier,
-            model=trace.model, confidence=trace.confidence, input_tokens=trace.input_tokens,
-            output_tokens=trace.output_tokens, cost_usd=float(trace.cost_usd), cache_hit=trace.cache_hit,
-            new_status=new_status, created_at=ticket.created_at,
+            sender=Trace,
+            ticket_id=str(ticket.pk),
+            client_id=ticket.client_id,
+            stage=trace.stage,
+            attempt=trace.attempt,
+            outcome=outcome,
+            duration_ms=trace.duration_ms,
+            tier=trace.tier,
+            model=trace.model,
+            confidence=trace.confidence,
+            input_tokens=trace.input_tokens,
+            output_tokens=trace.output_tokens,
+            cost_usd=float(trace.cost_usd),
+            cache_hit=trace.cache_hit,
+            new_status=new_status,
+            created_at=ticket.created_at,
         )
 
     transaction.on_commit(send)
@@ -230,15 +256,29 @@ def _commit(ticket: Ticket, stage: str, attempt: int, started: Any, t0: float, r
     fields = _stage_fields(stage, result) if new_status != ticket.status else {}
     with transaction.atomic():
         moved = Ticket.objects.filter(pk=ticket.pk, status=ticket.status, stage_attempts=ticket.stage_attempts).update(
-            status=new_status, stage_attempts=0, context=context, updated_at=timezone.now(),
-            cost_usd=F("cost_usd") + Decimal(str(result.cost_usd)), **fields,
+            status=new_status,
+            stage_attempts=0,
+            context=context,
+            updated_at=timezone.now(),
+            cost_usd=F("cost_usd") + Decimal(str(result.cost_usd)),
+            **fields,
         )
         if moved != 1:
             return Outcome("duplicate")  # another delivery of this stage got there first
         trace = _trace(
-            ticket, stage, attempt, started, t0, status=TraceStatus.OK, confidence=result.confidence,
-            tier=result.tier, model=result.model, input_tokens=result.input_tokens,
-            output_tokens=result.output_tokens, cost_usd=Decimal(str(result.cost_usd)), cache_hit=result.cache_hit,
+            ticket,
+            stage,
+            attempt,
+            started,
+            t0,
+            status=TraceStatus.OK,
+            confidence=result.confidence,
+            tier=result.tier,
+            model=result.model,
+            input_tokens=result.input_tokens,
+            output_tokens=result.output_tokens,
+            cost_usd=Decimal(str(result.cost_usd)),
+            cache_hit=result.cache_hit,
             output=result.output,
         )
         if stage == "escalate":
@@ -266,23 +306,32 @@ def _fail(ticket: Ticket, stage: str, attempt: int, started: Any, t0: float, exc
         )
         if moved != 1:
             return Outcome("duplicate")
-        trace = _trace(ticket, stage, attempt, started, t0, status=TraceStatus.FAILED if final else TraceStatus.RETRY, **error)
+        trace = _trace(
+            ticket, stage, attempt, started, t0, status=TraceStatus.FAILED if final else TraceStatus.RETRY, **error
+        )
         _announce(ticket, trace, "failed" if final else "retry", Status.DEAD_LETTERED if final else ticket.status)
         if not final:
             retry_after = exc.retry_after if isinstance(exc, StageError) else None
             return Outcome("retry", retry_in=backoff_seconds(attempt, retry_after))
         reason = "permanent error" if permanent else f"out of retries after {attempt} attempts"
         DeadLetter.objects.create(
-            ticket_id=ticket.pk, stage=stage, reason=reason, error_class=error["error_class"],
-            last_error=error["error_message"], attempts=attempt,
+            ticket_id=ticket.pk,
+            stage=stage,
+            reason=reason,
+            error_class=error["error_class"],
+            last_error=error["error_message"],
+            attempts=attempt,
         )
         classified = ticket.context.get("classify", {})
         handler = import_string(settings.ESCALATION_HANDLER)
         handler(
-            ticket=ticket, reason="dead_letter",
+            ticket=ticket,
+            reason="dead_letter",
             suggestion={
-                "intent": classified.get("intent", ""), "confidence": classified.get("confidence"),
-                "tier": classified.get("tier", ""), "plan": ticket.context.get("decide", {}).get("plan", []),
+                "intent": classified.get("intent", ""),
+                "confidence": classified.get("confidence"),
+                "tier": classified.get("tier", ""),
+                "plan": ticket.context.get("decide", {}).get("plan", []),
                 "reply": ticket.context.get("decide", {}).get("reply", ""),
                 "detail": f"{stage} failed: {reason}: {error['error_message'][:500]}",
             },

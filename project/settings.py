@@ -163,17 +163,14 @@ PIPELINE = {
     "HISTORY_SIZE": int(os.environ.get("HISTORY_SIZE", 8)),
     "HOLDING_REPLY": os.environ.get(
         "HOLDING_REPLY",
-        "Thanks for getting in touch. A member of our team is looking at your request "
-        "and will reply shortly.",
+        "Thanks for getting in touch. A member of our team is looking at your request and will reply shortly.",
     ),
 }
 INTENT_PACK = os.environ.get("INTENT_PACK", str(BASE_DIR / "agents" / "packs" / "banking77.yaml"))
 # agents never imports reviews: escalation reaches the review queue through this hook.
 ESCALATION_HANDLER = os.environ.get("ESCALATION_HANDLER", "reviews.services.review_create_from_escalation")
 TICKET_REPLAY_HANDLER = "agents.pipeline.ticket_replay"
-CLASSIFIER_TIERS = [
-    t for t in os.environ.get("CLASSIFIER_TIERS", "agents.tiers.rules.RulesTier").split(",") if t
-]
+CLASSIFIER_TIERS = [t for t in os.environ.get("CLASSIFIER_TIERS", "agents.tiers.rules.RulesTier").split(",") if t]
 
 ANTHROPIC_API_KEY = os.environ.get("ANTHROPIC_API_KEY", "")
 ANTHROPIC_BASE_URL = os.environ.get("ANTHROPIC_BASE_URL", "")

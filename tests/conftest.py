@@ -21,7 +21,9 @@ TEST_PACK = Path(__file__).parent / "data" / "pack.yaml"
 ALL_QUEUES = ("parse", "classify", "decide", "execute", "escalate", "llm", "webhooks", "maintenance")
 
 
-def wait_for(predicate: Callable[[], Any], *, timeout: float = 20.0, interval: float = 0.05, what: str = "condition") -> Any:
+def wait_for(
+    predicate: Callable[[], Any], *, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"
+) -> Any:
     """Poll until `predicate()` is truthy; fail the test with `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -63,8 +65,9 @@ def celery_worker(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Any]
 
     with django_db_blocker.unblock():
         app.control.purge()
-        with start_worker(app, pool="threads", concurrency=4, perform_ping_check=False,
-                          queues=list(ALL_QUEUES), shutdown_timeout=30) as worker:
+        with start_worker(
+            app, pool="threads", concurrency=4, perform_ping_check=False, queues=list(ALL_QUEUES), shutdown_timeout=30
+        ) as worker:
             yield worker
 
 

@@ -75,7 +75,9 @@ class TicketInputSerializer(StrictSerializer):
     subject = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
     body = serializers.CharField(max_length=settings.TICKET_BODY_MAX_CHARS, trim_whitespace=True)
     metadata = serializers.DictField(required=False, default=dict)
-    priority = serializers.ChoiceField(choices=[label for _, label in Priority.choices], required=False, default="normal")
+    priority = serializers.ChoiceField(
+        choices=[label for _, label in Priority.choices], required=False, default="normal"
+    )
     callback_url = serializers.URLField(max_length=200, required=False, allow_blank=True, default="")
 
     def validate_metadata(self, value: dict[str, Any]) -> dict[str, Any]:
@@ -118,15 +120,31 @@ class TicketOutputSerializer(serializers.ModelSerializer):
     class Meta:
         model = Ticket
         fields = [
-            "id", "url", "status", "priority", "customer_ref", "channel", "subject", "body", "metadata",
-            "callback_url", "intent", "confidence", "resolution", "created_at", "updated_at", "resolved_at",
+            "id",
+            "url",
+            "status",
+            "priority",
+            "customer_ref",
+            "channel",
+            "subject",
+            "body",
+            "metadata",
+            "callback_url",
+            "intent",
+            "confidence",
+            "resolution",
+            "created_at",
+            "updated_at",
+            "resolved_at",
         ]
 
     @extend_schema_field(OpenApiTypes.STR)
     def get_url(self, ticket: Ticket) -> str:
         return reverse("ticket-detail", kwargs={"ticket_id": ticket.id})
 
-    @extend_schema_field(inline_serializer("Resolution", {"action": serializers.CharField(), "reply": serializers.CharField()}))
+    @extend_schema_field(
+        inline_serializer("Resolution", {"action": serializers.CharField(), "reply": serializers.CharField()})
+    )
     def get_resolution(self, ticket: Ticket) -> dict[str, Any]:
         return {"action": ticket.action, "reply": ticket.reply}
 
@@ -166,8 +184,23 @@ class TicketListCreateApi(APIView):
 
     @extend_schema(
         request=TicketInputSerializer,
-        parameters=[OpenApiParameter("Idempotency-Key", OpenApiTypes.STR, OpenApiParameter.HEADER, description="Retries with the same key return the same ticket.")],
-        responses={200: TicketOutputSerializer, 202: TicketOutputSerializer, 400: ERROR, 401: ERROR, 409: ERROR, 413: ERROR, 429: ERROR},
+        parameters=[
+            OpenApiParameter(
+                "Idempotency-Key",
+                OpenApiTypes.STR,
+                OpenApiParameter.HEADER,
+                description="Retries with the same key return the same ticket.",
+            )
+        ],
+        responses={
+            200: TicketOutputSerializer,
+            202: TicketOutputSerializer,
+            400: ERROR,
+            401: ERROR,
+            409: ERROR,
+            413: ERROR,
+            429: ERROR,
+        },
     )
     def post(self, request: Request) -> Response:
         if not isinstance(request.data, dict):

@@ -13,7 +13,9 @@ from rest_framework.views import exception_handler as drf_exception_handler
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF's handler, with the body reshaped so clients parse one format."""
     if isinstance(exc, RequestDataTooBig):
-        return Response({"error": "request_too_large", "detail": str(exc)}, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
+        return Response(
+            {"error": "request_too_large", "detail": str(exc)}, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+        )
     response = drf_exception_handler(exc, context)
     if response is None:
         return None

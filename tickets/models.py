@@ -60,8 +60,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     Status.ESCALATING: frozenset({Status.AWAITING_REVIEW}),
     Status.AWAITING_REVIEW: frozenset({Status.EXECUTING, Status.RESOLVED}),
     Status.DEAD_LETTERED: frozenset(
-        {Status.PARSING, Status.CLASSIFYING, Status.DECIDING, Status.EXECUTING, Status.ESCALATING,
-         Status.RESOLVED}
+        {Status.PARSING, Status.CLASSIFYING, Status.DECIDING, Status.EXECUTING, Status.ESCALATING, Status.RESOLVED}
     ),
     Status.RESOLVED: frozenset(),
 }
@@ -92,7 +91,7 @@ class Ticket(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     client = models.ForeignKey(Client, on_delete=models.PROTECT, related_name="tickets")
-    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001 - NULL = no key; unique only when set
     request_hash = models.CharField(max_length=64, blank=True, default="")
     customer_ref = models.CharField(max_length=255, blank=True, default="")
     channel = models.CharField(max_length=32, default="api")

@@ -11,13 +11,33 @@ from django.db.models import QuerySet
 from tickets.models import Client, Ticket
 
 TRACE_FIELDS = (
-    "stage", "attempt", "status", "started_at", "finished_at", "duration_ms", "confidence", "tier", "model",
-    "input_tokens", "output_tokens", "cost_usd", "cache_hit", "error_class", "error_message", "output",
+    "stage",
+    "attempt",
+    "status",
+    "started_at",
+    "finished_at",
+    "duration_ms",
+    "confidence",
+    "tier",
+    "model",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+    "cache_hit",
+    "error_class",
+    "error_message",
+    "output",
 )
 
 
-def ticket_list(*, client: Client, status: str | None = None, intent: str | None = None,
-                created_after: datetime | None = None, created_before: datetime | None = None) -> QuerySet[Ticket]:
+def ticket_list(
+    *,
+    client: Client,
+    status: str | None = None,
+    intent: str | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+) -> QuerySet[Ticket]:
     """The client's tickets, newest first, filtered."""
     qs = Ticket.objects.filter(client=client)
     if status:

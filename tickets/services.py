@@ -33,7 +33,9 @@ def _existing(client: Client, key: str, fingerprint: str) -> Ticket:
     return ticket
 
 
-def ticket_create(*, client: Client, payload: dict[str, Any], idempotency_key: str | None = None) -> tuple[Ticket, bool]:
+def ticket_create(
+    *, client: Client, payload: dict[str, Any], idempotency_key: str | None = None
+) -> tuple[Ticket, bool]:
     """Store a new ticket and start its pipeline; a known key returns the first ticket instead."""
     fingerprint = request_fingerprint(payload)
     if idempotency_key and Ticket.objects.filter(client=client, idempotency_key=idempotency_key).exists():

@@ -19,7 +19,11 @@ def classify(ticket: TicketInput, ctx: StageContext) -> StageResult:
             tried.append({"tier": tier.name, "intent": None, "confidence": None})
             continue
         tried.append({"tier": answer.tier, "intent": answer.intent, "confidence": answer.confidence})
-        tokens_in, tokens_out, cost = tokens_in + answer.input_tokens, tokens_out + answer.output_tokens, cost + answer.cost_usd
+        tokens_in, tokens_out, cost = (
+            tokens_in + answer.input_tokens,
+            tokens_out + answer.output_tokens,
+            cost + answer.cost_usd,
+        )
         if best is None or answer.confidence > best.confidence:
             best = answer
         if answer.confidence >= ctx.catalog[answer.intent].threshold:
@@ -29,8 +33,14 @@ def classify(ticket: TicketInput, ctx: StageContext) -> StageResult:
     if best is None:
         output.update(intent="", confidence=0.0, tier="", model="", alternatives=[])
         handoff = "llm" if ctx.can_handoff else None
-        return StageResult(output=output, confidence=0.0, input_tokens=tokens_in, output_tokens=tokens_out,
-                           cost_usd=cost, handoff=handoff)
+        return StageResult(
+            output=output,
+            confidence=0.0,
+            input_tokens=tokens_in,
+            output_tokens=tokens_out,
+            cost_usd=cost,
+            handoff=handoff,
+        )
     handoff = None
     if ctx.can_handoff and best.confidence < ctx.catalog[best.intent].threshold:
         handoff = "llm"  # unsure: ask the network-bound tier, on its own queue
@@ -42,8 +52,15 @@ def classify(ticket: TicketInput, ctx: StageContext) -> StageResult:
         alternatives=[list(a) for a in best.alternatives],
     )
     return StageResult(
-        output=output, confidence=best.confidence, tier=best.tier, model=best.model,
-        input_tokens=tokens_in, output_tokens=tokens_out, cost_usd=cost, cache_hit=best.cache_hit, handoff=handoff,
+        output=output,
+        confidence=best.confidence,
+        tier=best.tier,
+        model=best.model,
+        input_tokens=tokens_in,
+        output_tokens=tokens_out,
+        cost_usd=cost,
+        cache_hit=best.cache_hit,
+        handoff=handoff,
     )
 
 
@@ -52,4 +69,6 @@ def _answer_from(output: dict | None) -> TierAnswer | None:
     if not output or not output.get("intent"):
         return None
     alternatives = tuple((str(i), float(p)) for i, p in output.get("alternatives", []))
-    return TierAnswer(output["intent"], float(output["confidence"]), output["tier"], output.get("model", ""), alternatives)
+    return TierAnswer(
+        output["intent"], float(output["confidence"]), output["tier"], output.get("model", ""), alternatives
+    )

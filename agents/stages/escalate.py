@@ -12,7 +12,9 @@ def escalate(ticket: TicketInput, ctx: StageContext) -> StageResult:
     escalation = ticket.context.get("escalation", {})
     classified = ticket.context.get("classify", {})
     decided = ticket.context.get("decide", {})
-    result = ctx.tools.run("reply", {"text": ctx.holding_reply, "kind": "holding"}, idempotency_key=f"{ticket.id}:holding:reply")
+    result = ctx.tools.run(
+        "reply", {"text": ctx.holding_reply, "kind": "holding"}, idempotency_key=f"{ticket.id}:holding:reply"
+    )
     if not result.ok:
         raise StageError(f"holding reply failed: {result.data.get('error', 'unknown error')}")
     suggestion = {
@@ -23,5 +25,9 @@ def escalate(ticket: TicketInput, ctx: StageContext) -> StageResult:
         "reply": decided.get("reply", ""),
         "detail": escalation.get("detail", ""),
     }
-    output = {"reason": escalation.get("reason", "low_confidence"), "suggestion": suggestion, "holding_reply": ctx.holding_reply}
+    output = {
+        "reason": escalation.get("reason", "low_confidence"),
+        "suggestion": suggestion,
+        "holding_reply": ctx.holding_reply,
+    }
     return StageResult(output=output, confidence=classified.get("confidence"))

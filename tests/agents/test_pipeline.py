@@ -141,8 +141,12 @@ def test_a_stage_delivered_twice_changes_nothing_the_second_time(pipeline, api):
 
 def test_a_lost_message_is_recovered_by_the_sweeper(pipeline, api):
     http, client = api()
-    ticket = Ticket.objects.create(client=client, body="My card still hasn't arrived", status=Status.CLASSIFYING,
-                                   context={"parse": {"text": "my card still hasn't arrived", "language": "en"}})
+    ticket = Ticket.objects.create(
+        client=client,
+        body="My card still hasn't arrived",
+        status=Status.CLASSIFYING,
+        context={"parse": {"text": "my card still hasn't arrived", "language": "en"}},
+    )
     Ticket.objects.filter(pk=ticket.pk).update(updated_at=ticket.updated_at.replace(year=2000))
 
     assert pipeline_service.tickets_sweep_stuck(older_than_seconds=60) == 1

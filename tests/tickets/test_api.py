@@ -80,8 +80,12 @@ def test_no_token_or_a_wrong_token_is_401(db):
 def test_the_list_is_cursor_paginated_and_filtered(api):
     http, client = api()
     for i in range(5):
-        ticket_make(client, body=f"t{i}", status=Status.RESOLVED if i % 2 else Status.AWAITING_REVIEW,
-                    intent="card_arrival" if i < 2 else "")
+        ticket_make(
+            client,
+            body=f"t{i}",
+            status=Status.RESOLVED if i % 2 else Status.AWAITING_REVIEW,
+            intent="card_arrival" if i < 2 else "",
+        )
     page = http.get(URL, {"page_size": 2}).json()
     assert len(page["results"]) == 2 and page["next"]
     rest = http.get(page["next"]).json()
@@ -106,6 +110,7 @@ def test_a_client_over_its_rate_is_told_when_to_come_back(api, settings):
     cache.clear()
     settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"client": "2/min"}}
     from rest_framework.settings import api_settings
+
     from tickets.auth import ClientRateThrottle
 
     api_settings.reload()

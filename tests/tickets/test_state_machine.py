@@ -10,10 +10,16 @@ from tickets.models import IllegalTransition, Status, check_transition
 @pytest.mark.parametrize(
     ("current", "new"),
     [
-        ("received", "parsing"), ("parsing", "classifying"), ("classifying", "deciding"),
-        ("deciding", "executing"), ("executing", "resolved"), ("deciding", "escalating"),
-        ("escalating", "awaiting_review"), ("classifying", "dead_lettered"),
-        ("awaiting_review", "executing"), ("dead_lettered", "executing"),
+        ("received", "parsing"),
+        ("parsing", "classifying"),
+        ("classifying", "deciding"),
+        ("deciding", "executing"),
+        ("executing", "resolved"),
+        ("deciding", "escalating"),
+        ("escalating", "awaiting_review"),
+        ("classifying", "dead_lettered"),
+        ("awaiting_review", "executing"),
+        ("dead_lettered", "executing"),
     ],
 )
 def test_legal_moves_pass(current, new):
@@ -23,9 +29,14 @@ def test_legal_moves_pass(current, new):
 @pytest.mark.parametrize(
     ("current", "new"),
     [
-        ("received", "resolved"), ("parsing", "executing"), ("resolved", "parsing"),
-        ("resolved", "dead_lettered"), ("awaiting_review", "parsing"), ("classifying", "parsing"),
-        ("dead_lettered", "awaiting_review"), ("executing", "deciding"),
+        ("received", "resolved"),
+        ("parsing", "executing"),
+        ("resolved", "parsing"),
+        ("resolved", "dead_lettered"),
+        ("awaiting_review", "parsing"),
+        ("classifying", "parsing"),
+        ("dead_lettered", "awaiting_review"),
+        ("executing", "deciding"),
     ],
 )
 def test_illegal_moves_are_refused(current, new):

@@ -16,18 +16,35 @@ from agents.stages.types import IntentPolicy, StageContext, StageError, TicketIn
 from agents.tiers.rules import RulesTier
 
 CATALOG = {
-    "card_arrival": IntentPolicy(name="card_arrival", threshold=0.9, reply_template="Hi {customer_ref}, on its way ({ticket_ref}).",
-                                 rules=(r"\bcard\b.{0,40}\b(not|n't|still)\b.{0,20}\barriv",)),
-    "lost_or_stolen_card": IntentPolicy(name="lost_or_stolen_card", threshold=0.9, allowed_actions=("reply", "webhook"),
-                                        reply_template="Frozen.", webhook_url="http://downstream/freeze",
-                                        rules=(r"\b(lost|stolen)\b.{0,20}\bcard\b",)),
+    "card_arrival": IntentPolicy(
+        name="card_arrival",
+        threshold=0.9,
+        reply_template="Hi {customer_ref}, on its way ({ticket_ref}).",
+        rules=(r"\bcard\b.{0,40}\b(not|n't|still)\b.{0,20}\barriv",),
+    ),
+    "lost_or_stolen_card": IntentPolicy(
+        name="lost_or_stolen_card",
+        threshold=0.9,
+        allowed_actions=("reply", "webhook"),
+        reply_template="Frozen.",
+        webhook_url="http://downstream/freeze",
+        rules=(r"\b(lost|stolen)\b.{0,20}\bcard\b",),
+    ),
     "refund_not_showing_up": IntentPolicy(name="refund_not_showing_up", always_review=True, reply_template="Soon."),
 }
 
 
 def ticket(body: str = "", **context: Any) -> TicketInput:
-    return TicketInput(id="0b7c2f9e-0000-0000-0000-000000000000", client_id=1, customer_ref="alice", channel="email",
-                       subject="", body=body, priority=1, context=context)
+    return TicketInput(
+        id="0b7c2f9e-0000-0000-0000-000000000000",
+        client_id=1,
+        customer_ref="alice",
+        channel="email",
+        subject="",
+        body=body,
+        priority=1,
+        context=context,
+    )
 
 
 class FixedTier:
@@ -56,6 +73,7 @@ class RecordingTools:
 
 
 # --- parse ------------------------------------------------------------------------------------
+
 
 def test_parse_normalises_unicode_and_whitespace_and_drops_quotes_and_signatures():
     body = "Ｍy   card\u00a0is late!\n\nThanks,\nAlice\n\nOn Mon, Bob wrote:\n> old text"
@@ -89,6 +107,7 @@ def test_parse_escalates_a_request_with_no_words_left():
 
 # --- classify ---------------------------------------------------------------------------------
 
+
 def test_rules_answer_only_when_exactly_one_intent_matches():
     tier = RulesTier()
     assert tier.classify("my card still hasn't arrived", CATALOG).intent == "card_arrival"
@@ -120,8 +139,11 @@ def test_classify_ignores_an_intent_outside_the_catalogue():
 
 # --- decide -----------------------------------------------------------------------------------
 
+
 def decided(intent: str, confidence: float, **parse_out: Any):
-    t = ticket(parse={"text": "x", "language": "en", **parse_out}, classify={"intent": intent, "confidence": confidence})
+    t = ticket(
+        parse={"text": "x", "language": "en", **parse_out}, classify={"intent": intent, "confidence": confidence}
+    )
     return decide(t, StageContext(catalog=CATALOG))
 
 
@@ -150,10 +172,14 @@ def test_decide_says_when_a_person_is_needed(intent, confidence, extra, reason):
 
 
 def test_a_template_cannot_reach_anything_but_its_two_placeholders():
-    assert render_reply("{customer_ref} {ticket_ref} {secret} {0.__class__}", ticket()) == "alice 0b7c2f9e {secret} {0.__class__}"
+    assert (
+        render_reply("{customer_ref} {ticket_ref} {secret} {0.__class__}", ticket())
+        == "alice 0b7c2f9e {secret} {0.__class__}"
+    )
 
 
 # --- execute and escalate ---------------------------------------------------------------------
+
 
 def test_execute_runs_each_action_once_per_idempotency_key():
     tools = RecordingTools()
@@ -170,13 +196,18 @@ def test_execute_runs_each_action_once_per_idempotency_key():
 def test_execute_refuses_an_action_outside_the_intents_allow_list():
     plan = [{"tool": "webhook", "args": {"intent": "card_arrival"}}]
     with pytest.raises(StageError) as err:
-        execute(ticket(decide={"intent": "card_arrival", "plan": plan}), StageContext(catalog=CATALOG, tools=RecordingTools()))
+        execute(
+            ticket(decide={"intent": "card_arrival", "plan": plan}),
+            StageContext(catalog=CATALOG, tools=RecordingTools()),
+        )
     assert err.value.permanent
 
 
 def test_execute_uses_a_reviewers_decision_over_the_agents_plan():
     tools = RecordingTools()
-    t = ticket(decide={"intent": "card_arrival", "plan": []}, human={"intent": "card_arrival", "reply": "Sorted, Alice."})
+    t = ticket(
+        decide={"intent": "card_arrival", "plan": []}, human={"intent": "card_arrival", "reply": "Sorted, Alice."}
+    )
     result = execute(t, StageContext(catalog=CATALOG, tools=tools))
     assert result.output["source"] == "human" and result.output["reply"] == "Sorted, Alice."
 
@@ -190,8 +221,11 @@ def test_a_failing_tool_is_a_transient_stage_error():
 
 def test_escalate_sends_one_holding_reply_and_describes_the_suggestion():
     tools = RecordingTools()
-    t = ticket(classify={"intent": "card_arrival", "confidence": 0.4, "tier": "rules"},
-               decide={"plan": [], "reply": "draft"}, escalation={"reason": "low_confidence", "detail": "unsure"})
+    t = ticket(
+        classify={"intent": "card_arrival", "confidence": 0.4, "tier": "rules"},
+        decide={"plan": [], "reply": "draft"},
+        escalation={"reason": "low_confidence", "detail": "unsure"},
+    )
     ctx = StageContext(catalog=CATALOG, tools=tools, holding_reply="We'll be in touch.")
     result = escalate(t, ctx)
     escalate(t, ctx)

@@ -44,7 +44,9 @@ class Command(BaseCommand):
                 time.sleep(1)
         ids = []
         for i, sample in enumerate(SAMPLES):
-            response = http.post("/api/v1/tickets/", json=sample, headers={"Idempotency-Key": f"sample-{i}-{int(time.time())}"})
+            response = http.post(
+                "/api/v1/tickets/", json=sample, headers={"Idempotency-Key": f"sample-{i}-{int(time.time())}"}
+            )
             if response.status_code not in (200, 202):
                 raise CommandError(f"POST failed: {response.status_code} {response.text}")
             ids.append(response.json()["id"])
