@@ -15,7 +15,9 @@ class DecisionForm(forms.Form):
 
     intent = forms.ChoiceField(help_text="What the customer actually wants.")
     reply = forms.CharField(
-        required=False, strip=True, widget=forms.Textarea(attrs={"rows": 6, "cols": 80}),
+        required=False,
+        strip=True,
+        widget=forms.Textarea(attrs={"rows": 6, "cols": 80}),
         help_text="Sent to the customer once, through the intent's allowed tools.",
     )
     notes = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2, "cols": 80}))
@@ -33,8 +35,11 @@ class DecisionForm(forms.Form):
 class DismissForm(forms.Form):
     """Close the review without acting; the reason is required and kept."""
 
-    reason = forms.CharField(max_length=500, widget=forms.TextInput(attrs={"size": 60}),
-                             help_text="e.g. spam, duplicate of another ticket, handled by phone.")
+    reason = forms.CharField(
+        max_length=500,
+        widget=forms.TextInput(attrs={"size": 60}),
+        help_text="e.g. spam, duplicate of another ticket, handled by phone.",
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("prefix", "dismiss")

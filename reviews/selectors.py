@@ -44,7 +44,9 @@ def review_next_open(*, after: Review | None = None) -> Review | None:
 
 def review_intents() -> list[str]:
     """Suggested intents present in the live queue, for the intent filter."""
-    rows = Review.objects.filter(status__in=LIVE).exclude(suggested_intent="").values_list("suggested_intent", flat=True)
+    rows = (
+        Review.objects.filter(status__in=LIVE).exclude(suggested_intent="").values_list("suggested_intent", flat=True)
+    )
     return sorted(set(rows))
 
 
@@ -87,7 +89,11 @@ def override_rates() -> list[dict[str, Any]]:
         .order_by("agent_intent")
     )
     return [
-        {"intent": r["agent_intent"], "decisions": r["decisions"], "overrides": r["overrides"],
-         "rate": r["overrides"] / r["decisions"]}
+        {
+            "intent": r["agent_intent"],
+            "decisions": r["decisions"],
+            "overrides": r["overrides"],
+            "rate": r["overrides"] / r["decisions"],
+        }
         for r in rows
     ]

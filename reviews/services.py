@@ -127,8 +127,15 @@ def review_resolve(*, review: Review, reviewer: AbstractBaseUser, intent: str, r
     unchanged = intent == review.suggested_intent and reply == review.suggested_reply.strip()
     decision = Decision.APPROVE if unchanged else Decision.CORRECT
     with transaction.atomic():
-        closed = _close(review, reviewer, status=ReviewStatus.RESOLVED, decision=decision,
-                        final_intent=intent, final_reply=reply, notes=notes)
+        closed = _close(
+            review,
+            reviewer,
+            status=ReviewStatus.RESOLVED,
+            decision=decision,
+            final_intent=intent,
+            final_reply=reply,
+            notes=notes,
+        )
         try:
             ticket_resume(ticket=closed.ticket, intent=intent, reply=reply)
         except IllegalTransition as exc:
@@ -139,8 +146,9 @@ def review_resolve(*, review: Review, reviewer: AbstractBaseUser, intent: str, r
 
 def review_approve(*, review: Review, reviewer: AbstractBaseUser, notes: str = "") -> Review:
     """Resolve with the agents' suggestion as it stands."""
-    return review_resolve(review=review, reviewer=reviewer, intent=review.suggested_intent,
-                          reply=review.suggested_reply, notes=notes)
+    return review_resolve(
+        review=review, reviewer=reviewer, intent=review.suggested_intent, reply=review.suggested_reply, notes=notes
+    )
 
 
 def review_dismiss(*, review: Review, reviewer: AbstractBaseUser, reason: str, notes: str = "") -> Review:
@@ -149,8 +157,14 @@ def review_dismiss(*, review: Review, reviewer: AbstractBaseUser, reason: str, n
     if not reason:
         raise ReviewInvalid("Say why you dismiss this review.")
     with transaction.atomic():
-        closed = _close(review, reviewer, status=ReviewStatus.DISMISSED, decision=Decision.DISMISS,
-                        dismiss_reason=reason[:500], notes=notes)
+        closed = _close(
+            review,
+            reviewer,
+            status=ReviewStatus.DISMISSED,
+            decision=Decision.DISMISS,
+            dismiss_reason=reason[:500],
+            notes=notes,
+        )
         _ticket_close_dismissed(closed.ticket, reason)
         feedback_record(review=closed, reviewer=reviewer)
     return closed
@@ -165,7 +179,9 @@ def _ticket_close_dismissed(ticket: Ticket, reason: str) -> None:
     locked.context = {**locked.context, "human": {"decision": "dismiss", "reason": reason}}
     locked.save(update_fields=["status", "action", "resolved_at", "context", "updated_at"])
     # The client is told the ticket's outcome, as for any other terminal state.
-    transaction.on_commit(lambda: current_app.send_task("agents.deliver_callback", args=[str(locked.pk), Status.RESOLVED]))
+    transaction.on_commit(
+        lambda: current_app.send_task("agents.deliver_callback", args=[str(locked.pk), Status.RESOLVED])
+    )
 
 
 def review_replay(*, review: Review, reviewer: AbstractBaseUser) -> Ticket:
@@ -188,13 +204,24 @@ def review_replay(*, review: Review, reviewer: AbstractBaseUser) -> Ticket:
 def feedback_record(*, review: Review, reviewer: AbstractBaseUser) -> Feedback:
     """Keep one decided review as a training example."""
     ticket = review.ticket
-    taken = (review.resolved_at - review.claimed_at).total_seconds() if review.resolved_at and review.claimed_at else None
+    taken = (
+        (review.resolved_at - review.claimed_at).total_seconds() if review.resolved_at and review.claimed_at else None
+    )
     return Feedback.objects.create(
-        review=review, ticket=ticket, text=(ticket.context.get("parse") or {}).get("text") or ticket.body,
-        reason=review.reason, agent_intent=review.suggested_intent, agent_confidence=review.suggested_confidence,
-        agent_tier=review.suggested_tier, agent_reply=review.suggested_reply, human_intent=review.final_intent,
-        human_reply=review.final_reply, decision=review.decision, overridden=review.decision == Decision.CORRECT,
-        reviewer=reviewer, seconds_taken=taken,
+        review=review,
+        ticket=ticket,
+        text=(ticket.context.get("parse") or {}).get("text") or ticket.body,
+        reason=review.reason,
+        agent_intent=review.suggested_intent,
+        agent_confidence=review.suggested_confidence,
+        agent_tier=review.suggested_tier,
+        agent_reply=review.suggested_reply,
+        human_intent=review.final_intent,
+        human_reply=review.final_reply,
+        decision=review.decision,
+        overridden=review.decision == Decision.CORRECT,
+        reviewer=reviewer,
+        seconds_taken=taken,
     )
 
 
@@ -227,8 +254,13 @@ def reviews_approve_suggestions(*, reviews: list[Review], reviewer: AbstractBase
 REVIEWERS_GROUP = "reviewers"
 # Work the queue and read what explains a ticket; never edit clients, intents or settings.
 REVIEWER_PERMISSIONS = (
-    ("reviews", "view_review"), ("reviews", "change_review"), ("reviews", "view_feedback"),
-    ("tickets", "view_ticket"), ("agents", "view_trace"), ("agents", "view_deadletter"), ("agents", "view_intent"),
+    ("reviews", "view_review"),
+    ("reviews", "change_review"),
+    ("reviews", "view_feedback"),
+    ("tickets", "view_ticket"),
+    ("agents", "view_trace"),
+    ("agents", "view_deadletter"),
+    ("agents", "view_intent"),
 )
 
 

@@ -15,5 +15,9 @@ from reviews.models import Decision, Reason, Review, ReviewStatus
 def close_dead_letter_review(sender: Any, ticket: Any, stage: str, **kwargs: Any) -> None:
     Review.objects.filter(
         ticket=ticket, reason=Reason.DEAD_LETTER, status__in=[ReviewStatus.OPEN, ReviewStatus.CLAIMED]
-    ).update(status=ReviewStatus.DISMISSED, decision=Decision.REPLAY, resolved_at=timezone.now(),
-             notes=f"replayed from {stage}")
+    ).update(
+        status=ReviewStatus.DISMISSED,
+        decision=Decision.REPLAY,
+        resolved_at=timezone.now(),
+        notes=f"replayed from {stage}",
+    )

@@ -13,8 +13,17 @@ from reviews.selectors import override_rates
 
 @admin.register(Feedback)
 class FeedbackAdmin(admin.ModelAdmin):
-    list_display = ["created_at", "decision", "agent_intent", "human_intent", "overridden", "agent_confidence",
-                    "agent_tier", "reviewer", "seconds_taken"]
+    list_display = [
+        "created_at",
+        "decision",
+        "agent_intent",
+        "human_intent",
+        "overridden",
+        "agent_confidence",
+        "agent_tier",
+        "reviewer",
+        "seconds_taken",
+    ]
     list_filter = ["decision", "overridden", "agent_intent", "reason"]
     search_fields = ["text", "human_reply"]
     date_hierarchy = "created_at"

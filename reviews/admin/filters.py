@@ -28,8 +28,11 @@ class QueueFilter(admin.SimpleListFilter):
     def choices(self, changelist: Any) -> Iterator[dict[str, Any]]:
         current = self.value() or self.default
         for value, label in self.lookup_choices:
-            yield {"selected": current == value, "display": label,
-                   "query_string": changelist.get_query_string({self.parameter_name: value})}
+            yield {
+                "selected": current == value,
+                "display": label,
+                "query_string": changelist.get_query_string({self.parameter_name: value}),
+            }
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Review]) -> QuerySet[Review]:
         value = self.value() or self.default

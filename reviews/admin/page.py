@@ -24,8 +24,9 @@ PAGE_ACTIONS = ("_claim", "_release", "_approve", "_resolve", "_dismiss", "_repl
 class ReviewPageMixin:
     """Replaces the stock change form: reviews are decided through services, never edited as rows."""
 
-    def change_view(self: Any, request: HttpRequest, object_id: str, form_url: str = "",
-                    extra_context: dict[str, Any] | None = None) -> HttpResponse:
+    def change_view(
+        self: Any, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
         review = self.get_object(request, unquote(object_id))
         if review is None:
             return self._get_obj_does_not_exist_redirect(request, self.opts, object_id)
@@ -41,21 +42,33 @@ class ReviewPageMixin:
         return getattr(self, f"page{action}")(request, review)
 
     def page_claim(self: Any, request: HttpRequest, review: Review) -> HttpResponse:
-        return self._attempt(request, review, lambda: services.review_claim(review=review, reviewer=request.user),
-                             "You hold this review now.", request.path)
+        return self._attempt(
+            request,
+            review,
+            lambda: services.review_claim(review=review, reviewer=request.user),
+            "You hold this review now.",
+            request.path,
+        )
 
     def page_release(self: Any, request: HttpRequest, review: Review) -> HttpResponse:
         force = request.user.is_superuser
-        return self._attempt(request, review,
-                             lambda: services.review_release(review=review, reviewer=request.user, force=force),
-                             "Released: the review is back in the queue.", self._queue_url(request))
+        return self._attempt(
+            request,
+            review,
+            lambda: services.review_release(review=review, reviewer=request.user, force=force),
+            "Released: the review is back in the queue.",
+            self._queue_url(request),
+        )
 
     def page_approve(self: Any, request: HttpRequest, review: Review) -> HttpResponse:
         notes = request.POST.get("notes", "")
-        return self._attempt(request, review,
-                             lambda: services.review_approve(review=review, reviewer=request.user, notes=notes),
-                             "Approved: the ticket resumes at execute with the agents' suggestion.",
-                             self._queue_url(request))
+        return self._attempt(
+            request,
+            review,
+            lambda: services.review_approve(review=review, reviewer=request.user, notes=notes),
+            "Approved: the ticket resumes at execute with the agents' suggestion.",
+            self._queue_url(request),
+        )
 
     def page_resolve(self: Any, request: HttpRequest, review: Review) -> HttpResponse:
         form = DecisionForm(request.POST)
@@ -63,8 +76,9 @@ class ReviewPageMixin:
             return self.review_page(request, review, decision_form=form)
         data = form.cleaned_data
         try:
-            services.review_resolve(review=review, reviewer=request.user, intent=data["intent"],
-                                    reply=data["reply"], notes=data["notes"])
+            services.review_resolve(
+                review=review, reviewer=request.user, intent=data["intent"], reply=data["reply"], notes=data["notes"]
+            )
         except services.ReviewError as exc:
             messages.error(request, str(exc))
             return self.review_page(request, review, decision_form=form)
@@ -77,13 +91,22 @@ class ReviewPageMixin:
         if not form.is_valid():
             return self.review_page(request, review, dismiss_form=form)
         reason = form.cleaned_data["reason"]
-        return self._attempt(request, review,
-                             lambda: services.review_dismiss(review=review, reviewer=request.user, reason=reason),
-                             "Dismissed: the ticket is closed without a further reply.", self._queue_url(request))
+        return self._attempt(
+            request,
+            review,
+            lambda: services.review_dismiss(review=review, reviewer=request.user, reason=reason),
+            "Dismissed: the ticket is closed without a further reply.",
+            self._queue_url(request),
+        )
 
     def page_replay(self: Any, request: HttpRequest, review: Review) -> HttpResponse:
-        return self._attempt(request, review, lambda: services.review_replay(review=review, reviewer=request.user),
-                             "Replayed: the ticket runs again from the stage that failed.", self._queue_url(request))
+        return self._attempt(
+            request,
+            review,
+            lambda: services.review_replay(review=review, reviewer=request.user),
+            "Replayed: the ticket runs again from the stage that failed.",
+            self._queue_url(request),
+        )
 
     def _attempt(self: Any, request: HttpRequest, review: Review, call: Any, success: str, then: str) -> HttpResponse:
         try:
@@ -98,8 +121,14 @@ class ReviewPageMixin:
     def _queue_url(self: Any, request: HttpRequest) -> str:
         return reverse("admin:reviews_review_changelist", current_app=self.admin_site.name)
 
-    def review_page(self: Any, request: HttpRequest, review: Review, *, decision_form: DecisionForm | None = None,
-                    dismiss_form: DismissForm | None = None) -> TemplateResponse:
+    def review_page(
+        self: Any,
+        request: HttpRequest,
+        review: Review,
+        *,
+        decision_form: DecisionForm | None = None,
+        dismiss_form: DismissForm | None = None,
+    ) -> TemplateResponse:
         """Render the page; bound forms are passed back so a rejected decision keeps its edits."""
         review.refresh_from_db()
         ticket = review.ticket
@@ -108,12 +137,22 @@ class ReviewPageMixin:
         context = {
             **self.admin_site.each_context(request),
             "title": f"Review: {ticket.subject or ticket.body[:60]}",
-            "subtitle": None, "opts": self.opts, "original": review, "review": review, "ticket": ticket,
-            "history": customer_history(ticket=ticket), "timeline": _timeline(ticket),
-            "parsed": ticket.context.get("parse") or {}, "dead_letters": list(ticket.dead_letters.all()[:3]),
-            "can_act": can_act, "mine": mine, "can_claim": can_act and review.status == ReviewStatus.OPEN,
+            "subtitle": None,
+            "opts": self.opts,
+            "original": review,
+            "review": review,
+            "ticket": ticket,
+            "history": customer_history(ticket=ticket),
+            "timeline": _timeline(ticket),
+            "parsed": ticket.context.get("parse") or {},
+            "dead_letters": list(ticket.dead_letters.all()[:3]),
+            "can_act": can_act,
+            "mine": mine,
+            "can_claim": can_act and review.status == ReviewStatus.OPEN,
             "held_by_other": review.status == ReviewStatus.CLAIMED and not mine,
-            "can_replay": can_act and review.is_live and ticket.status == Status.DEAD_LETTERED
+            "can_replay": can_act
+            and review.is_live
+            and ticket.status == Status.DEAD_LETTERED
             and (review.status == ReviewStatus.OPEN or mine),
             "is_dead_letter": review.reason == Reason.DEAD_LETTER,
             "decision_form": decision_form or DecisionForm.for_review(review),
@@ -131,4 +170,3 @@ def _timeline(ticket: Any) -> list[dict[str, Any]]:
         offset = (trace.started_at - ticket.created_at).total_seconds()
         rows.append({"trace": trace, "offset": offset})
     return rows
-

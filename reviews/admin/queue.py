@@ -21,8 +21,17 @@ from reviews.selectors import review_queue_stats
 
 @admin.register(Review)
 class ReviewAdmin(ReviewPageMixin, admin.ModelAdmin):
-    list_display = ["request_text", "priority", "customer", "reason", "suggested_intent", "confidence",
-                    "status", "assignee", "age"]
+    list_display = [
+        "request_text",
+        "priority",
+        "customer",
+        "reason",
+        "suggested_intent",
+        "confidence",
+        "status",
+        "assignee",
+        "age",
+    ]
     list_display_links = ["request_text"]
     list_filter = [QueueFilter, "reason", IntentFilter, AgeFilter, AssignmentFilter]
     search_fields = ["ticket__body", "ticket__subject", "ticket__customer_ref", "ticket__client__name"]
@@ -61,8 +70,9 @@ class ReviewAdmin(ReviewPageMixin, admin.ModelAdmin):
         return timesince(review.created_at, review.resolved_at or timezone.now())
 
     def get_urls(self) -> list[URLPattern]:
-        claim_next = path("claim-next/", self.admin_site.admin_view(self.claim_next_view),
-                          name="reviews_review_claim_next")
+        claim_next = path(
+            "claim-next/", self.admin_site.admin_view(self.claim_next_view), name="reviews_review_claim_next"
+        )
         return [claim_next, *super().get_urls()]
 
     def claim_next_view(self, request: HttpRequest) -> HttpResponse:
@@ -80,8 +90,12 @@ class ReviewAdmin(ReviewPageMixin, admin.ModelAdmin):
         return HttpResponseRedirect(reverse("admin:reviews_review_change", args=[review.pk]))
 
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
-        context = {"queue_stats": review_queue_stats(user=request.user), "now": timezone.now(),
-                   "can_work": self.has_change_permission(request), **(extra_context or {})}
+        context = {
+            "queue_stats": review_queue_stats(user=request.user),
+            "now": timezone.now(),
+            "can_work": self.has_change_permission(request),
+            **(extra_context or {}),
+        }
         response = super().changelist_view(request, context)
         cl = getattr(response, "context_data", {}).get("cl")
         if cl is not None:
@@ -118,8 +132,12 @@ class ReviewAdmin(ReviewPageMixin, admin.ModelAdmin):
         except services.ReviewInvalid as exc:
             messages.error(request, str(exc))
             return
-        self._report(request, f"Approved {outcome.done}: their tickets resume at execute.", outcome.taken,
-                     "taken by someone else or already decided")
+        self._report(
+            request,
+            f"Approved {outcome.done}: their tickets resume at execute.",
+            outcome.taken,
+            "taken by someone else or already decided",
+        )
         for error in outcome.errors[:10]:
             messages.error(request, error)
 
