@@ -29,6 +29,8 @@ broker_connection_retry_on_startup = True
 # handed to a second worker because Redis thought it lost.
 VISIBILITY_TIMEOUT = 3600
 broker_transport_options = {"visibility_timeout": VISIBILITY_TIMEOUT}
+if settings.BROKER_KEY_PREFIX:  # test sessions keep their queues apart
+    broker_transport_options["global_keyprefix"] = settings.BROKER_KEY_PREFIX
 task_soft_time_limit = 60
 task_time_limit = 90
 

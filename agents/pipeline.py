@@ -212,11 +212,26 @@ def _claim(ticket: Ticket, stage: str, variant: str) -> bool:
     return ticket.status == STAGE_STATUS[stage]
 
 
+def _older_in_flight(ticket: Ticket) -> bool:
+    if not ticket.customer_ref:
+        return False
+    return Ticket.objects.filter(
+        client_id=ticket.client_id,
+        customer_ref=ticket.customer_ref,
+        created_at__lt=ticket.created_at,
+        status__in=[s for s in STATUS_STAGE],
+    ).exists()
+
+
 def stage_run(*, ticket_id: str, stage: str, variant: str = "cpu") -> Outcome:
     """Run `stage` for the ticket if it is still waiting for it; persist what happened."""
     ticket = Ticket.objects.filter(pk=ticket_id).first()
     if ticket is None or not _claim(ticket, stage, variant):
         return Outcome("skipped")
+    if stage == "decide" and _older_in_flight(ticket):
+        # Serialised per customer: decide only after every older request of the same customer has
+        # settled, so its history includes them and two replies never race. Not an attempt.
+        return Outcome("waiting", retry_in=settings.PIPELINE["CUSTOMER_WAIT_SECONDS"])
     attempt = ticket.stage_attempts + 1
     started, t0 = timezone.now(), time.perf_counter()
     try:

@@ -100,14 +100,19 @@ REDIS_URL = os.environ.get("REDIS_URL") or embedded.redis_url()
 # pytest sets PYTEST_VERSION: tests use their own Redis database, so a test worker never takes
 # tasks queued by a system running beside it on the same server.
 TESTING = "PYTEST_VERSION" in os.environ
+# Each test session gets its own database and its own broker keys, so two sessions on one machine
+# (or a test session beside `make run`) never take each other's tasks or rows.
+TEST_RUN_ID = os.environ.get("TEST_RUN_ID") or str(os.getpid())
+BROKER_KEY_PREFIX = f"test{TEST_RUN_ID}:" if TESTING else ""
 if TESTING:
     REDIS_URL = os.environ.get("REDIS_TEST_URL") or urlsplit(REDIS_URL)._replace(path="/15").geturl()
+    DATABASES["default"]["TEST"] = {"NAME": f"test_agents_{TEST_RUN_ID}"}
 CELERY_BROKER_URL = (not TESTING and os.environ.get("CELERY_BROKER_URL")) or REDIS_URL
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
-        "KEY_PREFIX": os.environ.get("CACHE_KEY_PREFIX", "ap"),
+        "KEY_PREFIX": os.environ.get("CACHE_KEY_PREFIX", "ap") + BROKER_KEY_PREFIX,
     }
 }
 
@@ -122,6 +127,10 @@ STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "var" / "static"
 
 # --- The public API ---------------------------------------------------------------------------
+# Backpressure: above this many messages waiting in the stage queues, POST /tickets/ answers 503
+# with Retry-After instead of letting queues grow without bound (checked at most once a second).
+BACKPRESSURE_MAX_QUEUED = int(os.environ.get("BACKPRESSURE_MAX_QUEUED", 50_000))
+BACKPRESSURE_RETRY_AFTER = int(os.environ.get("BACKPRESSURE_RETRY_AFTER", 5))
 # Requests larger than this are refused with 413 before any parsing (documented in the README).
 MAX_REQUEST_BYTES = int(os.environ.get("MAX_REQUEST_BYTES", 64 * 1024))
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
@@ -159,6 +168,8 @@ PIPELINE = {
     "STUCK_AFTER_SECONDS": int(os.environ.get("PIPELINE_STUCK_AFTER_SECONDS", 300)),
     "WEBHOOK_TIMEOUT_SECONDS": _env_float("WEBHOOK_TIMEOUT_SECONDS", 10.0),
     "CALLBACK_MAX_ATTEMPTS": int(os.environ.get("CALLBACK_MAX_ATTEMPTS", 8)),
+    # How long a ticket waits before re-checking that its customer's older requests have settled.
+    "CUSTOMER_WAIT_SECONDS": _env_float("PIPELINE_CUSTOMER_WAIT_SECONDS", 0.5),
     # The customer's last N interactions given to decide (and shown to reviewers).
     "HISTORY_SIZE": int(os.environ.get("HISTORY_SIZE", 8)),
     "HOLDING_REPLY": os.environ.get(

@@ -17,6 +17,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from tickets.backpressure import overloaded
 from tickets.models import IllegalTransition, Priority, Status, Ticket
 from tickets.selectors import ticket_get, ticket_list, ticket_trace
 from tickets.services import IdempotencyConflict, ticket_create
@@ -200,6 +201,7 @@ class TicketListCreateApi(APIView):
             409: ERROR,
             413: ERROR,
             429: ERROR,
+            503: ERROR,
         },
     )
     def post(self, request: Request) -> Response:
@@ -210,6 +212,12 @@ class TicketListCreateApi(APIView):
             raise ValidationError({"Idempotency-Key": "at most 255 printable characters"})
         serializer = TicketInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
+        if overloaded():
+            return Response(
+                {"error": "overloaded", "detail": "too much work queued; retry later"},
+                status=status.HTTP_503_SERVICE_UNAVAILABLE,
+                headers={"Retry-After": str(settings.BACKPRESSURE_RETRY_AFTER)},
+            )
         try:
             ticket, created = ticket_create(client=request.user, payload=serializer.validated_data, idempotency_key=key)
         except IdempotencyConflict as exc:

@@ -165,3 +165,22 @@ def test_the_resolution_callback_is_signed_with_the_clients_secret(pipeline, api
     assert not verify("another-secret", request["body"], request["headers"][SIGNATURE_HEADER])
     body = json.loads(request["body"])
     assert body["event"] == "ticket.resolved" and body["ticket"]["id"] == ticket_id
+
+
+def test_a_customers_requests_are_decided_in_order_of_arrival(pipeline, api):
+    http, client = api()
+    older = Ticket.objects.create(client=client, customer_ref="zoe", body="first", status=Status.ESCALATING)
+    newer_id = submit(http, body="My card still hasn't arrived", customer_ref="zoe")
+
+    wait_for(lambda: Ticket.objects.get(pk=newer_id).status == Status.DECIDING, what="the newer ticket to reach decide")
+    import time
+
+    time.sleep(1.0)  # the newer ticket waits while the older one is in flight
+    assert Ticket.objects.get(pk=newer_id).status == Status.DECIDING
+    assert not Trace.objects.filter(ticket_id=newer_id, stage="decide").exists()
+
+    Ticket.objects.filter(pk=older.pk).update(status=Status.AWAITING_REVIEW)
+    ticket = settled(newer_id)
+    assert ticket.status == Status.RESOLVED
+    history = ticket.context["decide"].get("history")
+    assert history is None or isinstance(history, list)

@@ -195,3 +195,28 @@ def test_the_openapi_schema_and_swagger_ui_are_served_without_internet(client):
     docs = client.get("/api/docs/")
     assert docs.status_code == 200
     assert b"swagger-ui" in docs.content and b"cdn.jsdelivr" not in docs.content
+
+
+def test_past_the_queue_bound_new_work_is_refused_with_503_and_nothing_is_stored(http, settings):
+    from celery import current_app
+    from kombu import Queue
+
+    from tickets import backpressure
+
+    current_app.control.purge()
+    with current_app.connection_for_write() as conn:
+        producer = conn.Producer()
+        for _ in range(3):
+            producer.publish({"noop": True}, routing_key="parse", declare=[Queue("parse")])
+    settings.BACKPRESSURE_MAX_QUEUED = 2
+    backpressure.reset()
+    try:
+        response = post(http)
+        assert response.status_code == 503
+        assert response.json()["error"] == "overloaded" and int(response["Retry-After"]) > 0
+        assert Ticket.objects.count() == 0
+    finally:
+        current_app.control.purge()
+        backpressure.reset()
+    settings.BACKPRESSURE_MAX_QUEUED = 50_000
+    assert post(http).status_code == 202
