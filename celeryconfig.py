@@ -5,6 +5,7 @@ State lives in Postgres, so results are ignored and every task is safe to delive
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 from django.conf import settings
@@ -54,7 +55,10 @@ task_routes = {
 }
 
 beat_schedule = {
-    "sweep-stuck-tickets": {"task": "agents.sweep_stuck_tickets", "schedule": timedelta(seconds=30)},
+    "sweep-stuck-tickets": {
+        "task": "agents.sweep_stuck_tickets",
+        "schedule": timedelta(seconds=float(os.environ.get("SWEEP_EVERY_SECONDS", 30))),
+    },
     "retrain-local-model": {"task": "agents.retrain_local_model", "schedule": timedelta(hours=6)},
     "thresholds-follow-reviewers": {"task": "agents.thresholds_follow_reviewers", "schedule": timedelta(hours=1)},
 }
