@@ -47,11 +47,14 @@ def load_pack(path: Path | str) -> dict:
         return yaml.safe_load(fh)
 
 
-def compile_rules(pack: dict) -> dict[str, list[re.Pattern]]:
-    return {
-        intent["name"]: [re.compile(r, re.IGNORECASE) for r in (intent.get("rules") or [])]
-        for intent in pack["intents"]
-    }
+def compile_rules(pack: dict) -> dict[str, re.Pattern]:
+    """One pattern per intent with rules, joined exactly as the runtime rules tier does."""
+    compiled = {}
+    for intent in pack["intents"]:
+        rules = intent.get("rules") or []
+        if rules:
+            compiled[intent["name"]] = re.compile("|".join(f"(?:{r})" for r in rules), re.IGNORECASE)
+    return compiled
 
 
 def load_rows(path: Path | str) -> list[tuple[str, str]]:
@@ -59,10 +62,10 @@ def load_rows(path: Path | str) -> list[tuple[str, str]]:
         return [(r["text"], r["category"]) for r in csv.DictReader(fh)]
 
 
-def match(rules: dict[str, list[re.Pattern]], text: str) -> list[str]:
+def match(rules: dict[str, re.Pattern], text: str) -> list[str]:
     """Names of the intents whose rules match the (raw) text."""
     norm = normalise(text)
-    return [name for name, pats in rules.items() if any(p.search(norm) for p in pats)]
+    return [name for name, pattern in rules.items() if pattern.search(norm)]
 
 
 @dataclass
@@ -97,7 +100,8 @@ class Report:
 def measure(pack: dict, rows: list[tuple[str, str]]) -> Report:
     rules = compile_rules(pack)
     rep = Report(total=len(rows))
-    for name in rules:
+    for intent in pack["intents"]:
+        name = intent["name"]
         rep.support[name] = rep.hits[name] = rep.correct[name] = 0
     for text, label in rows:
         rep.support[label] = rep.support.get(label, 0) + 1
