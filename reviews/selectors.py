@@ -8,6 +8,8 @@ from typing import Any
 from django.db.models import Count, Min, Q, QuerySet
 
 from agents.models import Intent, Trace
+from agents.pipeline import ticket_input
+from agents.stages.decide import render_reply
 from reviews.models import LIVE, Decision, Feedback, Review, ReviewStatus
 from tickets.models import Ticket
 
@@ -53,6 +55,16 @@ def review_intents() -> list[str]:
 def intent_choices() -> list[str]:
     """Active intents a reviewer may choose."""
     return list(Intent.objects.filter(is_active=True).order_by("name").values_list("name", flat=True))
+
+
+def reply_drafts(*, ticket: Ticket) -> dict[str, str]:
+    """Each active intent's reply template filled in for this ticket, to start the reviewer's reply from."""
+    view = ticket_input(ticket)
+    return {
+        intent.name: render_reply(intent.reply_template, view)
+        for intent in Intent.objects.filter(is_active=True).only("name", "reply_template", "allowed_actions")
+        if "reply" in intent.allowed_actions
+    }
 
 
 def customer_history(*, ticket: Ticket, limit: int = HISTORY_SIZE) -> QuerySet[Ticket]:

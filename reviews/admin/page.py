@@ -14,7 +14,7 @@ from django.urls import reverse
 from reviews import services
 from reviews.forms import DecisionForm, DismissForm
 from reviews.models import Reason, Review, ReviewStatus
-from reviews.selectors import customer_history, trace_timeline
+from reviews.selectors import customer_history, reply_drafts, trace_timeline
 from tickets.models import Status
 
 # The submit buttons of the page, in the order they are looked for in the POST.
@@ -159,6 +159,7 @@ class ReviewPageMixin:
             "dismiss_form": dismiss_form or DismissForm(),
             "can_view_tickets": request.user.has_perm("tickets.view_ticket"),
             "queue_url": self._queue_url(request),
+            "reply_drafts": reply_drafts(ticket=ticket) if mine else {},
         }
         request.current_app = self.admin_site.name
         return TemplateResponse(request, "admin/reviews/review/review_page.html", context)

@@ -15,7 +15,7 @@ from django.utils.timesince import timesince
 from reviews import services
 from reviews.admin.filters import AgeFilter, AssignmentFilter, IntentFilter, QueueFilter
 from reviews.admin.page import ReviewPageMixin
-from reviews.models import LIVE, Reason, Review
+from reviews.models import LIVE, Reason, Review, ReviewStatus
 from reviews.selectors import review_queue_stats
 
 
@@ -28,8 +28,7 @@ class ReviewAdmin(ReviewPageMixin, admin.ModelAdmin):
         "reason",
         "suggested_intent",
         "confidence",
-        "status",
-        "assignee",
+        "held_by",
         "age",
     ]
     list_display_links = ["request_text"]
@@ -65,6 +64,12 @@ class ReviewAdmin(ReviewPageMixin, admin.ModelAdmin):
     def confidence(self, review: Review) -> str:
         return "—" if review.suggested_confidence is None else f"{review.suggested_confidence:.2f}"
 
+    @admin.display(description="status", ordering="status")
+    def held_by(self, review: Review) -> str:
+        if review.status == ReviewStatus.CLAIMED and review.assignee is not None:
+            return f"claimed by {review.assignee.get_username()}"
+        return review.status
+
     @admin.display(description="waiting", ordering="created_at")
     def age(self, review: Review) -> str:
         return timesince(review.created_at, review.resolved_at or timezone.now())
@@ -91,6 +96,7 @@ class ReviewAdmin(ReviewPageMixin, admin.ModelAdmin):
 
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
         context = {
+            "title": "Review queue",
             "queue_stats": review_queue_stats(user=request.user),
             "now": timezone.now(),
             "can_work": self.has_change_permission(request),

@@ -1,0 +1,114 @@
+"""A reviewer works the queue in a real browser: headless Chromium, the live admin, the real pipeline."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as ec
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+from reviews.models import Review
+from tests.conftest import wait_for
+from tests.factories import ticket_make, ticket_payload
+from tests.reviews.conftest import PASSWORD
+from tickets.models import Status, Ticket
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
+FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1400,1000",
+)  # fmt: skip
+_missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.pipeline,
+    pytest.mark.skipif(
+        bool(_missing),
+        reason=f"headless Chromium is not installed ({', '.join(_missing)} missing): "
+        "apt-get install -y chromium chromium-driver",
+    ),
+]
+
+
+@pytest.fixture
+def chrome(tmp_path: Path) -> Iterator[webdriver.Chrome]:
+    """Debian's Chromium and chromedriver, headless, with a fresh profile."""
+    options = Options()
+    options.binary_location = str(CHROMIUM)
+    for flag in (*FLAGS, f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def shoot(driver: webdriver.Chrome, name: str) -> Path:
+    """Save a full-page screenshot as a test artefact."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    height = driver.execute_script("return document.body.scrollHeight")
+    driver.set_window_size(1400, max(1000, min(int(height) + 40, 3000)))
+    driver.save_screenshot(str(path))
+    return path
+
+
+def submit(http: Any, **overrides: Any) -> str:
+    response = http.post("/api/v1/tickets/", ticket_payload(**overrides), format="json")
+    assert response.status_code == 202, response.content
+    return response.json()["id"]
+
+
+def test_a_reviewer_logs_in_claims_corrects_and_resolves_a_review_and_sees_the_ticket_resolved(
+    pipeline, live_server, chrome, api, make_reviewer
+):
+    http, client = api()
+    for body in ("Where is my card? I ordered it last week.", "Can I change my PIN online?"):
+        ticket_make(client, customer_ref="bob", body=body, status=Status.RESOLVED, intent="card_arrival")
+    sky = submit(http, body="Why is the sky blue on Tuesdays? Also my card never came", customer_ref="bob",
+                 priority="high")  # fmt: skip
+    refund = submit(http, body="Where is my refund?", customer_ref="zoe")
+    for ticket_id in (sky, refund):
+        wait_for(lambda t=ticket_id: Ticket.objects.get(pk=t).status == Status.AWAITING_REVIEW, what="escalation")
+    make_reviewer("rita")
+    wait = WebDriverWait(chrome, 15)
+
+    chrome.get(f"{live_server.url}/admin/login/?next=/admin/reviews/review/")
+    chrome.find_element(By.NAME, "username").send_keys("rita")
+    chrome.find_element(By.NAME, "password").send_keys(PASSWORD)
+    chrome.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    wait.until(ec.presence_of_element_located((By.ID, "queue-summary")))
+    assert chrome.find_element(By.ID, "open-count").text == "2"
+    shoot(chrome, "review-queue")
+
+    chrome.find_element(By.PARTIAL_LINK_TEXT, "Why is the sky blue").click()
+    wait.until(ec.element_to_be_clickable((By.NAME, "_claim"))).click()
+    wait.until(ec.presence_of_element_located((By.ID, "decision-form")))
+    assert "Where is my card?" in chrome.find_element(By.ID, "rv-history").text
+    assert "classify" in chrome.find_element(By.ID, "rv-timeline").text
+    shoot(chrome, "review-page")
+
+    Select(chrome.find_element(By.ID, "id_intent")).select_by_value("card_arrival")
+    reply = chrome.find_element(By.ID, "id_reply")
+    reply.clear()
+    reply.send_keys("Hi bob, your new card ships today.")
+    chrome.find_element(By.NAME, "_resolve").click()
+    success = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, ".messagelist .success")))
+    assert "Resolved as card_arrival" in success.text
+
+    wait_for(lambda: Ticket.objects.get(pk=sky).status == Status.RESOLVED, what="the worker to execute")
+    chrome.get(f"{live_server.url}/admin/reviews/review/{Review.objects.get(ticket_id=sky).pk}/change/")
+    assert chrome.find_element(By.ID, "ticket-status").text == "resolved"
+    assert chrome.find_element(By.ID, "review-status").text == "resolved"
+    assert chrome.find_element(By.ID, "ticket-reply").text == "Hi bob, your new card ships today."
+    shoot(chrome, "review-resolved")
