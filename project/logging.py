@@ -20,10 +20,40 @@ from typing import Any
 from celery.signals import task_postrun, task_prerun
 
 CONTEXT_FIELDS = ("ticket_id", "client_id", "stage", "attempt")
+# Per-task and per-request chatter: a stage attempt already has its one line (`agents.stage`).
+QUIET_LOGGERS = {
+    "celery.app.trace": "WARNING",  # "Task ... succeeded in ..." for every task
+    "celery.worker.strategy": "WARNING",  # "Task ... received" for every task
+    "httpx": "WARNING",  # "HTTP Request: POST ..." for every model call and callback
+    "django.db.backends": "WARNING",
+}
 _context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("log_context", default=None)
 
 # Attributes every LogRecord has; anything else on a record came from `extra=` and is logged.
 _RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
+
+
+def logging_config(*, level: str = "INFO", json_lines: bool = True) -> dict[str, Any]:
+    """The `LOGGING` dict: JSON lines (or plain text for a terminal) on stderr, chatter quietened."""
+    plain = "%(asctime)s %(levelname)s %(name)s [%(ticket_id)s %(stage)s#%(attempt)s] %(message)s"
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"context": {"()": "project.logging.ContextFilter"}},
+        "formatters": {
+            "json": {"()": "project.logging.JsonFormatter"},
+            "plain": {"()": "project.logging.MaskingFormatter", "format": plain},
+        },
+        "handlers": {
+            "console": {
+                "class": "logging.StreamHandler",
+                "formatter": "json" if json_lines else "plain",
+                "filters": ["context"],
+            }
+        },
+        "root": {"handlers": ["console"], "level": level},
+        "loggers": {name: {"level": lvl} for name, lvl in QUIET_LOGGERS.items()},
+    }
 
 
 def bind(**fields: Any) -> None:
@@ -88,6 +118,14 @@ class JsonFormatter(logging.Formatter):
 
     def _mask(self, text: str) -> str:
         return mask_sensitive(text) if self.mask else text
+
+
+class MaskingFormatter(logging.Formatter):
+    """A plain-text formatter that masks like the JSON one (for a developer's terminal)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        ContextFilter().filter(record)
+        return mask_sensitive(super().format(record))
 
 
 @task_prerun.connect(dispatch_uid="project.logging.task_prerun")
