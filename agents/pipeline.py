@@ -231,6 +231,8 @@ def stage_run(*, ticket_id: str, stage: str, variant: str = "cpu") -> Outcome:
     if stage == "decide" and _older_in_flight(ticket):
         # Serialised per customer: decide only after every older request of the same customer has
         # settled, so its history includes them and two replies never race. Not an attempt.
+        # Touched, so the sweeper sees a live wait loop and does not start a second one.
+        Ticket.objects.filter(pk=ticket.pk, status=ticket.status).update(updated_at=timezone.now())
         return Outcome("waiting", retry_in=settings.PIPELINE["CUSTOMER_WAIT_SECONDS"])
     attempt = ticket.stage_attempts + 1
     started, t0 = timezone.now(), time.perf_counter()
