@@ -48,22 +48,21 @@ def test_the_queue_lists_live_reviews_by_priority_then_age_with_counts(browser, 
     assert b"Claim next review" in response.content and b"5\xc2\xa0hours" in response.content
 
 
-@pytest.mark.parametrize(
-    ("query", "expected"),
-    [
-        ("reason=policy", {"policy"}),
-        ("intent=refund_not_showing_up", {"policy"}),
-        ("age=3d", {"aged"}),
-        ("assigned=me", {"mine"}),
-        ("assigned=none", {"policy", "aged", "plain"}),
-        ("assigned=others", {"theirs"}),
-        ("queue=all&q=plain", {"plain"}),
-        ("q=acme", {"policy", "aged", "plain", "mine", "theirs"}),
-        ("q=tuesdays", {"aged", "plain", "mine", "theirs"}),
-    ],
-)
+QUEUE_QUERIES = [
+    ("reason=policy", {"policy"}),
+    ("intent=refund_not_showing_up", {"policy"}),
+    ("age=3d", {"aged"}),
+    ("assigned=me", {"mine"}),
+    ("assigned=none", {"policy", "aged", "plain"}),
+    ("assigned=others", {"theirs"}),
+    ("queue=all&q=plain", {"plain"}),
+    ("q=acme", {"policy", "aged", "plain", "mine", "theirs"}),
+    ("q=tuesdays", {"aged", "plain", "mine", "theirs"}),
+]
+
+
 def test_the_queue_filters_by_reason_intent_age_assignee_and_searches_text_and_customer(
-    browser, escalate, reviewer, make_reviewer, query, expected
+    browser, escalate, reviewer, make_reviewer
 ):
     escalate(body="Where is my refund", intent="refund_not_showing_up", reason="policy", customer_ref="policy")
     aged = escalate(customer_ref="aged")
@@ -72,9 +71,12 @@ def test_the_queue_filters_by_reason_intent_age_assignee_and_searches_text_and_c
     services.review_claim(review=escalate(customer_ref="mine"), reviewer=reviewer)
     services.review_claim(review=escalate(customer_ref="theirs"), reviewer=make_reviewer("sam"))
 
-    response = browser.get(f"{QUEUE}?{query}")
+    found = {
+        query: {r.ticket.customer_ref for r in browser.get(f"{QUEUE}?{query}").context["cl"].result_list}
+        for query, _ in QUEUE_QUERIES
+    }
 
-    assert {r.ticket.customer_ref for r in response.context["cl"].result_list} == expected
+    assert found == dict(QUEUE_QUERIES)
 
 
 def test_the_review_page_shows_the_ticket_history_timeline_and_suggestion(browser, escalate):

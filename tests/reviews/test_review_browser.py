@@ -100,6 +100,7 @@ def test_a_reviewer_logs_in_claims_corrects_and_resolves_a_review_and_sees_the_t
 
     Select(chrome.find_element(By.ID, "id_intent")).select_by_value("card_arrival")
     reply = chrome.find_element(By.ID, "id_reply")
+    assert reply.get_attribute("value").startswith("Hi bob, cards usually arrive")  # the intent's draft
     reply.clear()
     reply.send_keys("Hi bob, your new card ships today.")
     chrome.find_element(By.NAME, "_resolve").click()
