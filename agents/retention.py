@@ -31,6 +31,8 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import TextField
+from django.db.models.functions import Cast
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
@@ -139,18 +141,24 @@ def archive_storage() -> ArchiveStorage:
     return import_string(option("STORAGE"))(**option("STORAGE_OPTIONS"))
 
 
-def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+def _line(row: dict[str, Any]) -> str:
     out = dict(row)
     for key in _DATETIMES:
         out[key] = out[key].isoformat()
     out["ticket_id"] = str(out["ticket_id"])
     out["cost_usd"] = str(out["cost_usd"])  # a string keeps every decimal place
-    return out
+    raw = out.pop("output_json", None)
+    if raw is None:
+        return json.dumps(out, sort_keys=True, ensure_ascii=False)
+    # Postgres's own text of the jsonb: spliced in as is, not parsed and dumped again (a third
+    # of the time of a batch). jsonb text escapes control characters, so it stays on one line.
+    out.pop("output", None)
+    return f'{json.dumps(out, sort_keys=True, ensure_ascii=False)[:-1]}, "output": {raw}}}'
 
 
 def encode(rows: Iterable[dict[str, Any]]) -> bytes:
-    """Rows as gzip'd JSON Lines; the same rows always give the same bytes."""
-    lines = "".join(json.dumps(_jsonable(r), sort_keys=True, ensure_ascii=False) + "\n" for r in rows)
+    """Rows (`output` as a value, or as JSON text in `output_json`) as gzip'd JSON Lines."""
+    lines = "".join(_line(r) + "\n" for r in rows)
     return gzip.compress(lines.encode(), compresslevel=6, mtime=0)
 
 
@@ -191,7 +199,8 @@ def _archive_batch(cutoff: datetime, batch_size: int, storage: ArchiveStorage) -
             Trace.objects.filter(started_at__lt=cutoff, ticket__status__in=SETTLED)
             .order_by("started_at", "id")
             .select_for_update(skip_locked=True, of=("self",))
-            .values(*FIELDS)[:batch_size]
+            .annotate(output_json=Cast("output", TextField()))
+            .values(*(f for f in FIELDS if f != "output"), "output_json")[:batch_size]
         )
         if not rows:
             return 0, ""
