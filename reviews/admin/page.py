@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from django.contrib import messages
+from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
@@ -15,17 +16,17 @@ from reviews import services
 from reviews.forms import DecisionForm, DismissForm
 from reviews.models import Reason, Review, ReviewStatus
 from reviews.selectors import customer_history, reply_drafts, trace_timeline
-from tickets.models import Status
+from tickets.models import Status, Ticket
 
 # The submit buttons of the page, in the order they are looked for in the POST.
 PAGE_ACTIONS = ("_claim", "_release", "_approve", "_resolve", "_dismiss", "_replay")
 
 
-class ReviewPageMixin:
+class ReviewPageAdmin(admin.ModelAdmin):
     """Replaces the stock change form: reviews are decided through services, never edited as rows."""
 
     def change_view(
-        self: Any, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:
         review = self.get_object(request, unquote(object_id))
         if review is None:
@@ -41,7 +42,7 @@ class ReviewPageMixin:
             return HttpResponseRedirect(request.path)
         return getattr(self, f"page{action}")(request, review)
 
-    def page_claim(self: Any, request: HttpRequest, review: Review) -> HttpResponse:
+    def page_claim(self, request: HttpRequest, review: Review) -> HttpResponse:
         return self._attempt(
             request,
             review,
@@ -50,7 +51,7 @@ class ReviewPageMixin:
             request.path,
         )
 
-    def page_release(self: Any, request: HttpRequest, review: Review) -> HttpResponse:
+    def page_release(self, request: HttpRequest, review: Review) -> HttpResponse:
         force = request.user.is_superuser
         return self._attempt(
             request,
@@ -60,7 +61,7 @@ class ReviewPageMixin:
             self._queue_url(request),
         )
 
-    def page_approve(self: Any, request: HttpRequest, review: Review) -> HttpResponse:
+    def page_approve(self, request: HttpRequest, review: Review) -> HttpResponse:
         notes = request.POST.get("notes", "")
         return self._attempt(
             request,
@@ -70,7 +71,7 @@ class ReviewPageMixin:
             self._queue_url(request),
         )
 
-    def page_resolve(self: Any, request: HttpRequest, review: Review) -> HttpResponse:
+    def page_resolve(self, request: HttpRequest, review: Review) -> HttpResponse:
         form = DecisionForm(request.POST)
         if not form.is_valid():
             return self.review_page(request, review, decision_form=form)
@@ -86,7 +87,7 @@ class ReviewPageMixin:
         messages.success(request, f"Resolved as {data['intent']}: the ticket resumes at execute.")
         return HttpResponseRedirect(self._queue_url(request))
 
-    def page_dismiss(self: Any, request: HttpRequest, review: Review) -> HttpResponse:
+    def page_dismiss(self, request: HttpRequest, review: Review) -> HttpResponse:
         form = DismissForm(request.POST)
         if not form.is_valid():
             return self.review_page(request, review, dismiss_form=form)
@@ -99,7 +100,7 @@ class ReviewPageMixin:
             self._queue_url(request),
         )
 
-    def page_replay(self: Any, request: HttpRequest, review: Review) -> HttpResponse:
+    def page_replay(self, request: HttpRequest, review: Review) -> HttpResponse:
         return self._attempt(
             request,
             review,
@@ -108,7 +109,9 @@ class ReviewPageMixin:
             self._queue_url(request),
         )
 
-    def _attempt(self: Any, request: HttpRequest, review: Review, call: Any, success: str, then: str) -> HttpResponse:
+    def _attempt(
+        self, request: HttpRequest, review: Review, call: Callable[[], object], success: str, then: str
+    ) -> HttpResponse:
         try:
             call()
         except services.ReviewError as exc:
@@ -118,11 +121,11 @@ class ReviewPageMixin:
         messages.success(request, success)
         return HttpResponseRedirect(then)
 
-    def _queue_url(self: Any, request: HttpRequest) -> str:
+    def _queue_url(self, request: HttpRequest) -> str:
         return reverse("admin:reviews_review_changelist", current_app=self.admin_site.name)
 
     def review_page(
-        self: Any,
+        self,
         request: HttpRequest,
         review: Review,
         *,
@@ -165,7 +168,7 @@ class ReviewPageMixin:
         return TemplateResponse(request, "admin/reviews/review/review_page.html", context)
 
 
-def _timeline(ticket: Any) -> list[dict[str, Any]]:
+def _timeline(ticket: Ticket) -> list[dict[str, Any]]:
     rows = []
     for trace in trace_timeline(ticket=ticket):
         offset = (trace.started_at - ticket.created_at).total_seconds()

@@ -9,23 +9,24 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
+from django.utils.html import format_html
 from django.utils.text import Truncator
 from django.utils.timesince import timesince
 
 from reviews import services
 from reviews.admin.filters import AgeFilter, AssignmentFilter, IntentFilter, QueueFilter
-from reviews.admin.page import ReviewPageMixin
+from reviews.admin.page import ReviewPageAdmin
 from reviews.models import LIVE, Reason, Review, ReviewStatus
 from reviews.selectors import review_queue_stats
 
 
 @admin.register(Review)
-class ReviewAdmin(ReviewPageMixin, admin.ModelAdmin):
+class ReviewAdmin(ReviewPageAdmin):
     list_display = [
         "request_text",
         "priority",
         "customer",
-        "reason",
+        "why",
         "suggested_intent",
         "confidence",
         "held_by",
@@ -50,7 +51,8 @@ class ReviewAdmin(ReviewPageMixin, admin.ModelAdmin):
     @admin.display(description="request", ordering="ticket__body")
     def request_text(self, review: Review) -> str:
         ticket = review.ticket
-        return Truncator(f"{ticket.subject} — {ticket.body}" if ticket.subject else ticket.body).chars(90)
+        text = Truncator(f"{ticket.subject} — {ticket.body}" if ticket.subject else ticket.body).chars(110)
+        return format_html('<span class="rv-request">{}</span>', text)
 
     @admin.display(description="priority", ordering="-ticket__priority")
     def priority(self, review: Review) -> str:
@@ -59,6 +61,10 @@ class ReviewAdmin(ReviewPageMixin, admin.ModelAdmin):
     @admin.display(description="customer", ordering="ticket__customer_ref")
     def customer(self, review: Review) -> str:
         return f"{review.ticket.customer_ref or '—'} @ {review.ticket.client.name}"
+
+    @admin.display(description="reason", ordering="reason")
+    def why(self, review: Review) -> str:
+        return review.reason.replace("_", " ")
 
     @admin.display(description="confidence", ordering="suggested_confidence")
     def confidence(self, review: Review) -> str:
