@@ -242,12 +242,17 @@ def reviews_approve_suggestions(*, reviews: list[Review], reviewer: AbstractBase
     outcome = BulkOutcome()
     for review in reviews:
         try:
-            review_approve(review=review_claim(review=review, reviewer=reviewer), reviewer=reviewer)
-            outcome.done += 1
+            claimed = review_claim(review=review, reviewer=reviewer)
         except ReviewTaken:
             outcome.taken += 1
+            continue
+        try:
+            review_approve(review=claimed, reviewer=reviewer)
+            outcome.done += 1
         except ReviewError as exc:
             outcome.errors.append(f"{review.ticket_id}: {exc}")
+            if review.status == ReviewStatus.OPEN:  # we claimed it only to approve it: give it back
+                review_release(review=claimed, reviewer=reviewer)
     return outcome
 
 

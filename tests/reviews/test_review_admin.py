@@ -58,6 +58,7 @@ QUEUE_QUERIES = [
     ("queue=all&q=plain", {"plain"}),
     ("q=acme", {"policy", "aged", "plain", "mine", "theirs"}),
     ("q=tuesdays", {"aged", "plain", "mine", "theirs"}),
+    ("_facets=True", {"policy", "aged", "plain", "mine", "theirs"}),
 ]
 
 

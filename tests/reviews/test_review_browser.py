@@ -25,7 +25,7 @@ CHROMEDRIVER = Path("/usr/bin/chromedriver")
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
 FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1400,1000",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1600,1000",
 )  # fmt: skip
 _missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
 
@@ -58,7 +58,7 @@ def shoot(driver: webdriver.Chrome, name: str) -> Path:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
     height = driver.execute_script("return document.body.scrollHeight")
-    driver.set_window_size(1400, max(1000, min(int(height) + 40, 3000)))
+    driver.set_window_size(1600, max(1000, min(int(height) + 40, 3000)))
     driver.save_screenshot(str(path))
     return path
 

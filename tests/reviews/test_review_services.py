@@ -199,6 +199,16 @@ def test_bulk_approval_is_for_one_intent_and_skips_reviews_others_hold(escalate,
     assert Review.objects.filter(status=ReviewStatus.RESOLVED).count() == 2
 
 
+def test_a_suggestion_bulk_approval_cannot_carry_out_goes_back_to_the_queue(escalate, reviewer):
+    no_draft = escalate(reply="", customer_ref="nodraft")
+
+    outcome = services.reviews_approve_suggestions(reviews=[no_draft], reviewer=reviewer)
+
+    assert outcome.done == 0 and "Write the reply" in outcome.errors[0]
+    no_draft.refresh_from_db()
+    assert (no_draft.status, no_draft.assignee) == (ReviewStatus.OPEN, None)
+
+
 def test_override_rates_count_approvals_and_corrections_per_agents_intent(escalate, reviewer):
     decisions = [
         ("card_arrival", "card_arrival"),
