@@ -186,7 +186,7 @@ def test_the_api_metrics_view_and_a_worker_exporter_serve_the_same_metrics(db):
         server.server_close()
 
 
-WORKER = textwrap.dedent(
+WORKERS = textwrap.dedent(
     """
     import os, django
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
@@ -195,25 +195,25 @@ WORKER = textwrap.dedent(
     from agents.models import Trace
     from agents.pipeline import stage_finished
     metrics.connect()
+    child = os.fork()  # two worker processes, like a prefork pool's children
     stage_finished.send(
         sender=Trace, ticket_id="00000000-0000-0000-0000-000000000000", client_id=1, stage="classify", attempt=1,
         outcome="ok", duration_ms=12.0, tier="llm", model="claude-haiku-4-5", confidence=0.8, input_tokens=100,
         output_tokens=20, cost_usd=0.0015, cache_hit=True, new_status="deciding", created_at=None,
     )
     metrics.llm_rate_limited("claude-haiku-4-5")
+    if child == 0:
+        os._exit(0)
+    assert os.waitpid(child, 0)[1] == 0
     """
 )
 
 
 def test_two_worker_processes_in_multiprocess_mode_add_up_in_one_scrape(tmp_path):
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
-    workers = [
-        subprocess.Popen([sys.executable, "-c", WORKER], cwd=ROOT, env=env, stderr=subprocess.PIPE) for _ in range(2)
-    ]
-    for worker in workers:
-        _, err = worker.communicate(timeout=60)
-        assert worker.returncode == 0, err.decode()[-2000:]
-    assert len(list(tmp_path.glob("*.db"))) >= 2  # one file per process and metric type
+    done = subprocess.run([sys.executable, "-c", WORKERS], cwd=ROOT, env=env, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert len(list(tmp_path.glob("counter_*.db"))) == 2  # one file per process (and metric type)
 
     samples = parse(scrape.render(include_state=False, path=str(tmp_path)))
 
