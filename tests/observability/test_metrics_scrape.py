@@ -229,7 +229,6 @@ def test_two_worker_processes_in_multiprocess_mode_add_up_in_one_scrape(tmp_path
 
 def test_an_observability_failure_never_breaks_the_stage(caplog: Any):
     from agents.models import Trace
-    from agents.pipeline import stage_finished
 
-    stage_finished.send(sender=Trace, stage="parse")  # missing fields: the hooks fail, the sender does not
-    assert "observability hook" in caplog.text
+    metrics._on_stage_finished(sender=Trace, stage="parse")  # missing fields: the hooks fail, quietly
+    assert "observability hook record_stage failed" in caplog.text
