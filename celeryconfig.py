@@ -51,6 +51,7 @@ task_routes = {
     "agents.deliver_callback": {"queue": "webhooks"},
     "agents.sweep_stuck_tickets": {"queue": "maintenance"},
     "agents.retrain_local_model": {"queue": "maintenance"},
+    "agents.archive_traces": {"queue": "maintenance"},
     "agents.thresholds_follow_reviewers": {"queue": "maintenance"},
 }
 
@@ -59,6 +60,7 @@ beat_schedule = {
         "task": "agents.sweep_stuck_tickets",
         "schedule": timedelta(seconds=float(os.environ.get("SWEEP_EVERY_SECONDS", 30))),
     },
+    "archive-old-traces": {"task": "agents.archive_traces", "schedule": timedelta(minutes=5)},
     "retrain-local-model": {"task": "agents.retrain_local_model", "schedule": timedelta(hours=6)},
     "thresholds-follow-reviewers": {"task": "agents.thresholds_follow_reviewers", "schedule": timedelta(hours=1)},
 }

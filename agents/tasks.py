@@ -7,7 +7,7 @@ from typing import Any
 from celery import Task, shared_task
 from django.conf import settings
 
-from agents import callbacks, pipeline
+from agents import callbacks, obs_tasks, pipeline  # noqa: F401 - obs_tasks: archive beat, exporter, log context
 
 
 def _make_stage_task(stage: str) -> Task:

@@ -14,6 +14,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from project import embedded
+from project.logging import logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 ENV = os.environ.get("DJANGO_ENV", "development")
@@ -189,11 +190,19 @@ ANTHROPIC_BASE_URL = os.environ.get("ANTHROPIC_BASE_URL", "")
 LLM_ENABLED = bool(ANTHROPIC_API_KEY)
 LLM_TIER = os.environ.get("LLM_TIER", "agents.llm.tier.ClaudeTier")
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+# --- Observability (docs/observability.md) ---------------------------------------------------
+OBSERVABILITY = {
+    "LLM_BUDGET_USD_PER_DAY": _env_float("LLM_BUDGET_USD_PER_DAY", 100.0),
+    "REVIEW_SLA_SECONDS": int(os.environ.get("REVIEW_SLA_SECONDS", 4 * 3600)),
+    "STATE_CACHE_SECONDS": _env_float("METRICS_STATE_CACHE_SECONDS", 10.0),
 }
+TRACE_RETENTION = {
+    "ARCHIVE_AFTER_DAYS": _env_float("TRACE_ARCHIVE_AFTER_DAYS", 30.0),
+    "BATCH_SIZE": int(os.environ.get("TRACE_ARCHIVE_BATCH_SIZE", 5000)),
+    "TIME_BUDGET_SECONDS": _env_float("TRACE_ARCHIVE_TIME_BUDGET_SECONDS", 45.0),
+    "STORAGE": os.environ.get("TRACE_ARCHIVE_STORAGE", "agents.retention.LocalArchiveStorage"),
+    "STORAGE_OPTIONS": {"location": os.environ.get("TRACE_ARCHIVE_DIR", str(BASE_DIR / "var" / "archive" / "traces"))},
+}
+LOGGING = logging_config(
+    level=os.environ.get("LOG_LEVEL", "INFO"), json_lines=os.environ.get("LOG_FORMAT", "json") != "plain"
+)
