@@ -392,11 +392,10 @@ def test_many_concurrent_slow_requests(sim) -> None:
             assert all(m.stop_reason in ("end_turn", "max_tokens") for m in msgs)
             return time.monotonic() - t0
 
-    elapsed = asyncio.run(run())
+    asyncio.run(run())  # no timing bound (shared machines are noisy): max_in_flight shows the concurrency
     stats = sim.stats()
     assert stats["messages_ok"] == n
     assert stats["max_in_flight"] >= n * 0.5  # served concurrently, not one at a time
-    assert elapsed > 0  # no timing bound: shared machines are noisy; concurrency is what max_in_flight shows
 
 
 # --------------------------------------------------------------------------- control surface and CLI
