@@ -1,0 +1,143 @@
+"""The trained intent classifier: features, linear scores, calibrated confidence, thresholds."""
+from __future__ import annotations
+
+import hashlib
+import pickle
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One classified request: best intent, its calibrated probability and the top-3 alternatives."""
+
+    intent: str
+    confidence: float
+    alternatives: list[tuple[str, float]]
+
+
+def softmax_rows(scores: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of a 2-D score matrix, numerically stable."""
+    shifted = scores - scores.max(axis=1, keepdims=True)
+    np.exp(shifted, out=shifted)
+    shifted /= shifted.sum(axis=1, keepdims=True)
+    return shifted
+
+
+@dataclass
+class IntentModel:
+    """A trained intent classifier with calibrated confidence and per-intent thresholds."""
+
+    vectorizer: Any
+    coef: np.ndarray
+    intercept: np.ndarray
+    intents: list[str]
+    temperature: float
+    global_threshold: float
+    thresholds: dict[str, float] = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    version: str = ""
+
+    def __post_init__(self) -> None:
+        """Normalise array types and derive the version tag when none was given."""
+        self.coef = np.ascontiguousarray(self.coef, dtype=np.float32)
+        self.intercept = np.asarray(self.intercept, dtype=np.float32).ravel()
+        self._coef_t = np.ascontiguousarray(self.coef.T)
+        if not self.version:
+            self.version = hashlib.sha256(self._payload()).hexdigest()[:12]
+
+    def scores(self, texts: list[str]) -> np.ndarray:
+        """Raw (uncalibrated) linear scores, one row per text, one column per intent."""
+        features = self.vectorizer.transform(texts)
+        return np.asarray(features @ self._coef_t, dtype=np.float64) + self.intercept
+
+    def probabilities(self, texts: list[str]) -> np.ndarray:
+        """Calibrated probabilities (temperature-scaled softmax), one row per text."""
+        return softmax_rows(self.scores(texts) / self.temperature)
+
+    def _prediction(self, row: np.ndarray) -> Prediction:
+        """Turn one probability row into a Prediction with the top-3 alternatives."""
+        k = min(3, row.shape[0])
+        top = np.argpartition(-row, k - 1)[:k]
+        top = top[np.argsort(-row[top], kind="stable")]
+        alternatives = [(self.intents[i], float(row[i])) for i in top]
+        return Prediction(intent=alternatives[0][0], confidence=alternatives[0][1], alternatives=alternatives)
+
+    def predict(self, text: str) -> Prediction:
+        """Classify one request."""
+        return self._prediction(self.probabilities([text])[0])
+
+    def predict_many(self, texts: list[str]) -> list[Prediction]:
+        """Classify many requests in one vectorised pass."""
+        if not texts:
+            return []
+        probs = self.probabilities(list(texts))
+        k = min(3, probs.shape[1])
+        top = np.argpartition(-probs, k - 1, axis=1)[:, :k]
+        top_p = np.take_along_axis(probs, top, axis=1)
+        order = np.argsort(-top_p, axis=1, kind="stable")
+        top = np.take_along_axis(top, order, axis=1)
+        top_p = np.take_along_axis(top_p, order, axis=1)
+        out: list[Prediction] = []
+        for idx_row, p_row in zip(top.tolist(), top_p.tolist()):
+            alternatives = [(self.intents[i], p) for i, p in zip(idx_row, p_row)]
+            out.append(Prediction(intent=alternatives[0][0], confidence=alternatives[0][1], alternatives=alternatives))
+        return out
+
+    def threshold_for(self, intent: str) -> float:
+        """Confidence needed to automate a prediction of this intent (per-intent, else global)."""
+        return float(self.thresholds.get(intent, self.global_threshold))
+
+    def is_automated(self, prediction: Prediction) -> bool:
+        """Whether a prediction is confident enough to be handled without a human or an LLM."""
+        return prediction.confidence >= self.threshold_for(prediction.intent)
+
+    def _state(self) -> dict[str, Any]:
+        """Everything needed to rebuild the model, except the version tag."""
+        return {
+            "format": FORMAT_VERSION,
+            "vectorizer": self.vectorizer,
+            "coef": self.coef,
+            "intercept": self.intercept,
+            "intents": list(self.intents),
+            "temperature": float(self.temperature),
+            "global_threshold": float(self.global_threshold),
+            "thresholds": {k: float(v) for k, v in self.thresholds.items()},
+            "metrics": self.metrics,
+        }
+
+    def _payload(self) -> bytes:
+        """Deterministic pickle of the state (the version tag is its hash)."""
+        return pickle.dumps(self._state(), protocol=pickle.HIGHEST_PROTOCOL)
+
+    def to_bytes(self) -> bytes:
+        """Serialise to compressed bytes (zlib over pickle); only load bytes you produced yourself."""
+        state = self._state()
+        state["version"] = self.version
+        return zlib.compress(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL), 6)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "IntentModel":
+        """Rebuild a model from to_bytes() output (trusted input only: it unpickles)."""
+        try:
+            state = pickle.loads(zlib.decompress(data))
+        except (zlib.error, pickle.UnpicklingError, EOFError) as exc:
+            raise ValueError(f"not a serialized IntentModel: {exc}") from exc
+        if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
+            raise ValueError("not a serialized IntentModel (unknown format)")
+        return cls(
+            vectorizer=state["vectorizer"],
+            coef=state["coef"],
+            intercept=state["intercept"],
+            intents=list(state["intents"]),
+            temperature=state["temperature"],
+            global_threshold=state["global_threshold"],
+            thresholds=dict(state["thresholds"]),
+            metrics=dict(state["metrics"]),
+            version=state.get("version", ""),
+        )

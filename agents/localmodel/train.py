@@ -1,0 +1,383 @@
+"""Training the intent classifier, choosing thresholds, and honest cross-validation."""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Callable, Sequence
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.model_selection import StratifiedKFold
+from sklearn.pipeline import FeatureUnion
+from sklearn.svm import LinearSVC
+
+from .evaluate import evaluate, report_from_predictions
+from .model import IntentModel, softmax_rows
+
+Progress = Callable[[str, int, int], None]
+
+SVM_C = 0.5
+# A per-intent threshold below the global one must rest on at least this many OOF predictions ...
+MIN_SUPPORT = 30
+# ... and its precision must clear the target by a Wilson lower bound at this z.
+WILSON_Z = 1.0
+METHOD = (
+    "tf-idf word 1-2grams + char_wb 3-5grams (sublinear tf) -> LinearSVC(C=0.5, one-vs-rest); "
+    "confidence = softmax(scores / T), T fitted on out-of-fold scores"
+)
+
+
+def build_vectorizer() -> FeatureUnion:
+    """The feature extractor: word 1-2grams and char_wb 3-5grams, each tf-idf with sublinear tf."""
+    return FeatureUnion(
+        [
+            (
+                "word",
+                TfidfVectorizer(
+                    ngram_range=(1, 2), sublinear_tf=True, token_pattern=r"(?u)\b\w+\b", dtype=np.float32
+                ),
+            ),
+            (
+                "char",
+                TfidfVectorizer(
+                    analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True, min_df=2, dtype=np.float32
+                ),
+            ),
+        ]
+    )
+
+
+def _fit_linear(texts: Sequence[str], y: np.ndarray, n_classes: int) -> tuple[FeatureUnion, np.ndarray, np.ndarray]:
+    """Fit features and a one-vs-rest linear SVM; return (vectorizer, coef[n_classes, F], intercept[n_classes])."""
+    vectorizer = build_vectorizer()
+    features = vectorizer.fit_transform(list(texts))
+    present = np.unique(y)
+    coef = np.zeros((n_classes, features.shape[1]), dtype=np.float32)
+    intercept = np.full(n_classes, -1e3, dtype=np.float32)  # classes absent from this split never win
+    if len(present) == 1:
+        intercept[present[0]] = 0.0
+        return vectorizer, coef, intercept
+    clf = LinearSVC(C=SVM_C, max_iter=5000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clf.fit(features, y)
+    if len(present) == 2:
+        w, b = clf.coef_[0] / 2, clf.intercept_[0] / 2
+        coef[present[0]], intercept[present[0]] = -w, -b
+        coef[present[1]], intercept[present[1]] = w, b
+    else:
+        coef[present] = clf.coef_
+        intercept[present] = clf.intercept_
+    return vectorizer, coef, intercept
+
+
+def _raw_scores(vectorizer: FeatureUnion, coef: np.ndarray, intercept: np.ndarray, texts: Sequence[str]) -> np.ndarray:
+    """Linear scores of texts under a fitted (vectorizer, coef, intercept)."""
+    return np.asarray(vectorizer.transform(list(texts)) @ coef.T, dtype=np.float64) + intercept
+
+
+def _splitter(y: np.ndarray, folds: int, seed: int) -> StratifiedKFold:
+    """A stratified splitter, with fewer folds when the data is tiny."""
+    n_splits = max(2, min(folds, len(y)))
+    return StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+
+
+def out_of_fold_scores(
+    texts: Sequence[str], y: np.ndarray, n_classes: int, folds: int, seed: int, progress: Progress | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Raw scores for every example from a model that did not see it; also each example's fold id."""
+    texts = list(texts)
+    scores = np.zeros((len(texts), n_classes))
+    fold_id = np.zeros(len(texts), dtype=int)
+    splitter = _splitter(y, folds, seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "least populated class has only n members"
+        splits = list(splitter.split(np.zeros(len(y)), y))
+    for k, (tr, te) in enumerate(splits):
+        if progress:
+            progress("out-of-fold", k, len(splits))
+        vec, coef, intercept = _fit_linear([texts[i] for i in tr], y[tr], n_classes)
+        scores[te] = _raw_scores(vec, coef, intercept, [texts[i] for i in te])
+        fold_id[te] = k
+    if progress:
+        progress("out-of-fold", len(splits), len(splits))
+    return scores, fold_id
+
+
+def fit_temperature(scores: np.ndarray, y: np.ndarray) -> float:
+    """Temperature T minimising the negative log-likelihood of softmax(scores / T)."""
+    rows = np.arange(len(y))
+
+    def nll(log_t: float) -> float:
+        z = scores / math.exp(log_t)
+        z = z - z.max(axis=1, keepdims=True)
+        return float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[rows, y]))
+
+    result = minimize_scalar(nll, bounds=(math.log(1e-3), math.log(1e2)), method="bounded")
+    return float(math.exp(result.x))
+
+
+def wilson_lower(successes: np.ndarray, n: np.ndarray, z: float) -> np.ndarray:
+    """Wilson score lower bound of a binomial proportion (vectorised)."""
+    n = np.maximum(np.asarray(n, dtype=float), 1e-12)
+    p = np.asarray(successes, dtype=float) / n
+    centre = p + z * z / (2 * n)
+    margin = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (centre - margin) / (1 + z * z / n)
+
+
+def lowest_threshold(
+    conf: np.ndarray,
+    correct: np.ndarray,
+    target: float,
+    min_threshold: float,
+    max_threshold: float,
+    *,
+    z: float = 0.0,
+    min_support: int = 1,
+) -> float | None:
+    """Lowest t in [min_threshold, max_threshold] with precision (Wilson bound at z) of {conf >= t} >= target; None if none."""
+    conf = np.asarray(conf, dtype=float)
+    correct = np.asarray(correct, dtype=bool)
+    order = np.argsort(-conf, kind="stable")
+    c, ok = conf[order], correct[order]
+    n = np.arange(1, len(c) + 1)
+    hits = np.cumsum(ok)
+    # Only cut where the next confidence differs: a threshold includes every tie.
+    last_of_tie = np.r_[c[1:] != c[:-1], True] if len(c) else np.zeros(0, dtype=bool)
+    bound = wilson_lower(hits, n, z) if z > 0 else hits / n
+    valid = last_of_tie & (bound >= target) & (n >= min_support) & (c >= min_threshold) & (c <= max_threshold)
+    # Candidate thresholds at or above max_threshold: the cap itself, if the set above it is precise enough.
+    above_cap = c >= max_threshold
+    candidates = []
+    if valid.any():
+        candidates.append(float(c[np.nonzero(valid)[0].max()]))
+    k = int(above_cap.sum())
+    if k and k >= min_support and (wilson_lower(hits[k - 1], k, z) if z > 0 else hits[k - 1] / k) >= target:
+        candidates.append(float(max_threshold))
+    if not candidates:
+        return None
+    return max(min_threshold, min(candidates))
+
+
+def choose_thresholds(
+    conf: np.ndarray,
+    pred: np.ndarray,
+    y: np.ndarray,
+    intents: Sequence[str],
+    target: float,
+    min_threshold: float,
+    max_threshold: float,
+) -> tuple[float, dict[str, float]]:
+    """Global threshold over all predictions, then per-intent thresholds with a small-sample guard."""
+    correct = pred == y
+    global_t = lowest_threshold(conf, correct, target, min_threshold, max_threshold)
+    if global_t is None:
+        global_t = max_threshold
+    per_intent: dict[str, float] = {}
+    for k, intent in enumerate(intents):
+        mask = pred == k
+        if mask.sum() < MIN_SUPPORT:
+            continue  # too little evidence: threshold_for() falls back to the global threshold
+        c, ok = conf[mask], correct[mask]
+        strict = lowest_threshold(c, ok, target, min_threshold, max_threshold, min_support=MIN_SUPPORT)
+        if strict is None:
+            # Even this intent's most confident predictions miss the target: automate it only at the cap.
+            per_intent[intent] = float(max_threshold)
+        elif strict > global_t:
+            per_intent[intent] = strict  # harder than average: stricter (the safe direction)
+        else:
+            # Easier than average: go below the global threshold only on strong evidence (Wilson bound).
+            lenient = lowest_threshold(
+                c, ok, target, min_threshold, max_threshold, z=WILSON_Z, min_support=MIN_SUPPORT
+            )
+            if lenient is not None and lenient < global_t:
+                per_intent[intent] = lenient
+    return float(global_t), per_intent
+
+
+def _encode(labels: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """Sorted intent list and integer-encoded labels."""
+    intents = sorted(set(labels))
+    index = {name: i for i, name in enumerate(intents)}
+    return intents, np.array([index[label] for label in labels], dtype=int)
+
+
+def _check(texts: Sequence[str], labels: Sequence[str]) -> None:
+    """Validate training inputs."""
+    if len(texts) != len(labels):
+        raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
+    if len(set(labels)) < 2:
+        raise ValueError("need examples of at least two intents to train")
+
+
+def train_model(
+    texts: list[str],
+    labels: list[str],
+    *,
+    target_precision: float = 0.98,
+    folds: int = 5,
+    seed: int = 0,
+    progress: Callable[[str, int, int], None] | None = None,
+    min_threshold: float = 0.3,
+    max_threshold: float = 0.999,
+) -> IntentModel:
+    """Fit on all data; choose global and per-intent thresholds from out-of-fold predictions; record CV metrics."""
+    _check(texts, labels)
+    texts = [str(t) for t in texts]
+    intents, y = _encode(labels)
+    n_classes = len(intents)
+    oof, fold_id = out_of_fold_scores(texts, y, n_classes, folds, seed, progress)
+    temperature = fit_temperature(oof, y)
+    probs = softmax_rows(oof / temperature)
+    pred = probs.argmax(axis=1)
+    conf = probs.max(axis=1)
+    global_t, per_intent = choose_thresholds(conf, pred, y, intents, target_precision, min_threshold, max_threshold)
+
+    # Thresholds chosen on the other folds' OOF predictions, applied to this fold's: an estimate on unseen data.
+    auto = np.zeros(len(y), dtype=bool)
+    n_folds = int(fold_id.max()) + 1
+    for k in range(n_folds):
+        rest, this = fold_id != k, fold_id == k
+        g, pi = choose_thresholds(
+            conf[rest], pred[rest], y[rest], intents, target_precision, min_threshold, max_threshold
+        )
+        t = np.array([pi.get(intent, g) for intent in intents])
+        auto[this] = conf[this] >= t[pred[this]]
+    report = report_from_predictions(
+        [intents[i] for i in y], [intents[i] for i in pred], conf, auto
+    )
+    in_sample_t = np.array([per_intent.get(intent, global_t) for intent in intents])
+    auto_in = conf >= in_sample_t[pred]
+    correct = pred == y
+    metrics = {
+        "method": METHOD,
+        "n_examples": len(y),
+        "n_intents": n_classes,
+        "folds": n_folds,
+        "seed": seed,
+        "target_precision": target_precision,
+        "accuracy": report["accuracy"],
+        "macro_f1": report["macro_f1"],
+        "automated_share": report["automated_share"],
+        "automated_precision": report["automated_precision"],
+        "automated_share_in_sample": float(auto_in.mean()),
+        "automated_precision_in_sample": float(correct[auto_in].mean()) if auto_in.any() else None,
+        "temperature": temperature,
+        "expected_calibration_error": expected_calibration_error(conf, correct),
+        "global_threshold": global_t,
+        "n_per_intent_thresholds": len(per_intent),
+        "note": (
+            "accuracy/macro_f1 are out-of-fold; automated_* apply thresholds chosen on the other folds' "
+            "out-of-fold predictions to each fold (the *_in_sample pair uses the final thresholds on all OOF data)"
+        ),
+    }
+    if progress:
+        progress("final fit", 0, 1)
+    vectorizer, coef, intercept = _fit_linear(texts, y, n_classes)
+    if progress:
+        progress("final fit", 1, 1)
+    return IntentModel(
+        vectorizer=vectorizer,
+        coef=coef,
+        intercept=intercept,
+        intents=intents,
+        temperature=temperature,
+        global_threshold=global_t,
+        thresholds=per_intent,
+        metrics=metrics,
+    )
+
+
+def expected_calibration_error(conf: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
+    """Expected calibration error of top-1 confidence over equal-width bins."""
+    conf = np.asarray(conf, dtype=float)
+    correct = np.asarray(correct, dtype=float)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    idx = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        m = idx == b
+        if m.any():
+            total += m.sum() * abs(conf[m].mean() - correct[m].mean())
+    return float(total / max(len(conf), 1))
+
+
+def cross_validate(
+    texts: list[str],
+    labels: list[str],
+    *,
+    target_precision: float = 0.98,
+    folds: int = 5,
+    seed: int = 0,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict:
+    """Honest CV report: accuracy, macro_f1, automated_share and automated_precision at the target, per-intent table."""
+    _check(texts, labels)
+    texts = [str(t) for t in texts]
+    labels = list(labels)
+    _, y = _encode(labels)
+    splitter = _splitter(y, folds, seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        splits = list(splitter.split(np.zeros(len(y)), y))
+    inner_folds = max(2, folds - 1)
+    y_true: list[str] = []
+    y_pred: list[str] = []
+    conf: list[float] = []
+    auto: list[bool] = []
+    per_fold = []
+    for k, (tr, te) in enumerate(splits):
+
+        def inner(stage: str, done: int, total: int, k: int = k) -> None:
+            if progress:
+                progress(f"fold {k + 1}/{len(splits)}: {stage}", done, total)
+
+        model = train_model(
+            [texts[i] for i in tr],
+            [labels[i] for i in tr],
+            target_precision=target_precision,
+            folds=inner_folds,
+            seed=seed,
+            progress=inner,
+        )
+        held_texts = [texts[i] for i in te]
+        held_labels = [labels[i] for i in te]
+        fold_report = evaluate(model, held_texts, held_labels)
+        preds = model.predict_many(held_texts)
+        y_true += held_labels
+        y_pred += [p.intent for p in preds]
+        conf += [p.confidence for p in preds]
+        auto += [model.is_automated(p) for p in preds]
+        per_fold.append(
+            {
+                "fold": k,
+                "n_examples": len(te),
+                "accuracy": fold_report["accuracy"],
+                "automated_share": fold_report["automated_share"],
+                "automated_precision": fold_report["automated_precision"],
+                "global_threshold": model.global_threshold,
+                "temperature": model.metrics["temperature"],
+                "n_per_intent_thresholds": len(model.thresholds),
+            }
+        )
+    report = report_from_predictions(y_true, y_pred, conf, auto)
+    correct = np.array([t == p for t, p in zip(y_true, y_pred)])
+    report.update(
+        {
+            "method": METHOD,
+            "folds": len(splits),
+            "inner_folds": inner_folds,
+            "seed": seed,
+            "target_precision": target_precision,
+            "expected_calibration_error": expected_calibration_error(np.array(conf), correct),
+            "per_fold": per_fold,
+            "protocol": (
+                f"nested: for each of {len(splits)} outer folds, train_model() on the other folds "
+                f"(temperature and thresholds from its own {inner_folds}-fold out-of-fold predictions), "
+                "then predict the held-out fold; figures pool the held-out predictions"
+            ),
+        }
+    )
+    return report

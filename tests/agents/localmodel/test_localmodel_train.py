@@ -1,0 +1,134 @@
+"""Training, thresholds and serialisation of the local intent model (pure, no database)."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agents.localmodel import IntentModel, Prediction, evaluate, load_csv, train_model
+from agents.localmodel.train import choose_thresholds, lowest_threshold
+
+DATA = Path(__file__).resolve().parents[3] / "agents" / "data" / "banking77" / "train.csv"
+MIN_T, MAX_T = 0.3, 0.999
+
+
+@pytest.fixture(scope="module")
+def subset() -> tuple[list[str], list[str]]:
+    """10 intents x 30 examples from the shipped training split."""
+    texts, labels = load_csv(DATA)
+    keep = sorted(set(labels))[:10]
+    by_intent: dict[str, list[str]] = {}
+    for text, label in zip(texts, labels):
+        if label in keep:
+            by_intent.setdefault(label, []).append(text)
+    rng = random.Random(0)
+    out_t: list[str] = []
+    out_l: list[str] = []
+    for label in keep:
+        chosen = rng.sample(by_intent[label], 30)
+        out_t += chosen
+        out_l += [label] * len(chosen)
+    return out_t, out_l
+
+
+@pytest.fixture(scope="module")
+def model(subset: tuple[list[str], list[str]]) -> IntentModel:
+    """A model trained on the subset (3 folds keeps the test quick)."""
+    texts, labels = subset
+    calls: list[tuple[str, int, int]] = []
+    m = train_model(texts, labels, folds=3, min_threshold=MIN_T, max_threshold=MAX_T, progress=lambda *a: calls.append(a))
+    assert calls and calls[-1] == ("final fit", 1, 1)
+    return m
+
+
+def test_round_trip_gives_identical_predictions(model: IntentModel, subset: tuple[list[str], list[str]]) -> None:
+    texts = subset[0][:40] + ["where is my new card", "I want my money back", ""]
+    clone = IntentModel.from_bytes(model.to_bytes())
+    assert clone.version == model.version and len(model.version) == 12
+    assert clone.intents == model.intents
+    assert clone.thresholds == model.thresholds and clone.global_threshold == model.global_threshold
+    assert clone.metrics == model.metrics
+    assert clone.predict_many(texts) == model.predict_many(texts)
+
+
+def test_from_bytes_rejects_garbage() -> None:
+    with pytest.raises(ValueError):
+        IntentModel.from_bytes(b"not a model")
+
+
+def test_thresholds_within_bounds(model: IntentModel) -> None:
+    assert MIN_T <= model.global_threshold <= MAX_T
+    for intent, t in model.thresholds.items():
+        assert intent in model.intents
+        assert MIN_T <= t <= MAX_T
+    for intent in model.intents:
+        assert model.threshold_for(intent) == model.thresholds.get(intent, model.global_threshold)
+    assert model.threshold_for("no_such_intent") == model.global_threshold
+
+
+def test_metrics_recorded(model: IntentModel) -> None:
+    m = model.metrics
+    assert m["n_examples"] == 300 and m["n_intents"] == 10 and m["folds"] == 3
+    assert m["target_precision"] == 0.98
+    for key in ("accuracy", "macro_f1", "automated_share"):
+        assert 0.0 <= m[key] <= 1.0
+    assert m["accuracy"] > 0.8  # 10 well-separated intents
+
+
+def test_predict_confidence_and_alternatives(model: IntentModel, subset: tuple[list[str], list[str]]) -> None:
+    p = model.predict("I still have not received my card")
+    assert isinstance(p, Prediction)
+    assert 0.0 <= p.confidence <= 1.0
+    assert p.intent in model.intents
+    assert len(p.alternatives) == 3
+    assert p.alternatives[0] == (p.intent, p.confidence)
+    probs = [q for _, q in p.alternatives]
+    assert probs == sorted(probs, reverse=True)
+    many = model.predict_many(subset[0][:25])
+    assert len(many) == 25 and model.predict_many([]) == []
+    for text, q in zip(subset[0][:25], many):
+        single = model.predict(text)
+        assert single.intent == q.intent
+        assert single.confidence == pytest.approx(q.confidence, abs=1e-6)
+        assert [a for a, _ in single.alternatives] == [a for a, _ in q.alternatives]
+    # the model fits its training data
+    assert evaluate(model, *subset)["accuracy"] > 0.95
+
+
+def test_extra_examples_and_subset_of_intents() -> None:
+    texts = ["card never arrived", "where is my card", "card not delivered yet", "card still missing"] * 3
+    texts += ["refund please", "I want a refund", "money back for this", "refund my purchase"] * 3
+    labels = ["card_arrival"] * 12 + ["request_refund"] * 12
+    m = train_model(texts, labels, folds=2)
+    assert m.intents == ["card_arrival", "request_refund"]
+    assert m.predict("my card has not arrived").intent == "card_arrival"
+    assert len(m.predict("refund").alternatives) == 2
+    with pytest.raises(ValueError):
+        train_model(["a", "b"], ["x", "x"])
+
+
+def test_lowest_threshold() -> None:
+    conf = np.array([0.99, 0.95, 0.9, 0.8, 0.7, 0.6])
+    correct = np.array([True, True, True, False, True, False])
+    assert lowest_threshold(conf, correct, 1.0, 0.3, 0.999) == 0.9
+    assert lowest_threshold(conf, correct, 0.8, 0.3, 0.999) == 0.7
+    assert lowest_threshold(conf, correct, 0.5, 0.3, 0.999) == 0.6  # everything clears: least confident example
+    assert lowest_threshold(conf, correct, 0.5, 0.65, 0.999) == 0.7  # the floor excludes 0.6
+    assert lowest_threshold(np.array([0.9, 0.8]), np.array([False, True]), 0.98, 0.3, 0.999) is None
+    assert lowest_threshold(conf, correct, 1.0, 0.3, 0.999, min_support=4) is None
+
+
+def test_choose_thresholds_guard() -> None:
+    rng = np.random.default_rng(0)
+    n = 400
+    pred = rng.integers(0, 2, n)
+    conf = rng.uniform(0.3, 1.0, n)
+    y = pred.copy()
+    wrong = (pred == 1) & (conf < 0.8)  # intent 1 is unreliable below 0.8
+    y[wrong] = 0
+    g, per = choose_thresholds(conf, pred, y, ["a", "b"], 0.98, 0.3, 0.999)
+    assert 0.3 <= g <= 0.999
+    assert per["b"] > 0.75
+    assert per.get("a", g) <= g
