@@ -15,9 +15,9 @@ from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from reviews.models import Review
+from reviews.services import reviewer_create
 from tests.conftest import wait_for
 from tests.factories import ticket_make, ticket_payload
-from tests.reviews.conftest import PASSWORD
 from tickets.models import Status, Ticket
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -70,7 +70,7 @@ def submit(http: Any, **overrides: Any) -> str:
 
 
 def test_a_reviewer_logs_in_claims_corrects_and_resolves_a_review_and_sees_the_ticket_resolved(
-    pipeline, live_server, chrome, api, make_reviewer
+    pipeline, live_server, chrome, api
 ):
     http, client = api()
     for body in ("Where is my card? I ordered it last week.", "Can I change my PIN online?"):
@@ -80,12 +80,12 @@ def test_a_reviewer_logs_in_claims_corrects_and_resolves_a_review_and_sees_the_t
     refund = submit(http, body="Where is my refund?", customer_ref="zoe")
     for ticket_id in (sky, refund):
         wait_for(lambda t=ticket_id: Ticket.objects.get(pk=t).status == Status.AWAITING_REVIEW, what="escalation")
-    make_reviewer("rita")
+    reviewer_create(username="rita", password="rita-reviews-42")
     wait = WebDriverWait(chrome, 15)
 
     chrome.get(f"{live_server.url}/admin/login/?next=/admin/reviews/review/")
     chrome.find_element(By.NAME, "username").send_keys("rita")
-    chrome.find_element(By.NAME, "password").send_keys(PASSWORD)
+    chrome.find_element(By.NAME, "password").send_keys("rita-reviews-42")
     chrome.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
     wait.until(ec.presence_of_element_located((By.ID, "queue-summary")))
     assert chrome.find_element(By.ID, "open-count").text == "2"
