@@ -1,0 +1,76 @@
+"""Bugs the fault suite found, pinned in small tests (in-process worker, real broker and Postgres)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from kombu.exceptions import OperationalError
+
+from agents.models import DeadLetter, Intent
+from tests.conftest import wait_for
+from tests.factories import ticket_payload
+from tickets.models import Status, Ticket
+
+pytestmark = [pytest.mark.pipeline, pytest.mark.reliability]
+
+
+def test_a_ticket_waiting_for_its_customers_older_request_is_not_swept_as_stuck(pipeline, api, settings):
+    # Each sweep of a waiting ticket started one more wait loop (each re-checking every
+    # CUSTOMER_WAIT_SECONDS, forever): under load the decide queue grew without bound.
+    settings.PIPELINE = {**settings.PIPELINE, "CUSTOMER_WAIT_SECONDS": 0.2}
+    http, client = api()
+    Ticket.objects.create(client=client, customer_ref="zoe", body="first", status=Status.ESCALATING)
+    response = http.post("/api/v1/tickets/", ticket_payload(customer_ref="zoe"), format="json")
+    newer = response.json()["id"]
+    wait_for(lambda: Ticket.objects.get(pk=newer).status == Status.DECIDING, what="the newer ticket to wait")
+    time.sleep(1.5)
+
+    waiting = Ticket.objects.get(pk=newer)
+    assert waiting.status == Status.DECIDING
+    assert (time.time() - waiting.updated_at.timestamp()) < 1.0, "a live wait loop looks stuck to the sweeper"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: agents/stages/execute.py execute() raises StageError(...) without "
+    "permanent=bool(result.data.get('permanent')); remove this mark with the fix",
+)
+def test_a_downstream_refusal_dead_letters_at_once_as_a_permanent_error(pipeline, api, recorder):
+    # LedgerTools reports `permanent` for a 4xx, but the execute stage raised StageError without it,
+    # so a refusal was retried MAX_ATTEMPTS times and dead-lettered as "out of retries".
+    Intent.objects.filter(name="lost_or_stolen_card").update(webhook_url=recorder.url)
+    recorder.statuses = [422] * 10
+    http, _ = api()
+    ticket_id = http.post("/api/v1/tickets/", ticket_payload(body="I lost my card"), format="json").json()["id"]
+
+    wait_for(lambda: Ticket.objects.get(pk=ticket_id).status == Status.DEAD_LETTERED, what="the dead letter")
+
+    letter = DeadLetter.objects.get(ticket_id=ticket_id)
+    assert (letter.reason, letter.attempts, len(recorder.requests)) == ("permanent error", 1, 1)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: tickets/services.py ticket_create enqueues with transaction.on_commit(...) without "
+    "robust=True, so a broker outage after the commit turns a stored ticket into a 500; remove this "
+    "mark with the fix",
+)
+def test_a_request_stored_while_the_broker_is_down_is_accepted_and_left_to_the_sweeper(
+    transactional_db, api, monkeypatch
+):
+    # The ticket is committed to Postgres (the system of record) and the sweeper will start it; a
+    # 500 tells the client it was not accepted, and a retry without an Idempotency-Key makes a
+    # second ticket, answered twice. Seen in the fault suite's "Redis restarted" row.
+    from project.celery import app
+
+    def broker_down(*args: object, **kwargs: object) -> None:
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(app, "send_task", broker_down)
+    http, _ = api()
+
+    response = http.post("/api/v1/tickets/", ticket_payload(), format="json")
+
+    assert response.status_code == 202
+    assert Ticket.objects.get().status == Status.RECEIVED
