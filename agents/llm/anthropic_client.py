@@ -124,7 +124,10 @@ class AnthropicClient(ModelClient):
         params = self.params(request)
         estimate_out = min(request.max_tokens, request.expected_output_tokens or request.max_tokens)
         lease = self.limiter.acquire(
-            request.model_class, input_tokens=estimate_input_tokens(params), output_tokens=estimate_out
+            request.model_class,
+            input_tokens=estimate_input_tokens(params),
+            output_tokens=estimate_out,
+            max_wait=request.max_wait,
         )
         try:
             raw = self.sdk.messages.with_raw_response.create(**params)

@@ -62,6 +62,7 @@ class ModelRequest:
     cache_system: bool = False
     json_schema: Mapping[str, Any] | None = None
     expected_output_tokens: int = 0  # what the limiter reserves; corrected by the real usage
+    max_wait: float | None = None  # the longest to wait for the limiter (None: MAX_WAIT_SECONDS)
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
 

@@ -19,10 +19,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping
 
+from django.conf import settings
 from django.utils.module_loading import import_string
 
 from agents.llm import batches
@@ -39,6 +41,7 @@ from agents.stages.types import IntentPolicy, TierAnswer
 log = logging.getLogger(__name__)
 
 DEFAULT_CLIENT = "agents.llm.anthropic_client.AnthropicClient"
+LAST_ATTEMPT_WAIT = 120.0
 
 
 class ClaudeTier:
@@ -84,6 +87,9 @@ class ClaudeTier:
             downgrade=verdict != OK,
         )
         request = self.request(text, catalog, model_class)
+        if scope.attempt >= settings.PIPELINE["MAX_ATTEMPTS"] - 1:
+            # Being put off costs the ticket an attempt; its last one waits for the limiter instead.
+            request = dataclasses.replace(request, max_wait=LAST_ATTEMPT_WAIT)
         digest = cache_key(request.model, request.system, text)
         hit = self.cache.get(digest)
         if hit is not None and hit.get("intent") in catalog:  # free, so even over budget

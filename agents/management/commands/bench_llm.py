@@ -50,7 +50,15 @@ class Command(BaseCommand):
         parser.add_argument("--seconds", type=float, default=60.0, help="how long the load is offered")
         parser.add_argument("--workers", type=int, default=2, help="llm worker processes")
         parser.add_argument("--concurrency", type=int, default=16, help="threads per llm worker")
-        parser.add_argument("--stage-concurrency", type=int, default=8, help="threads of the stage worker")
+        parser.add_argument("--stage-workers", type=int, default=2, help="worker processes for the stage queues")
+        parser.add_argument("--stage-concurrency", type=int, default=8, help="threads per stage worker")
+        parser.add_argument(
+            "--entry",
+            choices=("handoff", "api"),
+            default="handoff",
+            help="handoff: tickets enter where classify hands them to Claude (parse and the rules already run, "
+            "in the driver); api: through ticket_create, every stage on the workers",
+        )
         parser.add_argument("--latency", default="lognormal:median=0.4,p99=2,min=0.1,max=4")
         parser.add_argument("--database", default="bench_llm")
         parser.add_argument("--redis-db", type=int, default=12)
@@ -100,7 +108,17 @@ class Command(BaseCommand):
             "REDIS_URL": urlsplit(settings.REDIS_URL)._replace(path=f"/{opts['redis_db']}").geturl(),
         }
         argv = [sys.executable, "manage.py", "bench_llm"]
-        for key in ("rpm", "factor", "seconds", "workers", "concurrency", "stage_concurrency", "latency", "json"):
+        for key in (
+            "rpm",
+            "factor",
+            "seconds",
+            "workers",
+            "concurrency",
+            "stage_workers",
+            "stage_concurrency",
+            "latency",
+            "json",
+        ):
             argv += [f"--{key.replace('_', '-')}", str(opts[key])]
         code = subprocess.call(argv, env=env, cwd=settings.BASE_DIR)
         if code:
@@ -125,11 +143,15 @@ class Command(BaseCommand):
                 _start_worker(workdir, f"llm{i}", "llm", opts["concurrency"]) for i in range(opts["workers"])
             ]
             queues = "parse,classify,decide,execute,escalate,webhooks,maintenance"
-            procs += [*llm_workers, _start_worker(workdir, "stages", queues, opts["stage_concurrency"])]
-            _wait_ready(app, [f"{n}@bench" for n in [*(f"llm{i}" for i in range(opts["workers"])), "stages"]])
+            stages = [f"stages{i}" for i in range(opts["stage_workers"])]
+            procs += [*llm_workers, *(_start_worker(workdir, n, queues, opts["stage_concurrency"]) for n in stages)]
+            _wait_ready(app, [f"{n}@bench" for n in [*(f"llm{i}" for i in range(opts["workers"])), *stages]])
             figures = self.drive_and_measure(opts, port, llm_workers, get_catalog())
         finally:
-            for proc in reversed(procs):
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            for proc in procs:
                 _stop(proc)
             app.control.purge()
         self.report(figures, opts)
@@ -142,9 +164,10 @@ class Command(BaseCommand):
         rate = opts["rpm"] / 60 * opts["factor"]
         total = int(rate * opts["seconds"])
         texts = _texts(total + 8 * len(workers), catalog)
-        self.warm_up(client, texts[total:], port)  # the first call in a process imports the SDK: not measured
+        offer = _offer_at_handoff if opts["entry"] == "handoff" else _offer
+        self.warm_up(offer, client, texts[total:], port)  # a process's first call imports the SDK: not measured
         texts = texts[:total]
-        driver = threading.Thread(target=_offer, args=(client, texts, rate), daemon=True)
+        driver = threading.Thread(target=offer, args=(client, texts, rate), daemon=True)
         started = time.monotonic()
         driver.start()
         samples: list[dict[str, Any]] = []
@@ -172,10 +195,10 @@ class Command(BaseCommand):
                 break
         return _figures(samples, opts, total)
 
-    def warm_up(self, client: Any, texts: list[str], port: int) -> None:
+    def warm_up(self, offer: Any, client: Any, texts: list[str], port: int) -> None:
         from tickets.models import Ticket
 
-        _offer(client, texts, rate=50.0)
+        offer(client, texts, rate=50.0)
         deadline = time.monotonic() + 300
         while Ticket.objects.filter(client=client).exclude(status__in=TERMINAL).exists():
             if time.monotonic() > deadline:
@@ -256,6 +279,44 @@ def _offer(client: Any, texts: list[str], rate: float) -> None:
     connection.close()
 
 
+def _offer_at_handoff(client: Any, texts: list[str], rate: float) -> None:
+    """Tickets as classify leaves them when the rules are unsure: parsed, handed over, on the llm queue."""
+    import uuid
+
+    from celery import current_app
+
+    from agents.catalog import get_catalog
+    from agents.stages import STAGES
+    from agents.stages.types import StageContext, TicketInput
+    from agents.tiers.rules import RulesTier
+    from tickets.models import Status, Ticket
+
+    catalog, rules, contexts = get_catalog(), RulesTier(), []
+    for text in texts:  # the cheap stages, ahead of time: only the hand-over is timed
+        ticket = TicketInput(str(uuid.uuid4()), client.pk, "bench", "api", "", text, 1)
+        parsed = STAGES["parse"](ticket, StageContext()).output
+        ticket = TicketInput(ticket.id, client.pk, "bench", "api", "", text, 1, context={"parse": parsed})
+        cheap = STAGES["classify"](ticket, StageContext(catalog=catalog, tiers=[rules], can_handoff=True))
+        assert cheap.handoff == "llm", text
+        contexts.append((ticket.id, {"parse": parsed, "classify_cpu": cheap.output}))
+    started = time.monotonic()
+    for i, (text, (ticket_id, context)) in enumerate(zip(texts, contexts, strict=True)):
+        delay = started + i / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        Ticket.objects.create(
+            pk=ticket_id,
+            client=client,
+            body=text,
+            customer_ref=f"c{i % 97}",
+            channel="api",
+            status=Status.CLASSIFYING,
+            context=context,
+        )
+        current_app.send_task("agents.llm_stage", args=[ticket_id, "classify"])
+    connection.close()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -331,7 +392,6 @@ def _wait_ready(app: Any, names: list[str], timeout: float = 120.0) -> None:
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
