@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install run test services services-stop bootstrap lint clean
+.PHONY: install run test services services-stop bootstrap lint clean bench
 
 $(VENV)/.installed: requirements.txt
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11"; exit 1; }
@@ -25,6 +25,7 @@ bootstrap: services  ## migrate, load the intent pack, create the demo client an
 	python manage.py migrate --noinput
 	python manage.py collectstatic --noinput -v0
 	python manage.py load_intents
+	python manage.py retrain --if-missing
 	python manage.py bootstrap_demo
 
 run: bootstrap  ## everything: API :8000, a worker per queue, beat, Flower :5555, sample requests
@@ -33,6 +34,9 @@ run: bootstrap  ## everything: API :8000, a worker per queue, beat, Flower :5555
 
 test: services  ## the whole suite, against real Postgres, Redis and Celery workers
 	python -m pytest
+
+bench: install  ## the benchmark, on servers of its own: results under var/bench/ (docs/performance.md)
+	python -m bench $(BENCH_ARGS)
 
 lint:
 	ruff check . && ruff format --check .

@@ -182,7 +182,7 @@ INTENT_PACK = os.environ.get("INTENT_PACK", str(BASE_DIR / "agents" / "packs" / 
 # agents never imports reviews: escalation reaches the review queue through this hook.
 ESCALATION_HANDLER = os.environ.get("ESCALATION_HANDLER", "reviews.services.review_create_from_escalation")
 TICKET_REPLAY_HANDLER = "agents.pipeline.ticket_replay"
-CLASSIFIER_TIERS = [t for t in os.environ.get("CLASSIFIER_TIERS", "agents.tiers.rules.RulesTier").split(",") if t]
+CLASSIFIER_TIERS = [t for t in os.environ.get("CLASSIFIER_TIERS", "agents.tiers.rules.RulesTier,agents.tiers.local.LocalModelTier").split(",") if t]
 
 ANTHROPIC_API_KEY = os.environ.get("ANTHROPIC_API_KEY", "")
 ANTHROPIC_BASE_URL = os.environ.get("ANTHROPIC_BASE_URL", "")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-from django.db.models import Count, Min, Q, QuerySet
+from django.db.models import Count, F, Min, Q, QuerySet
 
 from agents.models import Intent, Trace
 from agents.pipeline import ticket_input
@@ -109,3 +110,13 @@ def override_rates() -> list[dict[str, Any]]:
         }
         for r in rows
     ]
+
+
+def feedback_training_rows() -> Iterator[dict[str, Any]]:
+    """Text and the person's intent for every approve/correct decision: the local model's training data."""
+    return (
+        Feedback.objects.filter(decision__in=[Decision.APPROVE, Decision.CORRECT])
+        .exclude(human_intent="")
+        .values("text", intent=F("human_intent"))
+        .iterator()
+    )

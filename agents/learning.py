@@ -1,0 +1,211 @@
+"""The learning loop: train the local model on the base data plus reviewers' decisions, gate it on a
+held-back slice, activate it atomically, and let per-intent thresholds follow the reviewers."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+from django.utils.module_loading import import_string
+
+from agents.localmodel.data import load_csv
+from agents.localmodel.evaluate import evaluate
+from agents.localmodel.model import IntentModel
+from agents.localmodel.train import train_model
+from agents.models import Intent, ModelVersion, Risk, ThresholdChange
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str, int, int], None]
+
+
+def learning_settings() -> dict[str, Any]:
+    """settings.LEARNING over the defaults."""
+    defaults = {
+        "BASE_DATA": str(Path(settings.BASE_DIR) / "agents" / "data" / "banking77" / "train.csv"),
+        "TARGET_PRECISION": 0.98,
+        "FOLDS": 5,
+        "HOLDOUT_PERCENT": 10,
+        "MAX_REGRESSION": 0.002,  # a candidate may be this much worse on the holdout and still win
+        "FEEDBACK_SOURCE": "reviews.selectors.feedback_training_rows",
+        "OVERRIDE_SOURCE": "reviews.selectors.override_rates",
+        "THRESHOLD_MIN": 0.3,
+        "THRESHOLD_MIN_HIGH_RISK": 0.9,
+        "THRESHOLD_MAX": 0.999,
+        "THRESHOLD_STEP": 0.02,
+        "MIN_DECISIONS": 20,
+        "LOWER_BELOW_OVERRIDE_RATE": 0.02,
+        "RAISE_ABOVE_OVERRIDE_RATE": 0.05,
+    }
+    return {**defaults, **getattr(settings, "LEARNING", {})}
+
+
+def feedback_rows() -> list[tuple[str, str]]:
+    """(text, intent) pairs people decided, through the hook in settings (agents does not import reviews)."""
+    path = learning_settings()["FEEDBACK_SOURCE"]
+    try:
+        source = import_string(path)
+    except ImportError:
+        log.warning("feedback source %s is not available; training on base data only", path)
+        return []
+    return [(str(r["text"]), str(r["intent"])) for r in source() if r.get("text") and r.get("intent")]
+
+
+def in_holdout(text: str, percent: int) -> bool:
+    """A stable slice: the same text is always in or out, whichever run asks."""
+    return int(hashlib.sha256(text.strip().lower().encode()).hexdigest()[:8], 16) % 100 < percent
+
+
+def training_data(extra: Iterable[tuple[str, str]] | None = None) -> tuple[list[str], list[str], list[tuple[str, str]]]:
+    """The curated base data, and reviewers' decisions (or `extra`) on intents it knows."""
+    texts, labels = load_csv(learning_settings()["BASE_DATA"])
+    known = set(labels)
+    rows = feedback_rows() if extra is None else list(extra)
+    return texts, labels, [(t, i) for t, i in rows if i in known]
+
+
+def model_train(
+    *,
+    base: tuple[list[str], list[str]] | None = None,
+    feedback: list[tuple[str, str]] | None = None,
+    progress: Progress | None = None,
+) -> ModelVersion:
+    """Train a candidate on the base data (less a held-back slice) plus every reviewer decision;
+    measure it and the active model on that slice of the curated base data."""
+    cfg = learning_settings()
+    if base is None or feedback is None:
+        texts, labels, rows = training_data()
+        base, feedback = (base or (texts, labels)), (rows if feedback is None else feedback)
+    held = [in_holdout(t, cfg["HOLDOUT_PERCENT"]) for t in base[0]]
+    train_x = [t for t, h in zip(base[0], held, strict=True) if not h] + [t for t, _ in feedback]
+    train_y = [y for y, h in zip(base[1], held, strict=True) if not h] + [y for _, y in feedback]
+    hold_x = [t for t, h in zip(base[0], held, strict=True) if h]
+    hold_y = [y for y, h in zip(base[1], held, strict=True) if h]
+    model = train_model(
+        train_x, train_y, target_precision=cfg["TARGET_PRECISION"], folds=cfg["FOLDS"], progress=progress
+    )
+    holdout = {"n": len(hold_x), "candidate": _summary(evaluate(model, hold_x, hold_y)) if hold_x else {}}
+    active = model_active()
+    if active is not None and hold_x:
+        holdout["active"] = _summary(evaluate(active[1], hold_x, hold_y))
+        holdout["active_version"] = active[0].version
+    tag = model.version
+    while ModelVersion.objects.filter(version=tag).exists():  # the same data can give the same bytes
+        tag = f"{model.version}-{timezone.now():%H%M%S%f}"
+    return ModelVersion.objects.create(
+        version=tag,
+        n_examples=len(train_x),
+        n_feedback=len(feedback),
+        metrics=model.metrics,
+        holdout_metrics=holdout,
+        blob=model.to_bytes(),
+    )
+
+
+def _summary(report: dict[str, Any]) -> dict[str, Any]:
+    keys = ("accuracy", "macro_f1", "automated_share", "automated_precision")
+    return {k: report[k] for k in keys if k in report}
+
+
+def model_active() -> tuple[ModelVersion, IntentModel] | None:
+    """The active version and its loaded model, or None."""
+    version = ModelVersion.objects.filter(is_active=True).first()
+    if version is None:
+        return None
+    return version, IntentModel.from_bytes(bytes(version.blob))
+
+
+def candidate_wins(candidate: ModelVersion) -> tuple[bool, str]:
+    """Activate only what is not worse than the active model on the held-back slice."""
+    hold = candidate.holdout_metrics
+    if "active" not in hold:
+        return True, "no active model to compare with"
+    new, old = hold["candidate"]["accuracy"], hold["active"]["accuracy"]
+    allowed = learning_settings()["MAX_REGRESSION"]
+    if new + allowed >= old:
+        return True, f"holdout accuracy {new:.4f} vs active {old:.4f}"
+    return False, f"holdout accuracy {new:.4f} is worse than active {old:.4f}"
+
+
+@transaction.atomic
+def model_activate(*, version: ModelVersion, reason: str) -> None:
+    """Make `version` the one active model, in one transaction; adopt its per-intent thresholds."""
+    ModelVersion.objects.filter(is_active=True).exclude(pk=version.pk).update(is_active=False)
+    ModelVersion.objects.filter(pk=version.pk).update(is_active=True, activated_at=timezone.now(), notes=reason)
+    model = IntentModel.from_bytes(bytes(version.blob))
+    cfg = learning_settings()
+    for intent in Intent.objects.select_for_update().filter(name__in=model.intents):
+        floor = cfg["THRESHOLD_MIN_HIGH_RISK"] if intent.risk == Risk.HIGH else cfg["THRESHOLD_MIN"]
+        new = round(min(cfg["THRESHOLD_MAX"], max(floor, model.threshold_for(intent.name))), 4)
+        _threshold_set(
+            intent,
+            new,
+            f"model {version.version}: cross-validated at {cfg['TARGET_PRECISION']:.0%} precision",
+            version.version,
+        )
+
+
+def _threshold_set(intent: Intent, new: float, reason: str, model_version: str = "") -> ThresholdChange | None:
+    if abs(intent.threshold - new) < 1e-9:
+        return None
+    change = ThresholdChange.objects.create(
+        intent=intent.name, old=intent.threshold, new=new, reason=reason, model_version=model_version
+    )
+    intent.threshold = new
+    intent.save(update_fields=["threshold", "updated_at"])
+    return change
+
+
+def model_retrain(*, progress: Progress | None = None, force: bool = False) -> tuple[ModelVersion, bool, str]:
+    """Train a candidate and activate it when it is not worse; returns (version, activated, why)."""
+    candidate = model_train(progress=progress)
+    wins, why = candidate_wins(candidate)
+    if wins or force:
+        model_activate(version=candidate, reason=why if wins else f"forced: {why}")
+        return candidate, True, why
+    ModelVersion.objects.filter(pk=candidate.pk).update(notes=f"not activated: {why}")
+    return candidate, False, why
+
+
+def model_rollback() -> ModelVersion | None:
+    """Re-activate the version active before the current one."""
+    previous = (
+        ModelVersion.objects.filter(is_active=False, activated_at__isnull=False).order_by("-activated_at").first()
+    )
+    if previous is not None:
+        model_activate(version=previous, reason="rollback")
+    return previous
+
+
+def thresholds_follow_reviewers() -> list[ThresholdChange]:
+    """Lower an intent's threshold where reviewers keep approving, raise it where they override."""
+    cfg = learning_settings()
+    try:
+        rates = import_string(cfg["OVERRIDE_SOURCE"])()
+    except ImportError:
+        return []
+    changes = []
+    intents = {i.name: i for i in Intent.objects.filter(name__in=[r["intent"] for r in rates])}
+    for row in rates:
+        intent = intents.get(row["intent"])
+        if intent is None or row["decisions"] < cfg["MIN_DECISIONS"]:
+            continue
+        floor = cfg["THRESHOLD_MIN_HIGH_RISK"] if intent.risk == Risk.HIGH else cfg["THRESHOLD_MIN"]
+        rate = row["overrides"] / row["decisions"]
+        if rate <= cfg["LOWER_BELOW_OVERRIDE_RATE"]:
+            new = max(floor, intent.threshold - cfg["THRESHOLD_STEP"])
+        elif rate >= cfg["RAISE_ABOVE_OVERRIDE_RATE"]:
+            new = min(cfg["THRESHOLD_MAX"], intent.threshold + cfg["THRESHOLD_STEP"])
+        else:
+            continue
+        change = _threshold_set(
+            intent, round(new, 4), f"reviewers overrode {row['overrides']}/{row['decisions']} ({rate:.1%})"
+        )
+        if change is not None:
+            changes.append(change)
+    return changes

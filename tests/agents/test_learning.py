@@ -1,0 +1,143 @@
+"""The learning loop: versions stored, gated on a holdout, activated atomically, thresholds logged."""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+import pytest
+
+from agents import learning
+from agents.localmodel.data import load_csv
+from agents.models import Intent, ModelVersion, ThresholdChange
+from agents.tiers.local import LocalModelTier
+from reviews.models import Decision, Feedback, Reason
+
+BASE = Path(__file__).resolve().parents[2] / "agents" / "data" / "banking77" / "train.csv"
+INTENTS = ["card_arrival", "lost_or_stolen_card", "terminate_account", "exchange_rate", "age_limit", "top_up_failed"]
+
+
+@pytest.fixture
+def small_base(tmp_path, settings, db):
+    """A few intents of the real training data, so a model trains in seconds."""
+    texts, labels = load_csv(BASE)
+    rows = [(t, y) for t, y in zip(texts, labels, strict=True) if y in INTENTS]
+    path = tmp_path / "base.csv"
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["text", "category"])
+        writer.writerows(rows)
+    settings.LEARNING = {"BASE_DATA": str(path), "FOLDS": 3}
+    for name in INTENTS:
+        Intent.objects.update_or_create(name=name, defaults={"threshold": 0.9, "allowed_actions": ["reply"]})
+    Intent.objects.filter(name="lost_or_stolen_card").update(risk="high")
+    return rows
+
+
+def test_a_first_model_is_trained_stored_and_activated_with_its_thresholds(small_base):
+    version, activated, why = learning.model_retrain()
+
+    assert activated and why == "no active model to compare with"
+    stored = ModelVersion.objects.get(is_active=True)
+    assert stored.version == version.version and stored.n_examples > 0
+    assert stored.metrics["accuracy"] > 0.8
+    assert stored.holdout_metrics["n"] > 0 and stored.holdout_metrics["candidate"]["accuracy"] > 0.8
+    changes = ThresholdChange.objects.filter(model_version=version.version)
+    assert changes.exists() and all("cross-validated" in c.reason for c in changes)
+    high = Intent.objects.get(name="lost_or_stolen_card")
+    assert high.threshold >= 0.9  # high-risk intents keep a floor
+
+
+def test_a_worse_candidate_is_kept_out_and_the_active_one_stays(small_base):
+    first, _, _ = learning.model_retrain()
+    texts = [t for t, _ in small_base]
+    wrong = [y for _, y in small_base]
+    random.Random(1).shuffle(wrong)
+    bad_feedback = list(zip(texts, wrong, strict=True)) * 3  # reviewers who label at random, thrice over
+
+    candidate = learning.model_train(base=learning.training_data()[:2], feedback=bad_feedback)
+    wins, why = learning.candidate_wins(candidate)
+
+    assert not wins and "worse" in why
+    assert ModelVersion.objects.get(is_active=True).version == first.version
+
+
+def test_activation_is_one_transaction_and_rollback_restores_the_previous_version(small_base):
+    first, _, _ = learning.model_retrain()
+    second = learning.model_train()
+    learning.model_activate(version=second, reason="test")
+    assert list(ModelVersion.objects.filter(is_active=True).values_list("version", flat=True)) == [second.version]
+
+    restored = learning.model_rollback()
+
+    assert restored is not None and restored.version == first.version
+    assert ModelVersion.objects.get(is_active=True).version == first.version
+
+
+def test_the_tier_loads_the_active_model_and_picks_up_a_new_one_without_restart(small_base, monkeypatch):
+    first, _, _ = learning.model_retrain()
+    tier = LocalModelTier()
+    answer = tier.classify("my card still has not arrived after two weeks", {})
+    assert answer.intent == "card_arrival" and answer.model == f"local:{first.version}"
+
+    second = learning.model_train()
+    learning.model_activate(version=second, reason="test")
+    monkeypatch.setattr("agents.tiers.local.CHECK_EVERY_SECONDS", 0.0)
+    assert tier.classify("how old do I need to be", {}).model == f"local:{second.version}"
+
+
+def test_reviewers_decisions_become_training_data(small_base):
+    Feedback.objects.create(
+        text="where the heck is my new plastic",
+        reason=Reason.LOW_CONFIDENCE,
+        human_intent="card_arrival",
+        decision=Decision.CORRECT,
+        overridden=True,
+    )
+    Feedback.objects.create(
+        text="ignored: dismissed", reason=Reason.LOW_CONFIDENCE, human_intent="", decision=Decision.DISMISS
+    )
+
+    _, _, feedback = learning.training_data()
+
+    assert feedback == [("where the heck is my new plastic", "card_arrival")]
+    version = learning.model_train()
+    assert version.n_feedback == 1
+
+
+def test_thresholds_follow_the_reviewers_within_bounds_and_every_change_is_logged(small_base, settings):
+    settings.LEARNING = {**settings.LEARNING, "MIN_DECISIONS": 5}
+    for i in range(10):  # people always agree on card_arrival
+        Feedback.objects.create(
+            text=f"a{i}",
+            reason=Reason.LOW_CONFIDENCE,
+            agent_intent="card_arrival",
+            human_intent="card_arrival",
+            decision=Decision.APPROVE,
+        )
+    for i in range(10):  # and keep correcting exchange_rate
+        Feedback.objects.create(
+            text=f"b{i}",
+            reason=Reason.LOW_CONFIDENCE,
+            agent_intent="exchange_rate",
+            human_intent="card_arrival",
+            decision=Decision.CORRECT,
+            overridden=i < 5,
+        )
+    for i in range(3):  # too few decisions to move age_limit
+        Feedback.objects.create(
+            text=f"c{i}",
+            reason=Reason.LOW_CONFIDENCE,
+            agent_intent="age_limit",
+            human_intent="age_limit",
+            decision=Decision.APPROVE,
+        )
+
+    changes = {c.intent: c for c in learning.thresholds_follow_reviewers()}
+
+    assert changes["card_arrival"].new < changes["card_arrival"].old
+    assert changes["exchange_rate"].new > changes["exchange_rate"].old
+    assert "age_limit" not in changes
+    assert Intent.objects.get(name="card_arrival").threshold == pytest.approx(0.88)
+    assert ThresholdChange.objects.filter(intent="exchange_rate", reason__contains="overrode 5/10").exists()
