@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -30,13 +30,13 @@ def report_from_predictions(
     n = len(y_true)
     if not (len(y_pred) == n == len(conf) == len(auto)):
         raise ValueError("y_true, y_pred, confidences and automated must have the same length")
-    correct = np.array([t == p for t, p in zip(y_true, y_pred)], dtype=bool)
+    correct = np.array([t == p for t, p in zip(y_true, y_pred, strict=False)], dtype=bool)
     labels = sorted(set(y_true) | set(y_pred))
     support = Counter(y_true)
     predicted = Counter(y_pred)
-    hits = Counter(t for t, ok in zip(y_true, correct) if ok)
-    auto_n = Counter(p for p, a in zip(y_pred, auto) if a)
-    auto_ok = Counter(p for p, a, ok in zip(y_pred, auto, correct) if a and ok)
+    hits = Counter(t for t, ok in zip(y_true, correct, strict=False) if ok)
+    auto_n = Counter(p for p, a in zip(y_pred, auto, strict=False) if a)
+    auto_ok = Counter(p for p, a, ok in zip(y_pred, auto, correct, strict=False) if a and ok)
     rows = []
     f1s = []
     for label in labels:
@@ -58,7 +58,7 @@ def report_from_predictions(
                 "threshold": None if thresholds is None else thresholds.get(label),
             }
         )
-    confusions = Counter((t, p) for t, p, ok in zip(y_true, y_pred, correct) if not ok)
+    confusions = Counter((t, p) for t, p, ok in zip(y_true, y_pred, correct, strict=False) if not ok)
     return {
         "n_examples": n,
         "accuracy": _safe_div(int(correct.sum()), n),

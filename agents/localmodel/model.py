@@ -29,6 +29,37 @@ def softmax_rows(scores: np.ndarray) -> np.ndarray:
     return shifted
 
 
+def _fast_blocks(vectorizer: Any) -> list[tuple[Any, dict, np.ndarray, int]] | None:
+    """(analyzer, vocabulary, idf, column offset) per tf-idf block, or None when the features are not plain tf-idf."""
+    try:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.pipeline import FeatureUnion
+    except ImportError:  # pragma: no cover - sklearn is a dependency
+        return None
+    if isinstance(vectorizer, TfidfVectorizer):
+        parts = [vectorizer]
+    elif isinstance(vectorizer, FeatureUnion) and not vectorizer.transformer_weights:
+        parts = [t for _, t in vectorizer.transformer_list]
+    else:
+        return None
+    blocks = []
+    offset = 0
+    for part in parts:
+        if not (
+            isinstance(part, TfidfVectorizer)
+            and part.use_idf
+            and part.sublinear_tf
+            and part.norm == "l2"
+            and not part.binary
+            and hasattr(part, "idf_")
+        ):
+            return None
+        idf = np.asarray(part.idf_, dtype=np.float64)
+        blocks.append((part.build_analyzer(), part.vocabulary_, idf, offset))
+        offset += len(idf)
+    return blocks
+
+
 @dataclass
 class IntentModel:
     """A trained intent classifier with calibrated confidence and per-intent thresholds."""
@@ -48,6 +79,7 @@ class IntentModel:
         self.coef = np.ascontiguousarray(self.coef, dtype=np.float32)
         self.intercept = np.asarray(self.intercept, dtype=np.float32).ravel()
         self._coef_t = np.ascontiguousarray(self.coef.T)
+        self._blocks = _fast_blocks(self.vectorizer)
         if not self.version:
             self.version = hashlib.sha256(self._payload()).hexdigest()[:12]
 
@@ -55,6 +87,27 @@ class IntentModel:
         """Raw (uncalibrated) linear scores, one row per text, one column per intent."""
         features = self.vectorizer.transform(texts)
         return np.asarray(features @ self._coef_t, dtype=np.float64) + self.intercept
+
+    def score_one(self, text: str) -> np.ndarray:
+        """Raw linear scores of one text, bypassing sklearn's per-call overhead when the features allow it."""
+        if self._blocks is None:
+            return self.scores([text])[0]
+        indices: list[np.ndarray] = []
+        values: list[np.ndarray] = []
+        for analyzer, vocabulary, idf, offset in self._blocks:
+            ids = [j for j in map(vocabulary.get, analyzer(text)) if j is not None]
+            if not ids:
+                continue
+            idx, counts = np.unique(np.array(ids, dtype=np.intp), return_counts=True)
+            val = (np.log(counts) + 1.0) * idf[idx]
+            val /= np.sqrt(val @ val)
+            indices.append(idx + offset)
+            values.append(val.astype(np.float32))
+        if not indices:
+            return self.intercept.astype(np.float64)
+        idx = np.concatenate(indices)
+        val = np.concatenate(values)
+        return np.asarray(val @ self._coef_t[idx], dtype=np.float64) + self.intercept
 
     def probabilities(self, texts: list[str]) -> np.ndarray:
         """Calibrated probabilities (temperature-scaled softmax), one row per text."""
@@ -70,7 +123,11 @@ class IntentModel:
 
     def predict(self, text: str) -> Prediction:
         """Classify one request."""
-        return self._prediction(self.probabilities([text])[0])
+        z = self.score_one(text) / self.temperature
+        z -= z.max()
+        np.exp(z, out=z)
+        z /= z.sum()
+        return self._prediction(z)
 
     def predict_many(self, texts: list[str]) -> list[Prediction]:
         """Classify many requests in one vectorised pass."""
@@ -84,8 +141,8 @@ class IntentModel:
         top = np.take_along_axis(top, order, axis=1)
         top_p = np.take_along_axis(top_p, order, axis=1)
         out: list[Prediction] = []
-        for idx_row, p_row in zip(top.tolist(), top_p.tolist()):
-            alternatives = [(self.intents[i], p) for i, p in zip(idx_row, p_row)]
+        for idx_row, p_row in zip(top.tolist(), top_p.tolist(), strict=False):
+            alternatives = [(self.intents[i], p) for i, p in zip(idx_row, p_row, strict=False)]
             out.append(Prediction(intent=alternatives[0][0], confidence=alternatives[0][1], alternatives=alternatives))
         return out
 
@@ -122,7 +179,7 @@ class IntentModel:
         return zlib.compress(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL), 6)
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "IntentModel":
+    def from_bytes(cls, data: bytes) -> IntentModel:
         """Rebuild a model from to_bytes() output (trusted input only: it unpickles)."""
         try:
             state = pickle.loads(zlib.decompress(data))
