@@ -141,3 +141,41 @@ def test_thresholds_follow_the_reviewers_within_bounds_and_every_change_is_logge
     assert "age_limit" not in changes
     assert Intent.objects.get(name="card_arrival").threshold == pytest.approx(0.88)
     assert ThresholdChange.objects.filter(intent="exchange_rate", reason__contains="overrode 5/10").exists()
+
+
+@pytest.mark.pipeline
+def test_simulate_learning_streams_through_the_system_answers_escalations_and_plots(pipeline, tmp_path):
+    from django.core.management import call_command
+
+    texts, labels = load_csv(BASE)
+    keep = {"card_arrival", "lost_or_stolen_card", "terminate_account"}
+    rows = [(t, y) for t, y in zip(texts, labels, strict=True) if y in keep]
+    random.Random(3).shuffle(rows)
+    data = tmp_path / "stream.csv"
+    with data.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["text", "category"])
+        writer.writerows(rows[:55])
+    out = tmp_path / "curve.png"
+    from io import StringIO
+
+    buf = StringIO()
+    call_command(
+        "simulate_learning",
+        data=str(data),
+        seed_per_intent=5,
+        batch=20,
+        limit=40,
+        folds=2,
+        out=str(out),
+        no_worker=True,
+        timeout=120,
+        reload_wait=0,
+        stdout=buf,
+    )
+
+    printed = buf.getvalue()
+    assert "40 streamed" in printed and "retrained on" in printed
+    assert out.exists() and out.stat().st_size > 10_000
+    assert Feedback.objects.filter(human_intent__in=keep).exists()  # escalations were answered
+    assert ModelVersion.objects.filter(n_feedback__gt=0).exists()
