@@ -237,7 +237,10 @@ class TicketListCreateApi(APIView):
         filters.is_valid(raise_exception=True)
         params = {k: v for k, v in filters.validated_data.items() if k not in ("cursor", "page_size")}
         paginator = TicketCursorPagination()
-        page = paginator.paginate_queryset(ticket_list(client=request.user, **params), request, view=self)
+        try:
+            page = paginator.paginate_queryset(ticket_list(client=request.user, **params), request, view=self)
+        except NotFound as exc:  # DRF's answer to a cursor it cannot decode: a bad parameter, not a 404
+            raise ValidationError({"cursor": "invalid cursor"}) from exc
         return paginator.get_paginated_response(TicketOutputSerializer(page, many=True).data)
 
 
