@@ -96,6 +96,7 @@ class Command(BaseCommand):
             f"LLM = merged(getattr(_base, 'LLM', {{}}), {llm!r})\n"
             f"ANTHROPIC_API_KEY = 'bench'\nANTHROPIC_BASE_URL = 'http://127.0.0.1:{port}'\nLLM_ENABLED = True\n"
             "CLASSIFIER_TIERS = ['agents.tiers.rules.RulesTier']\n"
+            "DEBUG = False  # as in production: no per-connection query log growing in the workers\n"
         )
         env = {
             **os.environ,
