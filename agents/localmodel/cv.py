@@ -10,6 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from . import train as train_module
 from .data import load_csv
 from .evaluate import format_report
 from .train import cross_validate, train_model
@@ -109,10 +110,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bench", action="store_true", help="also train on all data and measure latency/memory")
     parser.add_argument("--no-cv", action="store_true", help="skip the cross-validation (with --bench)")
     parser.add_argument("--json", help="write the full report(s) as JSON to this file")
+    parser.add_argument(
+        "--svm",
+        choices=["ovr", "crammer_singer"],
+        default=train_module.SVM_MULTI_CLASS,
+        help="multi-class scheme of the linear SVM (crammer_singer: slightly better, ~9x slower to train)",
+    )
     args = parser.parse_args(argv)
+    train_module.SVM_MULTI_CLASS = args.svm
 
     texts, labels = load_csv(args.data)
-    print(f"data: {args.data} ({len(texts)} examples, {len(set(labels))} intents)")
+    print(f"data: {args.data} ({len(texts)} examples, {len(set(labels))} intents); svm={args.svm}")
     result: dict = {}
     if not args.no_cv:
         progress = ProgressLine()
