@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from scipy.optimize import minimize_scalar
 from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import KFold, StratifiedKFold
 from sklearn.pipeline import FeatureUnion
 from sklearn.svm import LinearSVC
 
@@ -85,10 +85,19 @@ def _raw_scores(vectorizer: FeatureUnion, coef: np.ndarray, intercept: np.ndarra
     return np.asarray(vectorizer.transform(list(texts)) @ coef.T, dtype=np.float64) + intercept
 
 
-def _splitter(y: np.ndarray, folds: int, seed: int) -> StratifiedKFold:
-    """A stratified splitter, with fewer folds when the data is tiny."""
+def _splits(y: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified (train, test) index pairs, with fewer folds (or plain k-fold) when the data is tiny."""
     n_splits = max(2, min(folds, len(y)))
-    return StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    largest = int(np.bincount(y).max())
+    if largest >= 2:
+        splitter: StratifiedKFold | KFold = StratifiedKFold(
+            n_splits=min(n_splits, largest), shuffle=True, random_state=seed
+        )
+    else:
+        splitter = KFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "the least populated class has only n members"
+        return list(splitter.split(np.zeros(len(y)), y))
 
 
 def out_of_fold_scores(
@@ -98,10 +107,7 @@ def out_of_fold_scores(
     texts = list(texts)
     scores = np.zeros((len(texts), n_classes))
     fold_id = np.zeros(len(texts), dtype=int)
-    splitter = _splitter(y, folds, seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "least populated class has only n members"
-        splits = list(splitter.split(np.zeros(len(y)), y))
+    splits = _splits(y, folds, seed)
     for k, (tr, te) in enumerate(splits):
         if progress:
             progress("out-of-fold", k, len(splits))
@@ -355,10 +361,7 @@ def cross_validate(
     texts = [str(t) for t in texts]
     labels = list(labels)
     _, y = _encode(labels)
-    splitter = _splitter(y, folds, seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        splits = list(splitter.split(np.zeros(len(y)), y))
+    splits = _splits(y, folds, seed)
     inner_folds = max(2, folds - 1)
     y_true: list[str] = []
     y_pred: list[str] = []

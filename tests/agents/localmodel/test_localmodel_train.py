@@ -117,6 +117,16 @@ def test_extra_examples_and_subset_of_intents() -> None:
         train_model(["a", "b"], ["x", "x"])
 
 
+@pytest.mark.parametrize("per_intent", [1, 2, 3])
+def test_tiny_data_trains(per_intent: int) -> None:
+    texts = [f"{w} request {i}" for w in ("card", "refund", "pin") for i in range(per_intent)]
+    labels = [lab for lab in ("card_arrival", "request_refund", "pin_blocked") for _ in range(per_intent)]
+    m = train_model(texts, labels, folds=5)
+    assert m.intents == ["card_arrival", "pin_blocked", "request_refund"]
+    assert 0.3 <= m.global_threshold <= 0.999
+    assert 0.0 <= m.predict("card").confidence <= 1.0
+
+
 def test_lowest_threshold() -> None:
     conf = np.array([0.99, 0.95, 0.9, 0.8, 0.7, 0.6])
     correct = np.array([True, True, True, False, True, False])
