@@ -178,6 +178,15 @@ class TicketFilterSerializer(StrictSerializer):
 
 
 ERROR = inline_serializer("Error", {"error": serializers.CharField(), "detail": serializers.JSONField()})
+# What TicketCursorPagination answers (an APIView's pagination is invisible to drf-spectacular).
+TICKET_PAGE = inline_serializer(
+    "PaginatedTicketList",
+    {
+        "next": serializers.CharField(allow_null=True),
+        "previous": serializers.CharField(allow_null=True),
+        "results": TicketOutputSerializer(many=True),
+    },
+)
 
 
 class TicketListCreateApi(APIView):
@@ -230,7 +239,7 @@ class TicketListCreateApi(APIView):
 
     @extend_schema(
         parameters=[TicketFilterSerializer],
-        responses={200: TicketOutputSerializer(many=True), 400: ERROR, 401: ERROR, 429: ERROR},
+        responses={200: TICKET_PAGE, 400: ERROR, 401: ERROR, 429: ERROR},
     )
     def get(self, request: Request) -> Response:
         filters = TicketFilterSerializer(data=request.query_params.dict())
