@@ -1,6 +1,7 @@
 """Training, thresholds and serialisation of the local intent model (pure, no database)."""
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -83,6 +84,9 @@ def test_metrics_recorded(model: IntentModel) -> None:
     for key in ("accuracy", "macro_f1", "automated_share"):
         assert 0.0 <= m[key] <= 1.0
     assert m["accuracy"] > 0.8  # 10 well-separated intents
+    assert json.loads(json.dumps(m)) == m  # stored as JSON by the learning loop
+    report = evaluate(model, ["where is my card"], ["card_arrival"])
+    json.dumps(report)
 
 
 def test_predict_confidence_and_alternatives(model: IntentModel, subset: tuple[list[str], list[str]]) -> None:
