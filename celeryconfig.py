@@ -25,6 +25,12 @@ timezone = "UTC"
 enable_utc = True
 worker_hijack_root_logger = False
 broker_connection_retry_on_startup = True
+# Celery's Django fixup closes every database connection before and after every task unless this
+# is set, so each task paid a new Postgres connection (a backend fork, authentication, a time-zone
+# round trip). Set this high, the fixup never closes them; `agents/tasks.py` instead treats a task
+# as Django treats a request — `close_old_connections()` before and after — so CONN_MAX_AGE and
+# CONN_HEALTH_CHECKS decide, and a broken or errored connection is still dropped (docs/performance.md).
+CELERY_DB_REUSE_MAX = 1_000_000_000
 
 # Time limits stay well below the broker's visibility timeout, so a task still running is never
 # handed to a second worker because Redis thought it lost.

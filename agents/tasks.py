@@ -2,12 +2,47 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from celery import Task, shared_task
+from celery.signals import task_postrun, task_prerun, worker_init
 from django.conf import settings
+from django.db import close_old_connections, connections
 
 from agents import callbacks, obs_tasks, pipeline  # noqa: F401 - obs_tasks: archive beat, exporter, log context
+
+# Every thread's connection objects that ran a task (as many as the pool has threads), closed when
+# the worker stops: a thread pool's threads outlive their last task, and an in-process worker (the
+# tests') would otherwise keep its sessions open after it stopped.
+_task_connections: set[Any] = set()
+
+
+@task_prerun.connect(dispatch_uid="agents.tasks.db_connections_before")
+@task_postrun.connect(dispatch_uid="agents.tasks.db_connections_after")
+def _database_connections(**_: Any) -> None:
+    """A task is a request: keep a healthy connection up to CONN_MAX_AGE, drop a broken one
+    (celeryconfig's CELERY_DB_REUSE_MAX stops Celery from closing every connection every task)."""
+    close_old_connections()
+    _task_connections.update(connections.all())
+
+
+@worker_init.connect(dispatch_uid="agents.tasks.db_connections_at_stop")
+def _close_connections_when_stopped(sender: Any, **_: Any) -> None:
+    """Once the worker's pool has stopped (warm or cold), close every connection its tasks kept."""
+    stopped = sender.on_stopped
+
+    def on_stopped() -> None:
+        try:
+            stopped()
+        finally:
+            for wrapper in list(_task_connections):
+                if wrapper.connection is not None:
+                    with contextlib.suppress(Exception):
+                        wrapper.connection.close()  # psycopg's own close: safe from this thread
+            _task_connections.clear()
+
+    sender.on_stopped = on_stopped  # read by the worker's blueprint, built right after this signal
 
 
 def _make_stage_task(stage: str) -> Task:
