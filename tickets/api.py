@@ -10,8 +10,8 @@ from django.urls import reverse
 from django.utils.module_loading import import_string
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, inline_serializer
-from rest_framework import serializers, status
-from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework import parsers, serializers, status
+from rest_framework.exceptions import NotFound, ParseError, ValidationError
 from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -189,8 +189,20 @@ TICKET_PAGE = inline_serializer(
 )
 
 
+class JSONParser(parsers.JSONParser):
+    """DRF's, except that JSON nested past the interpreter's recursion limit is a 400, not a 500."""
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
+        try:
+            return super().parse(stream, media_type, parser_context)
+        except RecursionError as exc:
+            raise ParseError("JSON parse error - nested too deeply") from exc
+
+
 class TicketListCreateApi(APIView):
     """Submit a request; list your requests."""
+
+    parser_classes = [JSONParser]
 
     @extend_schema(
         request=TicketInputSerializer,
