@@ -101,7 +101,7 @@ class System:
             PYTHONUNBUFFERED="1",
             DEBUG="false",
             LOG_LEVEL="WARNING",
-            PIPELINE_STUCK_AFTER_SECONDS="6",
+            PIPELINE_STUCK_AFTER_SECONDS="12",
             SWEEP_EVERY_SECONDS="1",
             PIPELINE_BACKOFF_BASE_SECONDS="1",
             PIPELINE_BACKOFF_CAP_SECONDS="2",
@@ -193,16 +193,25 @@ class System:
 
     def spawn(self, name: str) -> None:
         self._meant_down.discard(name)
-        self._log_offsets[name] = len(self.log_text(name))
+        self._log_offsets[name] = self._log_size(name)
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
         self.procs[name] = subprocess.Popen(
             self.command(name), cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         log.close()
 
-    def log_text(self, name: str) -> str:
+    def log_text(self, name: str, since: int = 0) -> str:
+        """The process's log from byte `since` on."""
         path = self.logs / f"{name}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+        if not path.exists():
+            return ""
+        with open(path, "rb") as fh:
+            fh.seek(since)
+            return fh.read().decode(errors="replace")
+
+    def _log_size(self, name: str) -> int:
+        path = self.logs / f"{name}.log"
+        return path.stat().st_size if path.exists() else 0
 
     def wait_ready(self, name: str, timeout: float = 90.0) -> None:
         """Until the process says it is ready (a worker's 'ready.', beat's start, the API's health)."""
@@ -211,18 +220,18 @@ class System:
         while time.monotonic() < deadline:
             proc = self.procs[name]
             if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.log_text(name)[-3000:]}")
+                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.log_text(name, since)[-3000:]}")
             if self._ready(name, since):
                 return
-            time.sleep(0.2)
-        raise RuntimeError(f"{name} not ready after {timeout}s:\n{self.log_text(name)[-3000:]}")
+            time.sleep(0.25)
+        raise RuntimeError(f"{name} not ready after {timeout}s:\n{self.log_text(name, since)[-3000:]}")
 
     def _ready(self, name: str, since: int) -> bool:
         if name == "web":
             with contextlib.suppress(httpx.HTTPError):
                 return httpx.get(f"{self.api_url}/healthz", timeout=1).status_code == 200
             return False
-        text = self.log_text(name)[since:]
+        text = self.log_text(name, since)
         return "beat: Starting" in text if name == "beat" else " ready." in text
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> int | None:

@@ -76,7 +76,7 @@ def _kill_mid_stage(system: System, target: str, stale: set[bytes]) -> str:
     else:
         deadline = time.monotonic() + 3 * SCALE
         while not (caught := bool(system.held(target) - stale)) and time.monotonic() < deadline:
-            time.sleep(0.005)
+            time.sleep(0.02)
     system.kill(target, signal.SIGKILL)
     held = system.held(target) - stale
     stale |= held
