@@ -11,6 +11,7 @@ from django.conf import settings
 from django.db import close_old_connections, connections
 
 from agents import callbacks, obs_tasks, pipeline  # noqa: F401 - obs_tasks: archive beat, exporter, log context
+from agents.llm import tasks as llm_tasks  # noqa: F401 - the batch beat tasks
 
 # Every thread's connection objects that ran a task (as many as the pool has threads), closed when
 # the worker stops: a thread pool's threads outlive their last task, and an in-process worker (the

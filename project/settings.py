@@ -190,6 +190,56 @@ ANTHROPIC_BASE_URL = os.environ.get("ANTHROPIC_BASE_URL", "")
 LLM_ENABLED = bool(ANTHROPIC_API_KEY)
 LLM_TIER = os.environ.get("LLM_TIER", "agents.llm.tier.ClaudeTier")
 
+# --- The Claude tier (agents/llm; every key, its default and its meaning: agents/llm/config.py) -
+# Prices are USD per million tokens: check them against Anthropic's price list.
+LLM = {
+    "MODELS": {
+        "small": {
+            "id": os.environ.get("LLM_SMALL_MODEL", "claude-haiku-4-5"),
+            "input": 1.00, "output": 5.00, "cache_write": 1.25, "cache_read": 0.10,
+            "batch_input": 0.50, "batch_output": 2.50,
+        },
+        "large": {
+            "id": os.environ.get("LLM_LARGE_MODEL", "claude-sonnet-4-6"),
+            "input": 3.00, "output": 15.00, "cache_write": 3.75, "cache_read": 0.30,
+            "batch_input": 1.50, "batch_output": 7.50,
+        },
+    },
+    # The account's limits per model class, for all workers together (0 = unlimited).
+    "LIMITS": {
+        "small": {
+            "rpm": int(os.environ.get("LLM_SMALL_RPM", 50)),
+            "itpm": int(os.environ.get("LLM_SMALL_ITPM", 50_000)),
+            "otpm": int(os.environ.get("LLM_SMALL_OTPM", 10_000)),
+        },
+        "large": {
+            "rpm": int(os.environ.get("LLM_LARGE_RPM", 50)),
+            "itpm": int(os.environ.get("LLM_LARGE_ITPM", 30_000)),
+            "otpm": int(os.environ.get("LLM_LARGE_OTPM", 8_000)),
+        },
+    },
+    "MAX_IN_FLIGHT": int(os.environ.get("LLM_MAX_IN_FLIGHT", 32)),
+    # Keep llm worker processes x threads <= rpm/60 x (this + typical latency); see docs/claude-tier.md.
+    "MAX_WAIT_SECONDS": _env_float("LLM_MAX_WAIT_SECONDS", 40.0),
+    "TIMEOUT_SECONDS": _env_float("LLM_TIMEOUT_SECONDS", 30.0),
+    "CACHE_TTL_SECONDS": int(os.environ.get("LLM_CACHE_TTL_SECONDS", 86_400)),
+    # Per client and UTC day; unset: no budget. LLM_CLIENT_BUDGETS_USD="acme=5,42=20" (name or id).
+    "DAILY_BUDGET_USD": _env_float("LLM_DAILY_BUDGET_USD", 0.0) or None,
+    "CLIENT_BUDGETS_USD": {
+        who.strip(): float(usd)
+        for who, _, usd in (p.partition("=") for p in os.environ.get("LLM_CLIENT_BUDGETS_USD", "").split(",") if p)
+    },
+    "OVER_BUDGET": os.environ.get("LLM_OVER_BUDGET", "downgrade"),  # or "human"
+    "DRAFT": {"history_size": PIPELINE["HISTORY_SIZE"]},
+    # Low-priority tickets through the Message Batches API; max_wait below STUCK_AFTER_SECONDS.
+    "BATCH": {
+        "enabled": _env_bool("LLM_BATCH_ENABLED", True),
+        "size": int(os.environ.get("LLM_BATCH_SIZE", 100)),
+        "max_age_seconds": _env_float("LLM_BATCH_MAX_AGE_SECONDS", 60.0),
+        "max_wait_seconds": _env_float("LLM_BATCH_MAX_WAIT_SECONDS", 240.0),
+    },
+}
+
 # --- Observability (docs/observability.md) ---------------------------------------------------
 OBSERVABILITY = {
     "LLM_BUDGET_USD_PER_DAY": _env_float("LLM_BUDGET_USD_PER_DAY", 100.0),
