@@ -42,19 +42,44 @@ def _needs_human(ticket: TicketInput, policy: IntentPolicy | None, confidence: f
     return None
 
 
+def needs_draft(policy: IntentPolicy | None) -> bool:
+    """An intent that may reply but has no canned answer: Claude drafts one (on the llm queue)."""
+    return policy is not None and "reply" in policy.allowed_actions and not policy.reply_template.strip()
+
+
+def _drafted(ticket: TicketInput, ctx: StageContext, policy: IntentPolicy) -> tuple[str, dict[str, Any]]:
+    from agents.llm.drafting import draft_reply  # only the llm variant needs the SDK
+
+    draft = draft_reply(ctx.llm, policy=policy, text=ticket.context["parse"]["text"], history=ctx.history,
+                        client_id=ticket.client_id)
+    usage = {"tier": "claude", "model": draft.model, "input_tokens": draft.input_tokens,
+             "output_tokens": draft.output_tokens, "cost_usd": draft.cost_usd}
+    return draft.reply or "", {**usage, "problem": draft.problem}
+
+
 def decide(ticket: TicketInput, ctx: StageContext) -> StageResult:
     """Apply the intent's policy; a plan only ever holds actions on the intent's allow-list."""
     classified = ticket.context.get("classify", {})
     intent = classified.get("intent") or ""
     confidence = float(classified.get("confidence") or 0.0)
     policy = ctx.catalog.get(intent)
-    reply = render_reply(policy.reply_template, ticket) if policy else ""
+    verdict = _needs_human(ticket, policy, confidence)
+    drafting = verdict is None and needs_draft(policy)
+    if drafting and ctx.variant == "cpu" and ctx.can_handoff:
+        return StageResult(output={"intent": intent, "drafting": True}, confidence=confidence, handoff="llm")
+    usage: dict[str, Any] = {}
+    if drafting and ctx.variant == "llm" and ctx.llm is not None:
+        reply, usage = _drafted(ticket, ctx, policy)  # type: ignore[arg-type]
+    else:
+        reply = render_reply(policy.reply_template, ticket) if policy else ""
     plan = build_plan(policy, reply) if policy else []
     output: dict[str, Any] = {"intent": intent, "plan": plan, "reply": reply, "needs_human": None}
-    verdict = _needs_human(ticket, policy, confidence)
+    if usage.get("problem"):
+        verdict = ("low_confidence", f"no usable drafted reply: {usage['problem']}")
     if verdict is None and not plan:
         verdict = ("policy", f"intent {intent} allows no automated action")
+    accounting = {k: usage[k] for k in ("tier", "model", "input_tokens", "output_tokens", "cost_usd") if k in usage}
     if verdict is not None:
         output["needs_human"] = {"reason": verdict[0], "detail": verdict[1]}
-        return StageResult(output=output, confidence=confidence, escalate=verdict[0])
-    return StageResult(output=output, confidence=confidence)
+        return StageResult(output=output, confidence=confidence, escalate=verdict[0], **accounting)
+    return StageResult(output=output, confidence=confidence, **accounting)
