@@ -106,3 +106,21 @@ def test_a_low_priority_ticket_goes_through_a_message_batch_at_the_batch_price(p
     assert claude.tier == "claude" and llm.stats()["batches_created"] == 1
     live_price = cost_usd("small", Usage(claude.input_tokens, claude.output_tokens))
     assert float(claude.cost_usd) == pytest.approx(live_price / 2, abs=1e-6)  # traces keep 6 decimals
+
+
+def test_an_intent_without_a_canned_reply_gets_one_drafted_by_claude(pipeline, llm):
+    from agents.catalog import clear_cache
+    from agents.models import Intent
+
+    Intent.objects.filter(name="card_arrival").update(reply_template="")
+    clear_cache()
+    client, _ = client_with_token()
+    ticket_id = submit(client, "My card still hasn't arrived")
+
+    ticket = settled(ticket_id)
+
+    assert ticket.status == Status.RESOLVED and ticket.intent == "card_arrival"
+    decided = list(Trace.objects.filter(ticket_id=ticket_id, stage="decide").order_by("started_at", "id"))
+    assert [t.tier for t in decided] == ["", "claude"]  # handed over, then drafted on the llm queue
+    assert decided[1].output_tokens > 0 and decided[1].cost_usd > 0
+    assert ticket.reply and ticket.reply == decided[1].output["reply"]
