@@ -94,7 +94,7 @@ def _duplicates(system: System, client: ApiClient, ids: set[str]) -> list[str]:
     return problems
 
 
-def _dead_letters(system: System, client: ApiClient, kinds: dict[str, str], allowed: set[str]) -> list[str]:
+def _dead_letters(system: System, client: ApiClient, kinds: dict[str, str], allowed: frozenset[str]) -> list[str]:
     wrong = []
     for ticket_id, stage, reason, error in system.sql(
         "SELECT d.ticket_id::text, d.stage, d.reason, d.last_error FROM agents_deadletter d"
@@ -145,12 +145,9 @@ def audit(
     row.wrong_dead_letters, row.problems = len(wrong), row.problems + wrong
     row.dead_letters = sum(1 for t in tickets.values() if t["status"] == "dead_lettered")
     misrouted = [
-        f"ticket {tid} ({kinds[tid]}) is {t['status']}, expected {KINDS[kinds[tid]][1]}"
+        f"ticket {tid} ({kinds[tid]}) is {t['status']}, expected one of {KINDS[kinds[tid]][1]}"
         for tid, t in tickets.items()
-        if tid in kinds
-        and t["status"] in TERMINAL
-        and t["status"] != KINDS[kinds[tid]][1]
-        and kinds[tid] not in dead_letter_kinds
+        if tid in kinds and t["status"] in TERMINAL and t["status"] not in KINDS[kinds[tid]][1]
     ]
     row.misrouted, row.problems = len(misrouted), row.problems + misrouted
     told = {}
@@ -161,7 +158,10 @@ def audit(
     untold = [tid for tid, t in tickets.items() if t["status"] in TERMINAL and tid not in told]
     row.callbacks_missing = len(untold)
     row.problems += [f"ticket {tid} is {tickets[tid]['status']} but its callback never arrived" for tid in untold]
-    before = [tid for tid, t in tickets.items() if t["created"] <= restored_at]
+    # Recovery: from the end of the fault until everything the client had sent by then — including
+    # requests refused during the outage and accepted on a retry — is terminal and told back.
+    sent_before = {tid for tid, sub in load.accepted.items() if sub.first_try <= restored_at}
+    before = [tid for tid, t in tickets.items() if t["created"] <= restored_at or tid in sent_before]
     done_at = [max(tickets[tid]["updated"], told.get(tid, 0.0)) for tid in before]
     row.recovery_s = round(max([0.0, *(t - restored_at for t in done_at)]), 1)
     return row

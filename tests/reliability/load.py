@@ -16,14 +16,24 @@ import httpx
 
 from tests.reliability.system import ApiClient
 
-# kind → (text the rules route, the terminal state the ticket must reach)
-KINDS: dict[str, tuple[str, str]] = {
-    "reply": ("My card still hasn't arrived, where is it?", "resolved"),
-    "webhook": ("I lost my card yesterday, please block it", "resolved"),
-    "refused": ("Please cancel the transfer I made this morning", "dead_lettered"),  # downstream says 422
-    "policy": ("Where is my refund?", "awaiting_review"),
-    "unknown": ("Why is the sky blue on Tuesdays?", "awaiting_review"),
-    "no_action": ("Please close my account today", "awaiting_review"),
+# kind → (texts, the terminal states the ticket may reach). The rules route every kind but "llm",
+# which only the Claude tier (the simulator) can classify, so its outcome is not fixed.
+KINDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "reply": (("My card still hasn't arrived, where is it?",), ("resolved",)),
+    "webhook": (("I lost my card yesterday, please block it",), ("resolved",)),
+    "refused": (("Please cancel the transfer I made this morning",), ("dead_lettered",)),  # downstream: 422
+    "policy": (("Where is my refund?",), ("awaiting_review",)),
+    "unknown": (("Why is the sky blue on Tuesdays?",), ("awaiting_review",)),
+    "no_action": (("Please close my account today",), ("awaiting_review",)),
+    "llm": (
+        (
+            "The plastic thing you posted me never showed up",
+            "Someone has been spending from my balance without asking",
+            "How do I stop being your customer for good?",
+            "Money I was promised back is nowhere to be seen",
+        ),
+        ("resolved", "awaiting_review", "dead_lettered"),
+    ),
 }
 WEIGHTS = {"reply": 3, "webhook": 3, "refused": 1, "policy": 1, "unknown": 1, "no_action": 1}
 
@@ -51,6 +61,7 @@ class Load:
     shared_customers: int = 3  # a few customers send a share of the requests, so the same
     shared_fraction: float = 0.25  # customer sometimes has two in flight (ordered at decide)
     seed: int = 1
+    weights: dict[str, float] = field(default_factory=lambda: dict(WEIGHTS))
     accepted: dict[str, Submission] = field(default_factory=dict)
     given_up: list[Submission] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)  # a valid request answered 4xx: a bug
@@ -66,12 +77,13 @@ class Load:
 
     def _next(self) -> Submission:
         n = next(self._seq)
-        kind = self._rng.choices(list(WEIGHTS), weights=list(WEIGHTS.values()))[0]
+        kind = self._rng.choices(list(self.weights), weights=list(self.weights.values()))[0]
         # A refusal is retried before it is dead-lettered (see test_reliability_regressions.py); from a
         # shared customer it would hold that customer's later requests at decide all that time.
         shared = kind != "refused" and self._rng.random() < self.shared_fraction
         customer = f"shared-{self._rng.randrange(self.shared_customers)}" if shared else f"solo-{n}"
-        payload = {"body": f"{KINDS[kind][0]} (message {n})", "customer_ref": customer, "channel": "load"}
+        text = self._rng.choice(KINDS[kind][0])
+        payload = {"body": f"{text} (message {n})", "customer_ref": customer, "channel": "load"}
         return Submission(kind=kind, key=str(uuid.uuid4()), payload=payload)
 
     def start(self) -> Load:

@@ -110,8 +110,9 @@ class System:
             CALLBACK_MAX_ATTEMPTS="30",
             INTENT_PACK=str(PACK),
         )
-        if self.llm_base_url:
+        if self.llm_base_url:  # the Claude tier, against the simulator: no rate limit of ours in the way
             env.update(ANTHROPIC_API_KEY="sim-key", ANTHROPIC_BASE_URL=self.llm_base_url)
+            env.update(LLM_SMALL_RPM="60000", LLM_LARGE_RPM="60000", LLM_TIMEOUT_SECONDS="3", LLM_MAX_WAIT_SECONDS="5")
         else:
             env.pop("ANTHROPIC_API_KEY", None)
         env.update(self.extra_env)

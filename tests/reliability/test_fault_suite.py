@@ -12,13 +12,13 @@ import signal
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
 
 import httpx
 import pytest
 
 from tests.reliability.audit import ROWS, TERMINAL, Row, audit, drain, knob
 from tests.reliability.load import KINDS, Load
+from tests.reliability.proxy import Claude
 from tests.reliability.system import ApiClient, System
 
 pytestmark = [pytest.mark.reliability]
@@ -32,11 +32,19 @@ WARM, COOL = 2.0 * SCALE, 2.0 * SCALE
 Fault = Callable[[System], tuple[float, str]]  # runs the fault; returns (when it ended, a note)
 
 
-def run_under_load(system: System, name: str, fault: Fault, *, dead_letter_kinds: set[str] = frozenset()) -> Row:
+def run_under_load(
+    system: System,
+    name: str,
+    fault: Fault,
+    *,
+    dead_letter_kinds: frozenset[str] = frozenset(),
+    weights: dict[str, float] | None = None,
+    rate: float | None = None,
+) -> Row:
     """Steady load, the fault, more load, then wait for the system to settle and audit it."""
     client = system.client_create(f"{name}-{uuid.uuid4().hex[:6]}")
     crashes = len(system.crashes)
-    load = Load(system.api_url, client, rate=RATE).start()
+    load = Load(system.api_url, client, rate=rate or RATE, **({"weights": weights} if weights else {})).start()
     try:
         time.sleep(WARM)
         restored_at, note = fault(system)
@@ -146,7 +154,7 @@ def _submit(system: System, client: ApiClient, kind: str, n: int) -> list[str]:
     headers = {"Authorization": f"Bearer {client.token}"}
     ids = []
     for i in range(n):
-        body = {"body": f"{KINDS[kind][0]} ({i})", "customer_ref": f"term-{uuid.uuid4().hex[:8]}"}
+        body = {"body": f"{KINDS[kind][0][0]} ({i})", "customer_ref": f"term-{uuid.uuid4().hex[:8]}"}
         response = httpx.post(f"{system.api_url}/api/v1/tickets/", json=body, headers=headers, timeout=10)
         assert response.status_code == 202, response.text
         ids.append(response.json()["id"])
@@ -213,15 +221,32 @@ def test_sigterm_hands_back_the_retries_a_worker_holds(system: System) -> None:
 
 
 # --- the simulator (Claude tier) ------------------------------------------------------------------
-def test_claude_answering_one_call_in_five_badly_loses_nothing(system: System, simulator: Any) -> None:
+def test_claude_answering_one_call_in_five_badly_loses_nothing(system: System, simulator: Claude | None) -> None:
     if simulator is None:
         pytest.skip("no working Claude tier (agents/llm/tier.py): the simulator row is left out")
 
     def faults(system: System) -> tuple[float, str]:
-        simulator.configure(fault_rate={"429": 0.04, "529": 0.04, "500": 0.04, "timeout": 0.04, "malformed": 0.04})
-        time.sleep(8 * SCALE)
-        simulator.configure(fault_rate={})
-        return time.time(), "20 % of calls: 429, 529, 500, timeout, malformed JSON"
+        before, proxied = simulator.sim.stats(), dict(simulator.proxy.counts)
+        # 4 % each: 429 (the proxy), then 529, 500, timeouts and malformed JSON (the simulator).
+        simulator.proxy.rate_429 = 0.04
+        simulator.sim.configure(fault_rates={"529": 0.042, "500": 0.042, "timeout": 0.042, "malformed": 0.042})
+        time.sleep(10 * SCALE)
+        simulator.sim.configure(fault_rates={})
+        simulator.proxy.rate_429 = 0.0
+        after = simulator.sim.stats()
+        injected = {k: n - before.get("faults", {}).get(k, 0) for k, n in after.get("faults", {}).items()}
+        injected["429"] = simulator.proxy.counts["429"] - proxied.get("429", 0)
+        calls = simulator.proxy.counts["429"] + simulator.proxy.counts["forwarded"] - sum(proxied.values())
+        return time.time(), f"{calls} calls to Claude in the window; injected {injected}"
 
-    row = run_under_load(system, "simulator 20 % faults", faults, dead_letter_kinds={"unknown"})
+    # Mostly requests only the Claude tier can classify, so the faults meet real traffic.
+    weights = {"llm": 6, "reply": 1, "webhook": 1, "policy": 1, "unknown": 1}
+    row = run_under_load(
+        system,
+        "simulator: 20 % of calls fail",
+        faults,
+        dead_letter_kinds=frozenset({"llm"}),
+        weights=weights,
+        rate=2.5 * RATE,  # Claude's calls wait on the network, not the CPU: more of them for the same cost
+    )
     assert_promises_kept(row)
