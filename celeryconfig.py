@@ -46,6 +46,13 @@ task_time_limit = 90
 STAGE_QUEUES = ("parse", "classify", "decide", "execute", "escalate")
 IO_QUEUES = ("llm", "webhooks", "maintenance")
 task_queues = [Queue(name) for name in (*STAGE_QUEUES, *IO_QUEUES)]
+# Stages that run one after another in the same hop (the task of the first of them) instead of each
+# being published to its own queue: '+' joins the stages of a group, ',' separates groups, "" means
+# one hop per stage. Each stage still claims, commits its own transaction and trace, and the next is
+# still chosen from what Postgres holds; an execute whose plan calls a downstream API is never fused
+# (it waits on the network: the execute queue's thread pool). The per-stage queues stay in use for the
+# sweeper, replays, reviewers' decisions and the llm hand-over. Trade-offs: docs/performance.md.
+PIPELINE_FUSE = os.environ.get("PIPELINE_FUSE", "parse+classify+decide+execute+escalate")
 task_default_queue = "maintenance"
 task_routes = {
     "agents.parse": {"queue": "parse"},

@@ -13,12 +13,13 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 from celery import current_app
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
+from django.db.models import Exists, F
 from django.dispatch import Signal
 from django.utils import timezone
 from django.utils.module_loading import import_string
@@ -65,6 +66,7 @@ class Outcome:
 
     kind: str
     retry_in: float | None = None
+    next_stage: str | None = None  # committed, and the next stage runs in this same hop (fused)
 
 
 _tiers: list[Any] | None = None
@@ -93,21 +95,26 @@ def stage_enqueue(
         current_app.send_task(f"agents.{stage}", args=[str(ticket_id)], countdown=countdown)
 
 
-def customer_history(ticket: Ticket, limit: int) -> list[dict[str, Any]]:
-    """The customer's last interactions, compact: never the whole transcript."""
+def customer_recent(ticket: Ticket, limit: int) -> tuple[bool, list[dict[str, Any]]]:
+    """Whether an older request of the same customer is still in flight, and the customer's last
+    interactions (compact, never the whole transcript) — one round trip for both."""
     if not ticket.customer_ref:
-        return []
-    rows = (
-        Ticket.objects.filter(
-            client_id=ticket.client_id, customer_ref=ticket.customer_ref, created_at__lt=ticket.created_at
-        )
-        .order_by("-created_at")
-        .values("created_at", "status", "intent", "reply")[:limit]
+        return False, []
+    older = Ticket.objects.filter(
+        client_id=ticket.client_id, customer_ref=ticket.customer_ref, created_at__lt=ticket.created_at
     )
-    return [
+    # The EXISTS does not depend on the row, so Postgres evaluates it once; no older row at all
+    # means nothing older is in flight either.
+    rows = list(
+        older.order_by("-created_at")
+        .annotate(in_flight=Exists(older.filter(status__in=list(STATUS_STAGE))))
+        .values("created_at", "status", "intent", "reply", "in_flight")[: max(limit, 1)]
+    )
+    history = [
         {"at": r["created_at"].isoformat(), "status": r["status"], "intent": r["intent"], "reply": r["reply"][:200]}
-        for r in rows
+        for r in rows[:limit]
     ]
+    return bool(rows and rows[0]["in_flight"]), history
 
 
 def ticket_input(ticket: Ticket) -> TicketInput:
@@ -136,7 +143,9 @@ def llm_parts() -> dict[str, Any]:
     return _llm
 
 
-def stage_context(stage: str, ticket: Ticket, attempt: int, variant: str = "cpu") -> StageContext:
+def stage_context(
+    stage: str, ticket: Ticket, attempt: int, variant: str = "cpu", history: list[dict[str, Any]] | None = None
+) -> StageContext:
     """Lend the stage only what it needs: tiers to classify, tools to execute, history to decide."""
     ctx = StageContext(
         catalog=get_catalog(), attempt=attempt, holding_reply=settings.PIPELINE["HOLDING_REPLY"], variant=variant
@@ -148,10 +157,12 @@ def stage_context(stage: str, ticket: Ticket, attempt: int, variant: str = "cpu"
     elif stage == "classify":
         ctx.tiers = classifier_tiers()
         ctx.can_handoff = settings.LLM_ENABLED
+    elif stage == "decide":
+        ctx.can_handoff = settings.LLM_ENABLED  # intents without a canned reply get one drafted
     if stage in ("execute", "escalate"):
         ctx.tools = LedgerTools(str(ticket.id))
     if stage == "decide":
-        ctx.history = customer_history(ticket, settings.PIPELINE["HISTORY_SIZE"])
+        ctx.history = history if history is not None else customer_recent(ticket, settings.PIPELINE["HISTORY_SIZE"])[1]
     return ctx
 
 
@@ -212,38 +223,85 @@ def _claim(ticket: Ticket, stage: str, variant: str) -> bool:
     return ticket.status == STAGE_STATUS[stage]
 
 
-def _older_in_flight(ticket: Ticket) -> bool:
-    if not ticket.customer_ref:
-        return False
-    return Ticket.objects.filter(
-        client_id=ticket.client_id,
-        customer_ref=ticket.customer_ref,
-        created_at__lt=ticket.created_at,
-        status__in=[s for s in STATUS_STAGE],
-    ).exists()
-
-
 def stage_run(*, ticket_id: str, stage: str, variant: str = "cpu") -> Outcome:
-    """Run `stage` for the ticket if it is still waiting for it; persist what happened."""
+    """Run `stage` for the ticket if it is still waiting for it, then the stages fused after it
+    (celeryconfig.PIPELINE_FUSE), each persisted on its own; the last outcome is returned."""
     ticket = Ticket.objects.filter(pk=ticket_id).first()
-    if ticket is None or not _claim(ticket, stage, variant):
+    if ticket is None:
         return Outcome("skipped")
-    if stage == "decide" and _older_in_flight(ticket):
-        # Serialised per customer: decide only after every older request of the same customer has
-        # settled, so its history includes them and two replies never race. Not an attempt.
-        # Touched, so the sweeper sees a live wait loop and does not start a second one.
-        Ticket.objects.filter(pk=ticket.pk, status=ticket.status).update(updated_at=timezone.now())
-        return Outcome("waiting", retry_in=settings.PIPELINE["CUSTOMER_WAIT_SECONDS"])
+    stage = _resume_at(ticket, stage, variant)
+    while True:
+        outcome = _stage_once(ticket, stage, variant)
+        if outcome.next_stage is None:
+            return outcome
+        stage, variant = outcome.next_stage, "cpu"
+
+
+def _stage_once(ticket: Ticket, stage: str, variant: str) -> Outcome:
+    if not _claim(ticket, stage, variant):
+        return Outcome("skipped")
+    history = None
+    if stage == "decide":
+        waiting, history = customer_recent(ticket, settings.PIPELINE["HISTORY_SIZE"])
+        if waiting:
+            # Serialised per customer: decide only after every older request of the same customer
+            # has settled, so its history includes them and two replies never race. Not an attempt.
+            # Touched, so the sweeper sees a live wait loop and does not start a second one.
+            Ticket.objects.filter(pk=ticket.pk, status=ticket.status).update(updated_at=timezone.now())
+            return Outcome("waiting", retry_in=settings.PIPELINE["CUSTOMER_WAIT_SECONDS"])
     attempt = ticket.stage_attempts + 1
     started, t0 = timezone.now(), time.perf_counter()
     try:
-        result = STAGES[stage](ticket_input(ticket), stage_context(stage, ticket, attempt, variant))
+        result = STAGES[stage](ticket_input(ticket), stage_context(stage, ticket, attempt, variant, history))
     except StageError as exc:
         return _fail(ticket, stage, attempt, started, t0, exc)
     except Exception as exc:  # a bug or an outage we did not foresee: retried, then dead-lettered
         log.exception("stage %s crashed for ticket %s", stage, ticket.pk)
         return _fail(ticket, stage, attempt, started, t0, exc)
-    return _commit(ticket, stage, attempt, started, t0, result)
+    return _commit(ticket, stage, attempt, started, t0, result, variant)
+
+
+# --- fused hops -------------------------------------------------------------------------------------
+# Cheap stages may run one after another in the same task instead of each being published to its own
+# queue: each still claims, commits its own transaction and writes its own trace, and the next one
+# is still chosen from what was just persisted, so sweep, replay and redelivery work as before.
+STAGE_ORDER = ("parse", "classify", "decide", "execute", "escalate")
+OFFLINE_TOOLS = frozenset({"reply"})  # tools that do not wait on the network (the ledger only)
+
+
+@lru_cache(maxsize=8)
+def _groups(spec: str) -> dict[str, int]:
+    """'parse+classify+decide,execute+escalate' → stage: group number."""
+    return {stage: i for i, group in enumerate(spec.split(",")) for stage in group.split("+") if stage}
+
+
+def fused(current: str, following: str, context: dict[str, Any]) -> bool:
+    """Whether `following` runs in the same hop as `current`: the same group, and never a stage
+    that would wait on the network (an execute whose plan calls a downstream API)."""
+    groups = _groups(str(current_app.conf.get("PIPELINE_FUSE") or ""))
+    if current == following or groups.get(current) is None or groups.get(current) != groups.get(following):
+        return False
+    if following == "execute":
+        plan = (context.get("decide") or {}).get("plan") or []
+        return "human" not in context and all(action.get("tool") in OFFLINE_TOOLS for action in plan)
+    return True
+
+
+def _fused_next(stage: str, variant: str, new_status: str, context: dict[str, Any]) -> str | None:
+    following = STATUS_STAGE.get(new_status)
+    if variant != "cpu" or following is None or handed_over(context, following):
+        return None
+    return following if fused(stage, following, context) else None
+
+
+def _resume_at(ticket: Ticket, stage: str, variant: str) -> str:
+    """A fused hop redelivered after some of its stages committed carries on where they stopped."""
+    current = STATUS_STAGE.get(ticket.status)
+    if variant != "cpu" or current is None or current == stage or current not in STAGE_ORDER:
+        return stage
+    if STAGE_ORDER.index(current) > STAGE_ORDER.index(stage) and fused(stage, current, ticket.context):
+        return current
+    return stage
 
 
 def _stage_fields(stage: str, result: StageResult) -> dict[str, Any]:
@@ -257,7 +315,9 @@ def _stage_fields(stage: str, result: StageResult) -> dict[str, Any]:
     return {}
 
 
-def _commit(ticket: Ticket, stage: str, attempt: int, started: Any, t0: float, result: StageResult) -> Outcome:
+def _commit(
+    ticket: Ticket, stage: str, attempt: int, started: Any, t0: float, result: StageResult, variant: str = "cpu"
+) -> Outcome:
     context = {**ticket.context, stage: result.output}
     if result.handoff and not handed_over(ticket.context, stage):
         context = {**ticket.context, f"{stage}_cpu": result.output}
@@ -301,9 +361,17 @@ def _commit(ticket: Ticket, stage: str, attempt: int, started: Any, t0: float, r
         if stage == "escalate":
             handler = import_string(settings.ESCALATION_HANDLER)
             handler(ticket=ticket, reason=result.output["reason"], suggestion=result.output["suggestion"])
-        _after_commit(str(ticket.pk), new_status, context)
+        following = _fused_next(stage, variant, new_status, context)
+        if following is None:
+            _after_commit(str(ticket.pk), new_status, context)
         _announce(ticket, trace, "escalated" if new_status == Status.ESCALATING else "ok", new_status)
-    return Outcome("committed")
+    # Committed: the in-memory ticket is what Postgres now holds, for a fused next stage (whose own
+    # conditional update still checks the status and attempts it read against the row).
+    ticket.status, ticket.stage_attempts, ticket.context = new_status, 0, context
+    ticket.cost_usd = ticket.cost_usd + Decimal(str(result.cost_usd))
+    for name, value in fields.items():
+        setattr(ticket, name, value)
+    return Outcome("committed", next_stage=following)
 
 
 def _after_commit(ticket_id: str, new_status: str, context: dict[str, Any] | None = None) -> None:
