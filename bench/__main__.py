@@ -29,11 +29,15 @@ def parse(argv: list[str]) -> tuple[Config, argparse.Namespace]:
     p.add_argument("--claude-latency", default="lognormal:median=0.4,p99=2,min=0.1,max=4")
     p.add_argument("--customers", type=int, default=100_000, help="distinct customer_ref values")
     p.add_argument("--route", default="parse,classify,decide,execute,webhooks", help="the no-op chain's queues")
+    p.add_argument(
+        "--route-fused", default="parse,webhooks", help="a second no-op chain: the hops a fused ticket makes"
+    )
     p.add_argument("--warmup", type=float, default=10.0)
     p.add_argument("--drain", type=float, default=120.0, help="how long to wait for tickets still in flight")
     p.add_argument("--wait-load", type=float, default=0.0, help="first wait until the 1-min load average is below")
     p.add_argument("--wait-timeout", type=float, default=3600.0)
     p.add_argument("--keep", action="store_true", help="keep the system's directory (database, logs)")
+    p.add_argument("--fuse", default=None, help="PIPELINE_FUSE for the system ('' = one hop per stage)")
     a = p.parse_args(argv)
     tiers = a.tiers.split(",") if a.tiers != "auto" else ["rules", "local"]
     if "local" in tiers and not (ROOT / "agents" / "tiers" / "local.py").exists():
@@ -54,9 +58,11 @@ def parse(argv: list[str]) -> tuple[Config, argparse.Namespace]:
         claude_latency=a.claude_latency,
         customers=a.customers,
         route=tuple(a.route.split(",")),
+        route_fused=tuple(r for r in a.route_fused.split(",") if r),
         warmup=a.warmup,
         drain=a.drain,
         keep=a.keep,
+        fuse=a.fuse,
     )
     return cfg, a
 

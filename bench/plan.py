@@ -62,6 +62,8 @@ def _saturation(run: Run, cfg: Config, suffix: str) -> tuple[float, float]:
     a = run.noop(f"noop{suffix}", seconds=cfg.seconds, concurrency=cfg.concurrency)
     sat = run.load(f"saturation{suffix}", seconds=cfg.seconds, closed=cfg.concurrency)
     b = run.noop(f"noop again{suffix}", seconds=cfg.seconds, concurrency=cfg.concurrency)
+    if cfg.route_fused and not suffix:
+        run.noop("noop fused route", seconds=cfg.seconds, concurrency=cfg.concurrency, route=cfg.route_fused)
     return sat["terminal_per_s"], mean([a["chains_per_s"], b["chains_per_s"]])
 
 
@@ -127,7 +129,14 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
     statuses = report.get("final_statuses", {})
     all_terminal = bool(statuses) and all(s in ("resolved", "awaiting_review", "dead_lettered") for s in statuses)
     ratio = round(sustained / base, 3) if base else None
+    fused_route = phases.get("noop fused route", {})
     return {
+        "baseline_fused_route": {
+            "route": fused_route.get("route"),
+            "chains_per_s": fused_route.get("chains_per_s"),
+            "ratio": round(sustained / fused_route["chains_per_s"], 3) if fused_route.get("chains_per_s") else None,
+        },
+        "celery_tasks_per_ticket": (sat.get("round_trips_per_ticket") or {}).get("celery_tasks"),
         "baseline_chains_per_s": base,
         "baseline_hops": phases.get("noop", {}).get("hops"),
         "sustained_per_s": sustained,

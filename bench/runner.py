@@ -49,9 +49,12 @@ class Config:
     claude_latency: str = "lognormal:median=0.4,p99=2,min=0.1,max=4"
     customers: int = 100_000
     route: tuple[str, ...] = baseline.ROUTE
+    # The queues a fused ticket actually crosses (PIPELINE_FUSE's default: one CPU hop, the callback).
+    route_fused: tuple[str, ...] = ("parse", "webhooks")
     warmup: float = 10.0
     drain: float = 120.0
     keep: bool = False
+    fuse: str | None = None  # PIPELINE_FUSE for the system; None: the product's default
     notes: list[str] = field(default_factory=list)
 
 
@@ -60,7 +63,8 @@ class Run:
 
     def __init__(self, cfg: Config, progress: Progress) -> None:
         self.cfg, self.progress = cfg, progress
-        self.system = BenchSystem(cfg.out / "system", tiers=list(cfg.tiers))
+        env = {} if cfg.fuse is None else {"PIPELINE_FUSE": cfg.fuse}
+        self.system = BenchSystem(cfg.out / "system", tiers=list(cfg.tiers), env=env)
         self.phases: list[dict[str, Any]] = []
         self.texts = corpus()
         self.seed_counter = 0
@@ -131,15 +135,16 @@ class Run:
         record["cpu_ms_per_ticket"] = cpu_per(record["processes"], summary["accepted"])
         return record
 
-    def noop(self, name: str, *, seconds: float, concurrency: int) -> dict:
+    def noop(self, name: str, *, seconds: float, concurrency: int, route: tuple[str, ...] = ()) -> dict:
+        route = route or self.cfg.route
         counters = self.progress.enter(name, seconds)
         load_start, before, t0 = [round(x, 2) for x in os.getloadavg()], probe.read(self.redis), time.time()
-        finished = baseline.run_chains(self.celery, self.redis, route=self.cfg.route, concurrency=concurrency,
+        finished = baseline.run_chains(self.celery, self.redis, route=route, concurrency=concurrency,
                                        seconds=seconds, counters=counters)  # fmt: skip
         t1 = time.time()
         warm = min(5.0, 0.15 * seconds)
-        summary = analyze.chains_summary(finished, window=(t0 + warm, t0 + seconds), hops=len(self.cfg.route))
-        record = self._record(name, "noop", t0, t1, before, route=list(self.cfg.route), in_flight=concurrency,
+        summary = analyze.chains_summary(finished, window=(t0 + warm, t0 + seconds), hops=len(route))
+        record = self._record(name, "noop", t0, t1, before, route=list(route), in_flight=concurrency,
                               seconds=seconds, load_avg_start=load_start, **summary)  # fmt: skip
         record["cpu_ms_per_chain"] = cpu_per(record["processes"], summary["chains"])
         return record
@@ -199,7 +204,7 @@ def per_ticket(counts: dict[str, list[int]], tickets: int) -> dict[str, Any]:
     if not tickets:
         return {}
     per_task = {}
-    total = [0, 0]
+    total, tasks = [0, 0], 0
     for name, (calls, statements, transactions) in sorted(counts.items()):
         if name not in PIPELINE_LABELS or not calls:
             continue
@@ -211,7 +216,9 @@ def per_ticket(counts: dict[str, list[int]], tickets: int) -> dict[str, Any]:
         }
         total[0] += statements
         total[1] += transactions
+        tasks += calls if name.startswith("agents.") else 0
     return {
+        "celery_tasks": round(tasks / tickets, 2),
         "statements": round(total[0] / tickets, 2),
         "transactions": round(total[1] / tickets, 2),
         "round_trips": round((total[0] + 2 * total[1]) / tickets, 2),
