@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         "--svm",
         choices=["ovr", "crammer_singer"],
         default=train_module.SVM_MULTI_CLASS,
-        help="multi-class scheme of the linear SVM (crammer_singer: slightly better, ~9x slower to train)",
+        help="multi-class scheme of the linear SVM (crammer_singer, the default: slightly better, ~3x slower to train)",
     )
     args = parser.parse_args(argv)
     train_module.SVM_MULTI_CLASS = args.svm

@@ -62,7 +62,9 @@ def build_vectorizer(n_texts: int = 1000) -> FeatureUnion:
     )
 
 
-def _fit_linear(texts: Sequence[str], y: np.ndarray, n_classes: int) -> tuple[FeatureUnion, np.ndarray, np.ndarray]:
+def _fit_linear(
+    texts: Sequence[str], y: np.ndarray, n_classes: int, seed: int = 0
+) -> tuple[FeatureUnion, np.ndarray, np.ndarray]:
     """Fit features and a linear SVM; return (vectorizer, coef[n_classes, F], intercept[n_classes])."""
     vectorizer = build_vectorizer(len(texts))
     features = vectorizer.fit_transform(list(texts))
@@ -72,7 +74,7 @@ def _fit_linear(texts: Sequence[str], y: np.ndarray, n_classes: int) -> tuple[Fe
     if len(present) == 1:
         intercept[present[0]] = 0.0
         return vectorizer, coef, intercept
-    clf = LinearSVC(C=SVM_C, multi_class=SVM_MULTI_CLASS, max_iter=5000)
+    clf = LinearSVC(C=SVM_C, multi_class=SVM_MULTI_CLASS, max_iter=5000, random_state=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         clf.fit(features, y)
@@ -117,7 +119,7 @@ def out_of_fold_scores(
     for k, (tr, te) in enumerate(splits):
         if progress:
             progress("out-of-fold", k, len(splits))
-        vec, coef, intercept = _fit_linear([texts[i] for i in tr], y[tr], n_classes)
+        vec, coef, intercept = _fit_linear([texts[i] for i in tr], y[tr], n_classes, seed)
         scores[te] = _raw_scores(vec, coef, intercept, [texts[i] for i in te])
         fold_id[te] = k
     if progress:
@@ -324,7 +326,7 @@ def train_model(
     }
     if progress:
         progress("final fit", 0, 1)
-    vectorizer, coef, intercept = _fit_linear(texts, y, n_classes)
+    vectorizer, coef, intercept = _fit_linear(texts, y, n_classes, seed)
     if progress:
         progress("final fit", 1, 1)
     return IntentModel(
