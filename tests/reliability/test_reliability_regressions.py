@@ -74,3 +74,44 @@ def test_a_request_stored_while_the_broker_is_down_is_accepted_and_left_to_the_s
 
     assert response.status_code == 202
     assert Ticket.objects.get().status == Status.RECEIVED
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="gap: nothing re-sends a callback whose deliver_callback message was lost (a Redis restart, "
+    "a killed webhooks worker holding it); agents/pipeline.py tickets_sweep_stuck should also re-enqueue "
+    "agents.deliver_callback for terminal tickets with a callback URL and no DONE callback ledger row, "
+    "older than the deadline; remove this mark with the fix",
+)
+def test_a_callback_whose_message_was_lost_is_sent_by_the_sweeper(pipeline, api, recorder):
+    from agents import pipeline as pipeline_service
+
+    _, client = api(callback_url=recorder.url)
+    ticket = Ticket.objects.create(client=client, body="hello", status=Status.RESOLVED, reply="done")
+    Ticket.objects.filter(pk=ticket.pk).update(updated_at=ticket.updated_at.replace(year=2000))
+
+    pipeline_service.tickets_sweep_stuck(older_than_seconds=60)
+
+    wait_for(lambda: recorder.requests, timeout=5, what="the callback")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: while Postgres or Redis is down the API answers 500 (an HTML page); "
+    "tickets/api_errors.py exception_handler should answer 503 with Retry-After for "
+    "django.db.OperationalError/InterfaceError, redis.ConnectionError and kombu's OperationalError; "
+    "remove this mark with the fix",
+)
+def test_an_outage_of_the_system_of_record_is_a_503_with_retry_after(db, api, monkeypatch):
+    from django.db import OperationalError as DatabaseDown
+
+    def postgres_down(**kwargs: object) -> None:
+        raise DatabaseDown('connection to server on socket "/var/pg/.s.PGSQL.5432" failed: No such file')
+
+    monkeypatch.setattr("tickets.api.ticket_create", postgres_down)
+    http, _ = api()
+    http.raise_request_exception = False
+
+    response = http.post("/api/v1/tickets/", ticket_payload(), format="json")
+
+    assert response.status_code == 503 and response.headers.get("Retry-After")
