@@ -27,8 +27,6 @@ from tests.reliability.system import PYTHON, ROOT, SimulatorProcess, System
 
 def pytest_configure(config: pytest.Config) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # the load's thousands of requests
-    # Until pytest.ini registers it (the line is in docs/reliability.md).
-    config.addinivalue_line("markers", "reliability: the fault suite: the whole system as processes, under faults")
 
 
 def llm_tier_works() -> bool:
