@@ -19,13 +19,14 @@ from typing import Any
 from celery import current_app
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Exists, F
+from django.db.models import CharField, Exists, F, OuterRef, Q, Value
+from django.db.models.functions import Cast, Concat
 from django.dispatch import Signal
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from agents.catalog import get_catalog
-from agents.models import DeadLetter, Trace, TraceStatus
+from agents.models import DeadLetter, LedgerStatus, SideEffect, Trace, TraceStatus
 from agents.stages import STAGES
 from agents.stages.types import StageContext, StageError, StageResult, TicketInput
 from agents.tools import LedgerTools
@@ -469,4 +470,28 @@ def tickets_sweep_stuck(*, older_than_seconds: int | None = None, limit: int = 1
         # Touch first, so the next sweep leaves it alone for another period.
         Ticket.objects.filter(pk=pk, status=status).update(updated_at=timezone.now())
         stage_enqueue(str(pk), STATUS_STAGE[status], context=context)
-    return len(stuck)
+    return len(stuck) + callbacks_sweep_lost(cutoff=cutoff, limit=limit)
+
+
+# A terminal ticket whose callback is neither delivered nor given up on is looked at for this long.
+CALLBACK_SWEEP_WINDOW = timedelta(days=1)
+
+
+def callbacks_sweep_lost(*, cutoff: Any, limit: int = 1000) -> int:
+    """Re-enqueue callbacks whose message was lost: terminal, a callback URL, nothing delivered yet."""
+    key = Concat(Cast(OuterRef("pk"), CharField()), Value(":callback:"), OuterRef("status"))
+    settled = SideEffect.objects.filter(idempotency_key=key).filter(
+        Q(status=LedgerStatus.DONE) | Q(attempts__gte=settings.PIPELINE["CALLBACK_MAX_ATTEMPTS"])
+    )
+    lost = list(
+        Ticket.objects.filter(
+            status__in=list(TERMINAL), updated_at__lt=cutoff, updated_at__gte=timezone.now() - CALLBACK_SWEEP_WINDOW
+        )
+        .exclude(callback_url="", client__callback_url="")
+        .exclude(Exists(settled))
+        .values_list("pk", "status")[:limit]
+    )
+    for pk, status in lost:
+        Ticket.objects.filter(pk=pk).update(updated_at=timezone.now())  # once per sweep period
+        current_app.send_task("agents.deliver_callback", args=[str(pk), status])
+    return len(lost)

@@ -4,14 +4,27 @@ from __future__ import annotations
 
 from typing import Any
 
+import kombu.exceptions
+import redis.exceptions
 from django.core.exceptions import RequestDataTooBig
+from django.db import InterfaceError, OperationalError
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+# Postgres, Redis or the broker unreachable: the client should come back, not see a 500.
+OUTAGES = (OperationalError, InterfaceError, redis.exceptions.ConnectionError, kombu.exceptions.OperationalError)
+OUTAGE_RETRY_AFTER = 5
+
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF's handler, with the body reshaped so clients parse one format."""
+    if isinstance(exc, OUTAGES):
+        return Response(
+            {"error": "unavailable", "detail": "a backing service is down; retry later"},
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": str(OUTAGE_RETRY_AFTER)},
+        )
     if isinstance(exc, RequestDataTooBig):
         return Response(
             {"error": "request_too_large", "detail": str(exc)}, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE

@@ -46,7 +46,9 @@ def ticket_create(
                 client=client, idempotency_key=idempotency_key or None, request_hash=fingerprint, **payload
             )
             # Enqueued only once the row is committed: a worker never sees a ticket that isn't there.
-            transaction.on_commit(lambda: current_app.send_task("agents.parse", args=[str(ticket.id)]))
+            # robust: a broker outage after the commit must not turn a stored ticket into a 500 (a
+            # client would retry and get two); the sweeper starts it from Postgres instead.
+            transaction.on_commit(lambda: current_app.send_task("agents.parse", args=[str(ticket.id)]), robust=True)
     except IntegrityError:
         if not idempotency_key:
             raise

@@ -50,10 +50,16 @@ def needs_draft(policy: IntentPolicy | None) -> bool:
 def _drafted(ticket: TicketInput, ctx: StageContext, policy: IntentPolicy) -> tuple[str, dict[str, Any]]:
     from agents.llm.drafting import draft_reply  # only the llm variant needs the SDK
 
-    draft = draft_reply(ctx.llm, policy=policy, text=ticket.context["parse"]["text"], history=ctx.history,
-                        client_id=ticket.client_id)
-    usage = {"tier": "claude", "model": draft.model, "input_tokens": draft.input_tokens,
-             "output_tokens": draft.output_tokens, "cost_usd": draft.cost_usd}
+    draft = draft_reply(
+        ctx.llm, policy=policy, text=ticket.context["parse"]["text"], history=ctx.history, client_id=ticket.client_id
+    )
+    usage = {
+        "tier": "claude",
+        "model": draft.model,
+        "input_tokens": draft.input_tokens,
+        "output_tokens": draft.output_tokens,
+        "cost_usd": draft.cost_usd,
+    }
     return draft.reply or "", {**usage, "problem": draft.problem}
 
 

@@ -16,7 +16,10 @@ def escalate(ticket: TicketInput, ctx: StageContext) -> StageResult:
         "reply", {"text": ctx.holding_reply, "kind": "holding"}, idempotency_key=f"{ticket.id}:holding:reply"
     )
     if not result.ok:
-        raise StageError(f"holding reply failed: {result.data.get('error', 'unknown error')}")
+        raise StageError(
+            f"holding reply failed: {result.data.get('error', 'unknown error')}",
+            permanent=bool(result.data.get("permanent")),
+        )
     suggestion = {
         "intent": classified.get("intent", ""),
         "confidence": classified.get("confidence"),

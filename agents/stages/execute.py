@@ -36,7 +36,10 @@ def execute(ticket: TicketInput, ctx: StageContext) -> StageResult:
             args.update(url=policy.webhook_url, ticket_id=ticket.id, customer_ref=ticket.customer_ref)
         result = ctx.tools.run(action["tool"], args, idempotency_key=f"{ticket.id}:final:{index}:{action['tool']}")
         if not result.ok:
-            raise StageError(f"{action['tool']} failed: {result.data.get('error', 'unknown error')}")
+            raise StageError(
+                f"{action['tool']} failed: {result.data.get('error', 'unknown error')}",
+                permanent=bool(result.data.get("permanent")),  # a downstream 4xx will not get better
+            )
         if action["tool"] == "reply":
             reply = args["text"]
         results.append({"tool": result.tool, "ok": result.ok, "replayed": result.replayed, "data": dict(result.data)})
