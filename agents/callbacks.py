@@ -9,11 +9,11 @@ import time
 from typing import Any
 
 import httpx
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from agents.models import LedgerStatus, SideEffect
+from agents.tools import http_client
 from tickets.models import Ticket
 
 SIGNATURE_HEADER = "X-Signature"
@@ -78,7 +78,7 @@ def callback_deliver(*, ticket_id: str, status: str) -> str:
         "Idempotency-Key": key,
     }
     try:
-        response = httpx.post(url, content=body, headers=headers, timeout=settings.PIPELINE["WEBHOOK_TIMEOUT_SECONDS"])
+        response = http_client().post(url, content=body, headers=headers)
         ok, error = response.is_success, f"callback answered {response.status_code}"
     except httpx.HTTPError as exc:
         ok, error = False, f"{type(exc).__name__}: {exc}"

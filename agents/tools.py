@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -22,6 +23,20 @@ class ToolError(Exception):
         self.permanent = permanent
 
 
+_client: httpx.Client | None = None
+_client_lock = threading.Lock()
+
+
+def http_client() -> httpx.Client:
+    """One pooled client per process (thread-safe): connections are reused across calls."""
+    global _client
+    if _client is None:
+        with _client_lock:
+            if _client is None:
+                _client = httpx.Client(timeout=settings.PIPELINE["WEBHOOK_TIMEOUT_SECONDS"])
+    return _client
+
+
 def tool_reply(arguments: Mapping[str, Any], key: str) -> dict[str, Any]:
     """Record the reply as sent; the client receives it through the ticket and its callback."""
     text = str(arguments.get("text", ""))
@@ -37,12 +52,7 @@ def tool_webhook(arguments: Mapping[str, Any], key: str) -> dict[str, Any]:
         raise ToolError(f"webhook url {url!r} is not http(s)", permanent=True)
     payload = {k: v for k, v in arguments.items() if k != "url"}
     try:
-        response = httpx.post(
-            url,
-            json=payload,
-            headers={"Idempotency-Key": key},
-            timeout=settings.PIPELINE["WEBHOOK_TIMEOUT_SECONDS"],
-        )
+        response = http_client().post(url, json=payload, headers={"Idempotency-Key": key})
     except httpx.HTTPError as exc:
         raise ToolError(f"{type(exc).__name__}: {exc}") from exc
     if response.status_code >= 500 or response.status_code in (408, 429):

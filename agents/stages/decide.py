@@ -35,6 +35,10 @@ def _needs_human(ticket: TicketInput, policy: IntentPolicy | None, confidence: f
         return "low_confidence", "no tier recognised the intent"
     if policy.always_review:
         return "policy", f"intent {policy.name} is always reviewed"
+    if policy.risk == "high" and ticket.context.get("classify", {}).get("tier") == "claude":
+        # What a customer writes can steer a language model: a high-risk action chosen by one waits
+        # for a person, even when it is on the intent's allow-list.
+        return "policy", f"high-risk intent {policy.name} chosen by the language-model tier"
     if confidence < policy.threshold:
         return "low_confidence", f"confidence {confidence:.3f} below threshold {policy.threshold:.3f}"
     if parsed.get("language", "und") not in SUPPORTED_LANGUAGES:

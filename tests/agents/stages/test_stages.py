@@ -241,3 +241,21 @@ def test_decide_hands_an_intent_without_a_canned_reply_to_the_llm_queue_when_one
     assert handed.handoff == "llm" and handed.escalate is None
     alone = decide(t, StageContext(catalog=drafted, can_handoff=False))
     assert alone.handoff is None and alone.escalate == "policy"  # no model to draft with: a person writes it
+
+
+def test_a_high_risk_intent_chosen_by_the_language_model_waits_for_a_person():
+    t = ticket(
+        parse={"text": "x", "language": "en"},
+        classify={"intent": "lost_or_stolen_card", "confidence": 0.99, "tier": "claude"},
+    )
+    risky = {
+        **CATALOG,
+        "lost_or_stolen_card": IntentPolicy(
+            name="lost_or_stolen_card",
+            risk="high",
+            allowed_actions=("reply", "webhook"),
+            reply_template="x",
+            webhook_url="http://downstream/freeze",
+        ),
+    }
+    assert decide(t, StageContext(catalog=risky)).escalate == "policy"
