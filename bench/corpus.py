@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import random
 
 import yaml
 
@@ -27,3 +28,17 @@ def rule_misses(texts: list[tuple[str, str]]) -> list[tuple[str, str]]:
     catalog = {i["name"]: IntentPolicy(name=i["name"], rules=tuple(i.get("rules") or ())) for i in pack["intents"]}
     tier = RulesTier()
     return [(text, cat) for text, cat in texts if tier.classify(clean("", text), catalog) is None]
+
+
+def blends(texts: list[tuple[str, str]], n: int, seed: int = 7) -> list[tuple[str, str]]:
+    """Harder requests than the training split (which the local model has seen): the first half of
+    one message joined to the second half of another, of a different category — what a cheaper tier
+    should be unsure of and hand to Claude."""
+    rng = random.Random(seed)
+    out = []
+    while len(out) < n:
+        (a, ca), (b, cb) = rng.sample(texts, 2)
+        if ca != cb:
+            wa, wb = a.split(), b.split()
+            out.append((" ".join(wa[: max(1, len(wa) // 2)] + wb[len(wb) // 2 :]), f"{ca}+{cb}"))
+    return out

@@ -11,7 +11,7 @@ from dataclasses import asdict
 from statistics import mean
 from typing import Any
 
-from bench.corpus import rule_misses
+from bench.corpus import blends, rule_misses
 from bench.progress import Progress
 from bench.report import NON_CLAUDE, WORKER_PARTS
 from bench.runner import Config, Run
@@ -41,9 +41,9 @@ def execute(cfg: Config, progress: Progress) -> dict[str, Any]:
         if cfg.scale_to:
             report["scale"] = _scale(run, cfg, sustained, base)
         if cfg.claude:
-            misses = rule_misses(run.texts)
+            hard = blends(rule_misses(run.texts), 2000)
             run.extra["claude_simulator"] = run.system.claude_on(rpm=cfg.claude_rpm, latency=cfg.claude_latency)
-            run.load("claude", seconds=max(cfg.seconds, 30.0), rate=cfg.claude_rate, texts=misses)
+            run.load("claude", seconds=max(cfg.seconds, 30.0), rate=cfg.claude_rate, texts=hard)
         report["final_statuses"] = run.drain_check()
     finally:
         run.stop()

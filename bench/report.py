@@ -46,6 +46,18 @@ def _latency_rows(phase: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _phase_row(p: dict[str, Any]) -> str:
+    if p["kind"] == "load":
+        e, offered = p["e2e_ms"].get("all", {}), p["offered"]
+        what = f"{offered['rate']}/s" if offered["mode"] == "open" else f"{offered['in_flight']} in flight"
+        cpu = (p.get("cpu_ms_per_ticket") or {}).get("system_total", "–")
+        api = _ms(p["api_ms"])
+        return f"| {p['name']} | {what} | {p['terminal_per_s']} | {api} | {_ms(e, 'p50')} | {_ms(e)} | {_ms(e, 'p99')} | {cpu} | {p['load_avg_end'][0]} |"
+    c, cpu = p["chain_ms"], (p.get("cpu_ms_per_chain") or {}).get("system_total", "–")
+    name = f"{p['name']} ({p['hops']} no-op hops)"
+    return f"| {name} | {p['in_flight']} in flight | {p['chains_per_s']} | | {_ms(c, 'p50')} | {_ms(c)} | {_ms(c, 'p99')} | {cpu} | {p['load_avg_end'][0]} |"
+
+
 def markdown(report: dict[str, Any]) -> str:
     h, meta = report["headline"], report["meta"]
     lines = [
@@ -72,7 +84,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"| every accepted ticket terminal | {h['all_terminal']} | yes |",
         "",
     ]
-    for name in ("saturation", "open 0.50x"):
+    for name in ("saturation", "open 0.50x", "claude"):
         phase = _phase(report, name)
         if phase:
             lines += [f"## Latency, {name} ({phase['terminal_per_s']} tickets/s), ms", "",
@@ -99,14 +111,9 @@ def markdown(report: dict[str, Any]) -> str:
             f"| **per ticket** | | {rt.get('statements')} | {rt.get('transactions')} | {rt.get('round_trips')} |",
             "",
         ]
-    lines += ["## Sweep: latency against offered load", "", "| offered /s | done /s | API p95 | e2e p50 | e2e p95 | e2e p99 | load avg |",
-              "|---|---|---|---|---|---|---|"]  # fmt: skip
-    for p in report["phases"]:
-        if p["kind"] == "load" and p["name"].startswith("open"):
-            e = p["e2e_ms"].get("all", {})
-            lines.append(
-                f"| {p['offered']['rate']} | {p['terminal_per_s']} | {_ms(p['api_ms'])} | {_ms(e, 'p50')} | {_ms(e)} | {_ms(e, 'p99')} | {p['load_avg_end'][0]} |"
-            )
+    lines += ["## Every phase", "", "| phase | offered | done /s | API p95 | e2e p50 | e2e p95 | e2e p99 | CPU ms a ticket | load avg |",
+              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [_phase_row(p) for p in report["phases"]]
     lines += [
         "",
         "## Processes over the whole run",
@@ -119,17 +126,35 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(
                 f"| {name} | {p['cpu_seconds']} | {p['cpu_percent_of_core']} | {p['rss_start_mb']} | {p['rss_end_mb']} | {p['rss_peak_mb']} |"
             )
-    if report.get("soak"):
-        lines += ["", "## Soak", "", "```", json.dumps(report["soak"], indent=1), "```"]
-    if report.get("scale"):
-        lines += ["", "## Existing tickets: 10⁴ against 10⁶", "", "```", json.dumps(report["scale"], indent=1), "```"]
+    soak = report.get("soak")
+    if soak:
+        lines += ["", f"## Soak: {soak['seconds']} s at half load (first tenth left out)", "",
+                  "| process | RSS start MB | RSS end MB | RSS peak MB | trend MB/min |", "|---|---|---|---|---|"]  # fmt: skip
+        lines += [f"| {k} | {v['rss_start_mb']} | {v['rss_end_mb']} | {v['rss_peak_mb']} | {soak['rss_mb_per_min'].get(k)} |"
+                  for k, v in soak["rss"].items()]  # fmt: skip
+    scale = report.get("scale")
+    if scale:
+        small, large = scale["small"], scale["large"]
+        lines += ["", "## Existing tickets: the same measurements with more of them", "",
+                  f"| | {small['tickets']:,} tickets | {large['tickets']:,} tickets |", "|---|---|---|"]  # fmt: skip
+        for label, key in (("sustained tickets/s", "sustained_per_s"), ("no-op baseline chains/s", "baseline_chains_per_s"),
+                           ("ratio", "ratio"), ("offered at half load /s", "half_rate"), ("round trips a ticket", "round_trips_per_ticket")):  # fmt: skip
+            lines.append(f"| {label} | {small.get(key)} | {large.get(key)} |")
+        for k in ("p50", "p95", "p99"):
+            lines.append(
+                f"| end to end {k} at half load, ms | {_ms(small['half_e2e_ms'], k)} | {_ms(large['half_e2e_ms'], k)} |"
+            )
+        lines.append(f"| API p95 at half load, ms | {_ms(small['half_api_ms'])} | {_ms(large['half_api_ms'])} |")
+        lines.append(f"| seeding | | {large['seed'].get('added'):,} tickets in {large['seed'].get('seconds')} s |")
     if report.get("notes"):
         lines += ["", "## Notes", "", *[f"- {n}" for n in report["notes"]]]
     return "\n".join(lines) + "\n"
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
-    sweep = [p for p in report["phases"] if p["kind"] == "load" and p["name"].startswith("open")]
+    sweep = [
+        p for p in report["phases"] if p["kind"] == "load" and p["name"].startswith("open") and "@" not in p["name"]
+    ]
     sweep.sort(key=lambda p: p["offered"]["rate"])
     fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
     x = [p["offered"]["rate"] for p in sweep]

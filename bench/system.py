@@ -100,14 +100,16 @@ class BenchSystem(System):
         return self._manage(*args, timeout=timeout)
 
     def claude_on(self, *, rpm: int, latency: str) -> str:
-        """Start the simulator; restart classify with the Claude tier on and start the llm worker."""
+        """Start the simulator; restart the workers with the Claude tier on (classify may run in any
+        stage worker's fused hop) and start the llm worker."""
         self.simulator = SimulatorProcess("--rpm", str(rpm), "--latency", latency).start()
         self.llm_base_url = self.simulator.base_url
         self.extra_env["BENCH_LLM_RPM"] = str(rpm)
-        self.terminate("classify")
-        for name in ("classify", "llm"):
+        for name in WORKERS:
+            self.terminate(name)
+        for name in (*WORKERS, "llm"):
             self.spawn(name)
-        for name in ("classify", "llm"):
+        for name in (*WORKERS, "llm"):
             self.wait_ready(name, timeout=180)
         return self.simulator.base_url
 

@@ -1,0 +1,64 @@
+"""The benchmark harness, briefly: the whole system under a few seconds of load, and a complete
+report. No timing is asserted (this machine is shared); that every ticket ended is."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench import plan, report
+from bench.progress import Progress
+from bench.runner import Config
+
+HEADLINE = {
+    "baseline_chains_per_s",
+    "baseline_hops",
+    "baseline_fused_route",
+    "celery_tasks_per_ticket",
+    "sustained_per_s",
+    "ratio",
+    "half_rate",
+    "half_p95_ms",
+    "half_e2e_ms",
+    "round_trips_per_ticket",
+    "worker_rss_peak_mb",
+    "worker_rss",
+    "all_terminal",
+    "targets",
+}
+LOAD_PHASE = {"offered", "sent", "accepted", "terminal_per_s", "api_ms", "e2e_ms", "stage_ms", "hop_ms"}
+LOAD_PHASE |= {"overhead_ms", "processes", "round_trips", "round_trips_per_ticket", "cpu_ms_per_ticket"}
+
+
+def test_a_short_run_reports_every_figure_and_every_ticket_ends(tmp_path: Path) -> None:
+    cfg = Config(
+        out=tmp_path / "bench",
+        seconds=3.0,
+        concurrency=6,
+        fractions=(0.5,),
+        existing=300,
+        tiers=("rules",),
+        warmup=3.0,
+        drain=60.0,
+        route_fused=(),
+    )
+    result = plan.execute(cfg, Progress())
+    paths = report.write(result, cfg.out)
+
+    assert HEADLINE <= set(result["headline"])
+    names = [p["name"] for p in result["phases"]]
+    assert names == ["warm-up", "noop idle", "noop", "saturation", "noop again", "open 0.50x"]
+    for phase in result["phases"]:
+        if phase["kind"] == "load":
+            assert LOAD_PHASE <= set(phase), phase["name"]
+            assert phase["accepted"] > 0 and phase["not_terminal"] == 0, phase["name"]
+        else:
+            assert phase["chains"] > 0 and "cpu_ms_per_chain" in phase
+    half = next(p for p in result["phases"] if p["name"] == "open 0.50x")
+    assert {"p50", "p95", "p99"} <= set(half["e2e_ms"]["all"]) and half["round_trips_per_ticket"]["round_trips"] > 0
+    assert {"parse", "web", "postgres", "redis"} <= set(result["processes"])
+    assert result["headline"]["all_terminal"] is True
+    assert set(result["final_statuses"]) <= {"resolved", "awaiting_review", "dead_lettered"}
+    assert json.loads(paths["json"].read_text())["headline"] == json.loads(json.dumps(result["headline"]))
+    assert "## Headline" in paths["markdown"].read_text()
+    assert paths["png"].stat().st_size > 1000
