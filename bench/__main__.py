@@ -37,7 +37,6 @@ def parse(argv: list[str]) -> tuple[Config, argparse.Namespace]:
     p.add_argument("--wait-load", type=float, default=0.0, help="first wait until the 1-min load average is below")
     p.add_argument("--wait-timeout", type=float, default=3600.0)
     p.add_argument("--keep", action="store_true", help="keep the system's directory (database, logs)")
-    p.add_argument("--what-if", default="", help="bench-only experiments: shared-httpx")
     p.add_argument("--fuse", default=None, help="PIPELINE_FUSE for the system ('' = one hop per stage)")
     a = p.parse_args(argv)
     tiers = a.tiers.split(",") if a.tiers != "auto" else ["rules", "local"]
@@ -64,7 +63,6 @@ def parse(argv: list[str]) -> tuple[Config, argparse.Namespace]:
         drain=a.drain,
         keep=a.keep,
         fuse=a.fuse,
-        what_if=tuple(w for w in a.what_if.split(",") if w),
     )
     return cfg, a
 

@@ -9,7 +9,6 @@ reads. Importing this module also installs the round-trip probe (`bench.probe`).
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -53,21 +52,3 @@ def _task_finished(**_: Any) -> None:
 
 if probe.enabled():
     probe.install(settings.REDIS_URL)
-
-
-def _shared_httpx() -> None:
-    """What-if (`python -m bench --what-if shared-httpx`, never the product): `httpx.post` builds a
-    Client — an SSL context from the CA bundle, ~30 ms of CPU — for every callback and downstream
-    call; this measures what one shared, thread-safe Client per process would save."""
-    import httpx
-
-    client = httpx.Client()
-
-    def post(url: str, **kwargs: Any) -> httpx.Response:
-        return client.post(url, **kwargs)
-
-    httpx.post = post  # type: ignore[assignment]
-
-
-if os.environ.get("BENCH_SHARED_HTTPX") == "1":
-    _shared_httpx()

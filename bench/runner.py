@@ -55,7 +55,6 @@ class Config:
     drain: float = 120.0
     keep: bool = False
     fuse: str | None = None  # PIPELINE_FUSE for the system; None: the product's default
-    what_if: tuple[str, ...] = ()  # bench-only experiments on the workers (bench/noop_tasks.py)
     notes: list[str] = field(default_factory=list)
 
 
@@ -65,9 +64,6 @@ class Run:
     def __init__(self, cfg: Config, progress: Progress) -> None:
         self.cfg, self.progress = cfg, progress
         env = {} if cfg.fuse is None else {"PIPELINE_FUSE": cfg.fuse}
-        if "shared-httpx" in cfg.what_if:
-            env["BENCH_SHARED_HTTPX"] = "1"
-            cfg.notes.append("what-if shared-httpx: workers' httpx.post used one shared Client (not the product)")
         self.system = BenchSystem(cfg.out / "system", tiers=list(cfg.tiers), env=env)
         self.phases: list[dict[str, Any]] = []
         self.texts = corpus()
