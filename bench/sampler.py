@@ -44,9 +44,10 @@ class Sampler:
     pids: Callable[[], dict[str, int]]
     period: float = 1.0
     samples: list[Sample] = field(default_factory=list)
-    _procs: dict[int, psutil.Process] = field(default_factory=dict)
-    _dead_cpu: dict[str, float] = field(default_factory=dict)  # CPU of processes gone (restarts)
-    _last_cpu: dict[int, tuple[str, float]] = field(default_factory=dict)
+    # The last CPU time read of every process ever seen, by (pid, start time): a process that ends
+    # (a restart, a Postgres backend) keeps what it used, and one that cannot be read for a moment
+    # (a zombie, a race with its exit) is neither dropped nor counted twice.
+    _cpu_seen: dict[tuple[int, float], tuple[str, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -65,33 +66,24 @@ class Sampler:
         while not self._stop.wait(self.period):
             self.sample()
 
-    def _proc(self, p: psutil.Process) -> psutil.Process:
-        # One Process object per pid, so cpu_times stay cheap and a reused pid is noticed.
-        return self._procs.setdefault(p.pid, p)
-
     def sample(self) -> Sample:
-        cpu: dict[str, float] = {}
         rss_max: dict[str, float] = {}
         rss_sum: dict[str, float] = {}
-        seen: set[int] = set()
         for part, pid in self.pids().items():
-            total, biggest, summed = self._dead_cpu.get(part, 0.0), 0.0, 0.0
-            for proc in map(self._proc, _tree(pid)):
+            biggest, summed = 0.0, 0.0
+            for proc in _tree(pid):
                 try:
                     times = proc.cpu_times()
                     rss = proc.memory_info().rss / MB
+                    key = (proc.pid, proc.create_time())
                 except psutil.Error:
                     continue
-                used = times.user + times.system
-                seen.add(proc.pid)
-                self._last_cpu[proc.pid] = (part, used)
-                total += used
+                self._cpu_seen[key] = (part, times.user + times.system)
                 biggest, summed = max(biggest, rss), summed + rss
-            cpu[part], rss_max[part], rss_sum[part] = total, biggest, summed
-        for pid in set(self._last_cpu) - seen:  # a process ended: keep what it used
-            part, used = self._last_cpu.pop(pid)
-            self._dead_cpu[part] = self._dead_cpu.get(part, 0.0) + used
-            self._procs.pop(pid, None)
+            rss_max[part], rss_sum[part] = biggest, summed
+        cpu: dict[str, float] = dict.fromkeys(rss_max, 0.0)
+        for part, used in self._cpu_seen.values():
+            cpu[part] = cpu.get(part, 0.0) + used
         t = psutil.cpu_times()
         busy = t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
         sample = Sample(time.time(), cpu, rss_max, rss_sum, busy)
