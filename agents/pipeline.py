@@ -7,6 +7,7 @@ a second delivery of the same stage finds the status moved on and changes nothin
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
@@ -351,7 +352,8 @@ def _commit(
         output=result.output,
     )
     changes = {"status": new_status, "stage_attempts": 0, "context": context, "updated_at": timezone.now(), **fields}
-    with transaction.atomic():
+    # One statement is one transaction: only escalate, which also opens the review, needs a block.
+    with transaction.atomic() if stage == "escalate" else contextlib.nullcontext():
         if not _move_and_trace(ticket, changes, cost, trace):
             return Outcome("duplicate")  # another delivery of this stage got there first
         if stage == "escalate":
