@@ -494,12 +494,19 @@ def ticket_resume(*, ticket: Ticket, intent: str, reply: str) -> None:
         transaction.on_commit(lambda: stage_enqueue(str(locked.pk), "execute"))
 
 
+IN_FLIGHT_INDEX_TERMINAL = ["resolved", "awaiting_review", "dead_lettered"]  # tickets.Ticket.Meta, ticket_in_flight
+
+
 def tickets_sweep_stuck(*, older_than_seconds: int | None = None, limit: int = 1000) -> int:
     """Re-enqueue in-flight tickets untouched for too long (their message may be lost)."""
     age = older_than_seconds if older_than_seconds is not None else settings.PIPELINE["STUCK_AFTER_SECONDS"]
     cutoff = timezone.now() - timedelta(seconds=age)
+    # Written as the partial index `ticket_in_flight` is (not terminal, the same list in the same
+    # order), so Postgres can prove the index applies: `status IN (<in-flight>)` it cannot, and then
+    # read every ticket of the client's status index each period (0.6 s at 10⁶ tickets).
     stuck = list(
-        Ticket.objects.filter(status__in=list(STATUS_STAGE), updated_at__lt=cutoff)
+        Ticket.objects.exclude(status__in=IN_FLIGHT_INDEX_TERMINAL)
+        .filter(updated_at__lt=cutoff)
         .order_by("updated_at")
         .values_list("pk", "status", "context")[:limit]
     )
