@@ -33,7 +33,7 @@ def learning_settings() -> dict[str, Any]:
         "HOLDOUT_PERCENT": 10,
         "MAX_REGRESSION": 0.002,  # a candidate may be this much worse on the holdout and still win
         "FEEDBACK_SOURCE": "reviews.selectors.feedback_training_rows",
-        "OVERRIDE_SOURCE": "reviews.selectors.override_rates",
+        "DECISION_SOURCE": "reviews.selectors.decision_confidences",
         "THRESHOLD_MIN": 0.3,
         "THRESHOLD_MIN_HIGH_RISK": 0.9,
         "THRESHOLD_MAX": 0.999,
@@ -183,29 +183,50 @@ def model_rollback() -> ModelVersion | None:
 
 
 def thresholds_follow_reviewers() -> list[ThresholdChange]:
-    """Lower an intent's threshold where reviewers keep approving, raise it where they override."""
+    """Lower an intent's threshold where reviewers keep approving, raise it where they override.
+
+    Only decisions the threshold actually bears on count. Escalated suggestions sit below the
+    threshold, so how often people correct those says nothing about what is automated: lower by one
+    step only when people approve the suggestions just below it (confidence in [t - step, t));
+    raise only when they correct suggestions at or above it (reviewed for another reason: policy,
+    the customer asked for a person). Decisions without a confidence are ignored.
+    """
     cfg = learning_settings()
     try:
-        rates = import_string(cfg["OVERRIDE_SOURCE"])()
+        rows = list(import_string(cfg["DECISION_SOURCE"])())
     except ImportError:
         return []
-    changes = []
-    intents = {i.name: i for i in Intent.objects.filter(name__in=[r["intent"] for r in rates])}
-    for row in rates:
+    intents = {i.name: i for i in Intent.objects.filter(name__in={r["intent"] for r in rows})}
+    step = cfg["THRESHOLD_STEP"]
+    bands: dict[str, dict[str, list[int]]] = {}
+    for row in rows:
         intent = intents.get(row["intent"])
-        if intent is None or row["decisions"] < cfg["MIN_DECISIONS"]:
+        if intent is None or row["confidence"] is None:
             continue
-        floor = cfg["THRESHOLD_MIN_HIGH_RISK"] if intent.risk == Risk.HIGH else cfg["THRESHOLD_MIN"]
-        rate = row["overrides"] / row["decisions"]
-        if rate <= cfg["LOWER_BELOW_OVERRIDE_RATE"]:
-            new = max(floor, intent.threshold - cfg["THRESHOLD_STEP"])
-        elif rate >= cfg["RAISE_ABOVE_OVERRIDE_RATE"]:
-            new = min(cfg["THRESHOLD_MAX"], intent.threshold + cfg["THRESHOLD_STEP"])
-        else:
-            continue
-        change = _threshold_set(
-            intent, round(new, 4), f"reviewers overrode {row['overrides']}/{row['decisions']} ({rate:.1%})"
-        )
+        conf, t = float(row["confidence"]), intent.threshold
+        band = "above" if conf >= t else "near" if conf >= t - step else None
+        if band is not None:
+            counts = bands.setdefault(intent.name, {"near": [0, 0], "above": [0, 0]})[band]
+            counts[0] += 1
+            counts[1] += int(bool(row["wrong"]))
+    changes = []
+    for name, counts in sorted(bands.items()):
+        change = _threshold_follow(intents[name], counts, cfg)
         if change is not None:
             changes.append(change)
     return changes
+
+
+def _threshold_follow(intent: Intent, counts: dict[str, list[int]], cfg: dict[str, Any]) -> ThresholdChange | None:
+    """One step down or up for one intent, from its decisions near and above its threshold."""
+    floor = cfg["THRESHOLD_MIN_HIGH_RISK"] if intent.risk == Risk.HIGH else cfg["THRESHOLD_MIN"]
+    (n_above, wrong_above), (n_near, wrong_near) = counts["above"], counts["near"]
+    if n_above >= cfg["MIN_DECISIONS"] and wrong_above / n_above >= cfg["RAISE_ABOVE_OVERRIDE_RATE"]:
+        new = min(cfg["THRESHOLD_MAX"], intent.threshold + cfg["THRESHOLD_STEP"])
+        reason = f"reviewers overrode {wrong_above}/{n_above} ({wrong_above / n_above:.1%}) at or above the threshold"
+    elif n_near >= cfg["MIN_DECISIONS"] and wrong_near / n_near <= cfg["LOWER_BELOW_OVERRIDE_RATE"]:
+        new = max(floor, intent.threshold - cfg["THRESHOLD_STEP"])
+        reason = f"reviewers overrode {wrong_near}/{n_near} ({wrong_near / n_near:.1%}) just below the threshold"
+    else:
+        return None
+    return _threshold_set(intent, round(new, 4), reason)

@@ -112,6 +112,17 @@ def override_rates() -> list[dict[str, Any]]:
     ]
 
 
+def decision_confidences() -> Iterator[dict[str, Any]]:
+    """Per approve/correct decision: the agents' intent and confidence, and whether the person chose another intent."""
+    rows = (
+        Feedback.objects.filter(decision__in=[Decision.APPROVE, Decision.CORRECT], agent_confidence__isnull=False)
+        .exclude(agent_intent="")
+        .values_list("agent_intent", "agent_confidence", "human_intent")
+        .iterator()
+    )
+    return ({"intent": i, "confidence": c, "wrong": bool(h) and h != i} for i, c, h in rows)
+
+
 def feedback_training_rows() -> Iterator[dict[str, Any]]:
     """Text and the person's intent for every approve/correct decision: the local model's training data."""
     return (

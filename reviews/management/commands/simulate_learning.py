@@ -9,6 +9,7 @@ prints the automated share and its precision as the stream goes. The curve is sa
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 import time
 from collections import defaultdict
@@ -57,19 +58,32 @@ class Command(BaseCommand):
         seed, stream = _split(texts, labels, opts["seed_per_intent"], opts["seed"])
         if opts["limit"]:
             stream = stream[: opts["limit"]]
+        if not stream:
+            raise CommandError(f"nothing left to stream after {opts['seed_per_intent']} seed examples per intent")
         settings.LEARNING = {**getattr(settings, "LEARNING", {}), "FOLDS": opts["folds"]}
         base = ([t for t, _ in seed], [y for _, y in seed])
         self.stdout.write(
             f"Seed: {len(seed)} examples; streaming {len(stream)} requests in batches of {opts['batch']}."
         )
+        started = time.monotonic()
         version = learning.model_train(base=base, feedback=[])
         learning.model_activate(version=version, reason="simulate_learning: seed model")
         with contextlib.ExitStack() as stack:
             if not opts["no_worker"]:
                 stack.enter_context(_worker())
             curve = self._stream(stream, base, opts)
-        _plot(curve, Path(opts["out"]))
-        self.stdout.write(f"Learning curve saved to {opts['out']}")
+        out = Path(opts["out"])
+        _plot(curve, out)
+        summary = _summary(curve, time.monotonic() - started)
+        out.with_suffix(".json").write_text(json.dumps({"summary": summary, "curve": curve}, indent=1))
+        self.stdout.write(
+            f"SUMMARY streamed={summary['streamed']} seconds={summary['seconds']:.0f} retrains={summary['retrains']} "
+            f"activated={summary['activated']} first_batch automated {summary['first']['automated']:.1%} at "
+            f"{summary['first']['precision']:.2%} | last_batch automated {summary['last']['automated']:.1%} at "
+            f"{summary['last']['precision']:.2%} | overall automated {summary['overall']['automated']:.1%} at "
+            f"{summary['overall']['precision']:.2%}"
+        )
+        self.stdout.write(f"Learning curve saved to {out} (points in {out.with_suffix('.json')})")
 
     def _stream(
         self, stream: list[tuple[str, str]], base: tuple[list[str], list[str]], opts: dict[str, Any]
@@ -86,7 +100,7 @@ class Command(BaseCommand):
             _settle(ids, reviewer, answers, opts["timeout"])
             point = _measure(ids, len(answers))
             done += len(chunk)
-            point["streamed"] = done
+            point.update(streamed=done, batch=len(chunk), retrained=0.0, activated=0.0)
             curve.append(point)
             self.stdout.write(
                 f"{done:>6} streamed | batch automated {point['automated']:.1%} at precision "
@@ -97,12 +111,30 @@ class Command(BaseCommand):
                 wins, why = learning.candidate_wins(version)
                 if wins:
                     learning.model_activate(version=version, reason=f"simulate_learning: {why}")
+                point.update(retrained=1.0, activated=float(wins))
                 learning.thresholds_follow_reviewers()
                 self.stdout.write(
                     f"         retrained on {len(answers)} answers: {'activated' if wins else 'kept'} ({why})"
                 )
                 time.sleep(opts["reload_wait"])  # workers check for a newly active model every few seconds
         return curve
+
+
+def _summary(curve: list[dict[str, float]], seconds: float) -> dict[str, Any]:
+    """First and last batch, the whole stream (weighted by batch size), retrains and wall time."""
+    total = sum(p["batch"] for p in curve)
+    automated = sum(p["automated"] * p["batch"] for p in curve)
+    correct = sum(p["precision"] * p["automated"] * p["batch"] for p in curve)
+    pick = ("automated", "precision")
+    return {
+        "streamed": int(total),
+        "seconds": seconds,
+        "retrains": int(sum(p["retrained"] for p in curve)),
+        "activated": int(sum(p["activated"] for p in curve)),
+        "first": {k: curve[0][k] for k in pick} if curve else {},
+        "last": {k: curve[-1][k] for k in pick} if curve else {},
+        "overall": {"automated": automated / max(total, 1), "precision": correct / max(automated, 1e-9)},
+    }
 
 
 def _split(
