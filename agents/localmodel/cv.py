@@ -1,4 +1,5 @@
 """CLI: `python -m agents.localmodel.cv` prints the nested cross-validation report (and optionally a benchmark)."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,6 +17,7 @@ from .evaluate import format_report
 from .train import cross_validate, train_model
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / "data" / "banking77" / "train.csv"
+DEFAULT_PACK = Path(__file__).resolve().parents[1] / "packs" / "banking77.yaml"
 
 _RSS_PROBE = r"""
 import sys, time
@@ -100,6 +102,39 @@ def benchmark(texts: list[str], labels: list[str], *, seed: int, n_latency: int 
     }
 
 
+def _system(texts: list[str], labels: list[str], args: argparse.Namespace) -> dict:
+    """Run and print the rules -> model -> decide figure (see agents/localmodel/system.py)."""
+    from .system import system_cross_validate
+
+    progress = ProgressLine()
+    started = time.monotonic()
+    report = system_cross_validate(
+        texts,
+        labels,
+        pack=args.system,
+        target_precision=args.target,
+        folds=args.folds,
+        seed=args.seed,
+        progress=progress,
+    )
+    progress.close()
+    report["seconds"] = time.monotonic() - started
+
+    def line(name: str) -> str:
+        part = report[name]
+        precision = 100 * (part["precision"] or 0)
+        return f"{name}={100 * part['share']:.2f}% ({part['n']}) at {precision:.2f}%"
+
+    print(f"pack: {args.system}; escalations by reason: {report['escalations']}; {report['seconds']:.0f} s")
+    print(
+        "SYSTEM automated "
+        + " | ".join(line(k) for k in ("system", "system_by_rules", "system_by_model", "model_alone"))
+        + f" | model accuracy {100 * report['model_accuracy']:.2f}% | rules->model accuracy "
+        f"{100 * report['classify_accuracy']:.2f}% (n={report['n']})"
+    )
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run the nested CV (and the benchmark when asked), print the report."""
     parser = argparse.ArgumentParser(prog="python -m agents.localmodel.cv", description=__doc__)
@@ -110,6 +145,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bench", action="store_true", help="also train on all data and measure latency/memory")
     parser.add_argument("--no-cv", action="store_true", help="skip the cross-validation (with --bench)")
     parser.add_argument("--json", help="write the full report(s) as JSON to this file")
+    parser.add_argument(
+        "--system",
+        nargs="?",
+        const=str(DEFAULT_PACK),
+        metavar="PACK",
+        help="instead of the model-only report: rules tier -> model -> decide policy on the held-out folds "
+        "(intent pack, default agents/packs/banking77.yaml)",
+    )
     parser.add_argument(
         "--svm",
         choices=["ovr", "crammer_singer"],
@@ -122,11 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     texts, labels = load_csv(args.data)
     print(f"data: {args.data} ({len(texts)} examples, {len(set(labels))} intents); svm={args.svm}")
     result: dict = {}
-    if not args.no_cv:
+    if args.system:
+        result["system"] = _system(texts, labels, args)
+    elif not args.no_cv:
         progress = ProgressLine()
         started = time.monotonic()
-        report = cross_validate(texts, labels, target_precision=args.target, folds=args.folds, seed=args.seed,
-                                progress=progress)
+        report = cross_validate(
+            texts, labels, target_precision=args.target, folds=args.folds, seed=args.seed, progress=progress
+        )
         progress.close()
         report["seconds"] = time.monotonic() - started
         result["cv"] = report
