@@ -9,11 +9,11 @@ import time
 from typing import Any
 
 import httpx
-from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from agents.models import LedgerStatus, SideEffect
-from agents.tools import http_client
+from agents.tools import http_client, ledger_insert
 from tickets.models import Ticket
 
 SIGNATURE_HEADER = "X-Signature"
@@ -66,11 +66,12 @@ def callback_deliver(*, ticket_id: str, status: str) -> str:
     if not url:
         return "none"
     key = f"{ticket.id}:callback:{status}"
-    row, _ = SideEffect.objects.get_or_create(
-        idempotency_key=key, defaults={"ticket": ticket, "tool": "callback", "arguments": {"url": url}}
-    )
-    if row.status == LedgerStatus.DONE:
-        return "done"
+    row_id = ledger_insert(ticket_id=str(ticket.id), idempotency_key=key, tool="callback", arguments={"url": url})
+    if row_id is None:  # an earlier delivery wrote the row: done, or to be tried again
+        row = SideEffect.objects.filter(idempotency_key=key).values("id", "status").get()
+        if row["status"] == LedgerStatus.DONE:
+            return "done"
+        row_id = row["id"]
     body = json.dumps(callback_payload(ticket), separators=(",", ":")).encode()
     headers = {
         "Content-Type": "application/json",
@@ -82,14 +83,15 @@ def callback_deliver(*, ticket_id: str, status: str) -> str:
         ok, error = response.is_success, f"callback answered {response.status_code}"
     except httpx.HTTPError as exc:
         ok, error = False, f"{type(exc).__name__}: {exc}"
-    with transaction.atomic():
-        row = SideEffect.objects.select_for_update().get(pk=row.pk)
-        row.attempts += 1
-        if ok:
-            row.status, row.finished_at = LedgerStatus.DONE, timezone.now()
-        else:
-            row.status, row.last_error = LedgerStatus.FAILED, error
-        row.save(update_fields=["status", "finished_at", "last_error", "attempts"])
+    # One statement: the attempt is counted in Postgres, not read-modified-written; a failure never
+    # overwrites a concurrent delivery's success.
+    outcome = (
+        {"status": LedgerStatus.DONE, "finished_at": timezone.now()}
+        if ok
+        else {"status": LedgerStatus.FAILED, "last_error": error}
+    )
+    row = SideEffect.objects.filter(pk=row_id)
+    (row if ok else row.exclude(status=LedgerStatus.DONE)).update(attempts=F("attempts") + 1, **outcome)
     if not ok:
         raise CallbackFailed(error)
     return "sent"

@@ -141,6 +141,7 @@ def record_stage(
     new_status: str,
     ticket_id: str,
     created_at: datetime | None,
+    path: str | None = None,
     **_: Any,
 ) -> None:
     """Move the metrics for one persisted stage attempt."""
@@ -162,7 +163,7 @@ def record_stage(
             COST.labels(label).inc(cost_usd)
     if new_status in TERMINAL and created_at is not None:
         elapsed = (timezone.now() - created_at).total_seconds()
-        END_TO_END.labels(new_status, ticket_path(ticket_id)).observe(max(elapsed, 0.0))
+        END_TO_END.labels(new_status, path or ticket_path(ticket_id)).observe(max(elapsed, 0.0))
 
 
 def log_stage(

@@ -30,7 +30,7 @@ from agents.catalog import get_catalog
 from agents.models import DeadLetter, LedgerStatus, SideEffect, Trace, TraceStatus
 from agents.stages import STAGES
 from agents.stages.types import StageContext, StageError, StageResult, TicketInput
-from agents.tools import LedgerTools
+from agents.tools import OFFLINE_TOOLS, LedgerTools
 from tickets.models import TERMINAL, IllegalTransition, Status, Ticket, check_transition
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ NEXT_STATUS = {
 # Sent after every stage attempt is persisted (metrics, logs subscribe; nothing here depends on them).
 # kwargs: ticket_id, client_id, stage, attempt, outcome ("ok" | "retry" | "failed" | "escalated"),
 # duration_ms, tier, model, confidence, input_tokens, output_tokens, cost_usd, cache_hit, new_status,
-# created_at (the ticket's, for end-to-end latency).
+# created_at (the ticket's, for end-to-end latency), path ("core" | "llm" | "human", see settled_path).
 stage_finished = Signal()
 
 # Sent after a dead letter is replayed, so the review queue can close its dead-letter review
@@ -188,7 +188,19 @@ def _trace(ticket: Ticket, stage: str, attempt: int, started: Any, t0: float, **
     )
 
 
-def _announce(ticket: Ticket, trace: Trace, outcome: str, new_status: str) -> None:
+def settled_path(context: dict[str, Any]) -> str:
+    """How a ticket got where it is: `human` (a reviewer decided), `llm` (a stage was handed over
+    to Claude) or `core` (the cheap tiers alone) — read from the context just committed."""
+    if "human" in context:
+        return "human"
+    return "llm" if any(f"{stage}_cpu" in context for stage in STAGE_STATUS) else "core"
+
+
+def _announce(
+    ticket: Ticket, trace: Trace, outcome: str, new_status: str, context: dict[str, Any] | None = None
+) -> None:
+    path = settled_path(ticket.context if context is None else context)
+
     def send() -> None:
         stage_finished.send(
             sender=Trace,
@@ -207,6 +219,7 @@ def _announce(ticket: Ticket, trace: Trace, outcome: str, new_status: str) -> No
             cache_hit=trace.cache_hit,
             new_status=new_status,
             created_at=ticket.created_at,
+            path=path,
         )
 
     transaction.on_commit(send)
@@ -217,12 +230,45 @@ def _claim(ticket: Ticket, stage: str, variant: str) -> bool:
     if handed_over(ticket.context, stage) != (variant == "llm"):
         return False
     if stage == "parse" and ticket.status == Status.RECEIVED:
-        moved = Ticket.objects.filter(pk=ticket.pk, status=Status.RECEIVED).update(
-            status=Status.PARSING, updated_at=timezone.now()
-        )
-        if moved:
-            ticket.status = Status.PARSING
+        # received → parsing in memory only: the row moves with parse's commit (conditional on
+        # the row still being `received`), so the claim costs no round trip of its own.
+        check_transition(Status.RECEIVED, Status.PARSING)
+        ticket.status = Status.PARSING
     return ticket.status == STAGE_STATUS[stage]
+
+
+class _Hop:
+    """What one task has computed and not yet written. The stages of a fused hop go to Postgres in
+    one statement at the end of the hop (or before anything else is written: a wait, a failure, a
+    hand-over, an escalation's review): the ticket moves from the state it was read in to the last
+    stage's, with one trace row per stage, or — when another delivery moved it first — nothing is
+    written at all. A hop cut short (a worker killed) leaves the row as it was read, and its
+    redelivery computes the same stages again (they are pure; the ledger returns recorded effects)."""
+
+    def __init__(self, ticket: Ticket):
+        self.status, self.attempts = ticket.status, ticket.stage_attempts  # what the row holds
+        self.changes: dict[str, Any] = {}
+        self.cost = Decimal(0)
+        self.traces: list[Trace] = []
+        self.announcements: list[tuple[Trace, str, str, dict[str, Any]]] = []
+
+    def add(self, trace: Trace, changes: dict[str, Any], cost: Decimal, outcome: str) -> None:
+        self.traces.append(trace)
+        self.changes.update(changes)
+        self.cost += cost
+        self.announcements.append((trace, outcome, changes["status"], changes["context"]))
+
+    def flush(self, ticket: Ticket) -> bool:
+        """Write what is pending (a no-op when nothing is); False when the row had moved on."""
+        if not self.traces:
+            return True
+        if not _move_and_trace(ticket, self.status, self.attempts, self.changes, self.cost, self.traces):
+            return False
+        for trace, outcome, new_status, context in self.announcements:
+            _announce(ticket, trace, outcome, new_status, context)
+        self.status, self.attempts = self.changes["status"], self.changes["stage_attempts"]
+        self.changes, self.cost, self.traces, self.announcements = {}, Decimal(0), [], []
+        return True
 
 
 def stage_run(*, ticket_id: str, stage: str, variant: str = "cpu") -> Outcome:
@@ -232,35 +278,40 @@ def stage_run(*, ticket_id: str, stage: str, variant: str = "cpu") -> Outcome:
     if ticket is None:
         return Outcome("skipped")
     stage = _resume_at(ticket, stage, variant)
+    hop = _Hop(ticket)
     while True:
-        outcome = _stage_once(ticket, stage, variant)
+        outcome = _stage_once(ticket, stage, variant, hop)
         if outcome.next_stage is None:
             return outcome
         stage, variant = outcome.next_stage, "cpu"
 
 
-def _stage_once(ticket: Ticket, stage: str, variant: str) -> Outcome:
+def _stage_once(ticket: Ticket, stage: str, variant: str, hop: _Hop) -> Outcome:
     if not _claim(ticket, stage, variant):
-        return Outcome("skipped")
+        return Outcome("skipped")  # (nothing pending: a fused next stage is always claimable)
     history = None
     if stage == "decide":
         waiting, history = customer_recent(ticket, settings.PIPELINE["HISTORY_SIZE"])
         if waiting:
             # Serialised per customer: decide only after every older request of the same customer
             # has settled, so its history includes them and two replies never race. Not an attempt.
-            # Touched, so the sweeper sees a live wait loop and does not start a second one.
-            Ticket.objects.filter(pk=ticket.pk, status=ticket.status).update(updated_at=timezone.now())
+            # Touched (by the write of the stages before it, or here), so the sweeper sees a live
+            # wait loop and does not start a second one.
+            if not hop.traces:
+                Ticket.objects.filter(pk=ticket.pk, status=hop.status).update(updated_at=timezone.now())
+            elif not hop.flush(ticket):
+                return Outcome("duplicate")
             return Outcome("waiting", retry_in=settings.PIPELINE["CUSTOMER_WAIT_SECONDS"])
     attempt = ticket.stage_attempts + 1
     started, t0 = timezone.now(), time.perf_counter()
     try:
         result = STAGES[stage](ticket_input(ticket), stage_context(stage, ticket, attempt, variant, history))
     except StageError as exc:
-        return _fail(ticket, stage, attempt, started, t0, exc)
+        return _fail(ticket, stage, attempt, started, t0, exc, hop)
     except Exception as exc:  # a bug or an outage we did not foresee: retried, then dead-lettered
         log.exception("stage %s crashed for ticket %s", stage, ticket.pk)
-        return _fail(ticket, stage, attempt, started, t0, exc)
-    return _commit(ticket, stage, attempt, started, t0, result, variant)
+        return _fail(ticket, stage, attempt, started, t0, exc, hop)
+    return _commit(ticket, stage, attempt, started, t0, result, variant, hop)
 
 
 # --- fused hops -------------------------------------------------------------------------------------
@@ -268,7 +319,6 @@ def _stage_once(ticket: Ticket, stage: str, variant: str) -> Outcome:
 # queue: each still claims, commits its own transaction and writes its own trace, and the next one
 # is still chosen from what was just persisted, so sweep, replay and redelivery work as before.
 STAGE_ORDER = ("parse", "classify", "decide", "execute", "escalate")
-OFFLINE_TOOLS = frozenset({"reply"})  # tools that do not wait on the network (the ledger only)
 
 
 @lru_cache(maxsize=8)
@@ -318,8 +368,16 @@ def _stage_fields(stage: str, result: StageResult) -> dict[str, Any]:
 
 
 def _commit(
-    ticket: Ticket, stage: str, attempt: int, started: Any, t0: float, result: StageResult, variant: str = "cpu"
+    ticket: Ticket,
+    stage: str,
+    attempt: int,
+    started: Any,
+    t0: float,
+    result: StageResult,
+    variant: str = "cpu",
+    hop: _Hop | None = None,
 ) -> Outcome:
+    hop = hop if hop is not None else _Hop(ticket)
     context = {**ticket.context, stage: result.output}
     if result.handoff and not handed_over(ticket.context, stage):
         context = {**ticket.context, f"{stage}_cpu": result.output}
@@ -352,34 +410,34 @@ def _commit(
         output=result.output,
     )
     changes = {"status": new_status, "stage_attempts": 0, "context": context, "updated_at": timezone.now(), **fields}
-    # One statement is one transaction: only escalate, which also opens the review, needs a block.
-    with transaction.atomic() if stage == "escalate" else contextlib.nullcontext():
-        if not _move_and_trace(ticket, changes, cost, trace):
-            return Outcome("duplicate")  # another delivery of this stage got there first
-        if stage == "escalate":
-            handler = import_string(settings.ESCALATION_HANDLER)
-            handler(ticket=ticket, reason=result.output["reason"], suggestion=result.output["suggestion"])
-        following = _fused_next(stage, variant, new_status, context)
-        if following is None:
+    hop.add(trace, changes, cost, "escalated" if new_status == Status.ESCALATING else "ok")
+    following = _fused_next(stage, variant, new_status, context)
+    if following is None:
+        # One statement is one transaction: only escalate, which also opens the review, needs a block.
+        with transaction.atomic() if stage == "escalate" else contextlib.nullcontext():
+            if not hop.flush(ticket):
+                return Outcome("duplicate")  # another delivery got there first: nothing written
+            if stage == "escalate":
+                handler = import_string(settings.ESCALATION_HANDLER)
+                handler(ticket=ticket, reason=result.output["reason"], suggestion=result.output["suggestion"])
             _after_commit(str(ticket.pk), new_status, context)
-        _announce(ticket, trace, "escalated" if new_status == Status.ESCALATING else "ok", new_status)
-    # Committed: the in-memory ticket is what Postgres now holds, for a fused next stage (whose own
-    # conditional update still checks the status and attempts it read against the row).
+    # The in-memory ticket is what Postgres holds (or will hold when the hop is written), for a
+    # fused next stage.
     for name, value in changes.items():
         setattr(ticket, name, value)
     ticket.cost_usd = ticket.cost_usd + cost
     return Outcome("committed", next_stage=following)
 
 
-# --- the commit of a stage: one statement -----------------------------------------------------------
-# The conditional update of the ticket and the insert of its trace row go to Postgres as one
-# statement (a data-modifying CTE): the trace is written only if the update matched, in the same
-# transaction by construction, in one round trip and without the ORM building two queries per stage.
+# --- the write of a hop: one statement --------------------------------------------------------------
+# The conditional update of the ticket and the insert of its trace rows go to Postgres as one
+# statement (a data-modifying CTE): the traces are written only if the update matched, in the same
+# transaction by construction, in one round trip and without the ORM building queries per stage.
 _TRACE_FIELDS = [f for f in Trace._meta.concrete_fields if not f.primary_key and f.attname != "ticket_id"]
 
 
-@lru_cache(maxsize=32)
-def _move_sql(names: tuple[str, ...]) -> str:
+@lru_cache(maxsize=64)
+def _move_sql(names: tuple[str, ...], n_traces: int) -> str:
     def cast(field: Any) -> str:
         return f"CAST(%s AS {field.db_type(connection)})"
 
@@ -387,28 +445,34 @@ def _move_sql(names: tuple[str, ...]) -> str:
     sets = ", ".join(f'"{f.column}" = {cast(f)}' for f in ticket_fields)
     cost = Ticket._meta.get_field("cost_usd")
     columns = ", ".join(f'"{f.column}"' for f in _TRACE_FIELDS)
-    values = ", ".join(cast(f) for f in _TRACE_FIELDS)
+    row = "(" + ", ".join(cast(f) for f in _TRACE_FIELDS) + ")"
     return (
         f'WITH moved AS (UPDATE "{Ticket._meta.db_table}" SET {sets}, "{cost.column}" = "{cost.column}" + {cast(cost)} '
         f'WHERE "id" = %s AND "status" = %s AND "stage_attempts" = %s RETURNING "id") '
-        f'INSERT INTO "{Trace._meta.db_table}" ("ticket_id", {columns}) SELECT "id", {values} FROM moved RETURNING "id"'
+        f'INSERT INTO "{Trace._meta.db_table}" ("ticket_id", {columns}) '
+        f'SELECT moved."id", v.* FROM moved CROSS JOIN (VALUES {", ".join([row] * n_traces)}) AS v({columns}) '
+        f'RETURNING "id"'
     )
 
 
-def _move_and_trace(ticket: Ticket, changes: dict[str, Any], cost: Decimal, trace: Trace) -> bool:
-    """Move the ticket if it still holds the status and attempts we read, and write the trace; False
+def _move_and_trace(
+    ticket: Ticket, status: str, attempts: int, changes: dict[str, Any], cost: Decimal, traces: list[Trace]
+) -> bool:
+    """Move the ticket if its row still holds `status` and `attempts`, and write the traces; False
     when another delivery got there first (nothing written)."""
     names = tuple(changes)
     params = [Ticket._meta.get_field(n).get_db_prep_save(changes[n], connection) for n in names]
     params.append(Ticket._meta.get_field("cost_usd").get_db_prep_save(cost, connection))
-    params += [ticket.pk, ticket.status, ticket.stage_attempts]
-    params += [f.get_db_prep_save(getattr(trace, f.attname), connection) for f in _TRACE_FIELDS]
+    params += [ticket.pk, status, attempts]
+    for trace in traces:
+        params += [f.get_db_prep_save(getattr(trace, f.attname), connection) for f in _TRACE_FIELDS]
     with connection.cursor() as cursor:
-        cursor.execute(_move_sql(names), params)
-        row = cursor.fetchone()
-    if row is None:
+        cursor.execute(_move_sql(names, len(traces)), params)
+        rows = cursor.fetchall()
+    if not rows:
         return False
-    trace.id, trace._state.adding = row[0], False
+    for trace, row in zip(traces, rows, strict=True):
+        trace.id, trace._state.adding = row[0], False
     return True
 
 
@@ -419,12 +483,17 @@ def _after_commit(ticket_id: str, new_status: str, context: dict[str, Any] | Non
         transaction.on_commit(lambda: stage_enqueue(ticket_id, STATUS_STAGE[new_status], context=context))
 
 
-def _fail(ticket: Ticket, stage: str, attempt: int, started: Any, t0: float, exc: Exception) -> Outcome:
+def _fail(
+    ticket: Ticket, stage: str, attempt: int, started: Any, t0: float, exc: Exception, hop: _Hop | None = None
+) -> Outcome:
+    hop = hop if hop is not None else _Hop(ticket)
+    if not hop.flush(ticket):  # the stages before it in this hop are done: written first
+        return Outcome("duplicate")
     permanent = isinstance(exc, StageError) and exc.permanent
     final = permanent or attempt >= settings.PIPELINE["MAX_ATTEMPTS"]
     error = {"error_class": f"{type(exc).__module__}.{type(exc).__qualname__}", "error_message": str(exc)[:4000]}
     with transaction.atomic():
-        moved = Ticket.objects.filter(pk=ticket.pk, status=ticket.status, stage_attempts=ticket.stage_attempts).update(
+        moved = Ticket.objects.filter(pk=ticket.pk, status=hop.status, stage_attempts=hop.attempts).update(
             stage_attempts=attempt, updated_at=timezone.now(), **({"status": Status.DEAD_LETTERED} if final else {})
         )
         if moved != 1:

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from agents.models import LedgerStatus, SideEffect
@@ -66,6 +66,46 @@ TOOLS: dict[str, Callable[[Mapping[str, Any], str], dict[str, Any]]] = {
     "reply": tool_reply,
     "webhook": tool_webhook,
 }
+# Tools whose effect is the ledger row itself (nothing leaves the process until the ticket's own
+# commit and callback): recorded in one statement, and the stage that runs them may be fused.
+OFFLINE_TOOLS = frozenset({"reply"})
+
+_INSERT_SQL = (
+    'INSERT INTO "{table}" ("ticket_id", "idempotency_key", "tool", "arguments", "status", "attempts", "result", '
+    '"last_error", "created_at", "finished_at") VALUES (%s, %s, %s, %s, %s, %s, %s, \'\', %s, %s) '
+    'ON CONFLICT ("idempotency_key") DO NOTHING RETURNING "id"'
+)
+
+
+def ledger_insert(
+    *,
+    ticket_id: str,
+    idempotency_key: str,
+    tool: str,
+    arguments: Mapping[str, Any],
+    status: str = LedgerStatus.STARTED,
+    attempts: int = 0,
+    result: Mapping[str, Any] | None = None,
+) -> int | None:
+    """Write the ledger row for `idempotency_key` if there is none, in one statement; its id, or
+    None when the key was already there (`get_or_create` takes a read, a transaction and an insert)."""
+    now = timezone.now()
+    field = SideEffect._meta.get_field
+    params = [
+        ticket_id,
+        idempotency_key,
+        tool,
+        field("arguments").get_db_prep_save(dict(arguments), connection),
+        status,
+        attempts,
+        field("result").get_db_prep_save(dict(result or {}), connection),
+        now,
+        now if status == LedgerStatus.DONE else None,
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(_INSERT_SQL.format(table=SideEffect._meta.db_table), params)
+        row = cursor.fetchone()
+    return row[0] if row else None
 
 
 class LedgerTools:
@@ -77,10 +117,11 @@ class LedgerTools:
     def run(self, tool: str, arguments: Mapping[str, Any], *, idempotency_key: str) -> ToolResult:
         if tool not in TOOLS:
             return ToolResult(tool=tool, ok=False, data={"error": f"unknown tool {tool}", "permanent": True})
-        SideEffect.objects.get_or_create(
-            idempotency_key=idempotency_key,
-            defaults={"ticket_id": self.ticket_id, "tool": tool, "arguments": dict(arguments)},
-        )
+        if tool in OFFLINE_TOOLS:
+            done = self._record(tool, arguments, idempotency_key)
+            if done is not None:
+                return done
+        ledger_insert(ticket_id=self.ticket_id, idempotency_key=idempotency_key, tool=tool, arguments=arguments)
         # The row lock serialises two deliveries of the same execute: the second waits, then
         # finds the effect done. A worker that dies mid-call releases it with its connection.
         with transaction.atomic():
@@ -97,3 +138,27 @@ class LedgerTools:
             row.status, row.result, row.finished_at = LedgerStatus.DONE, data, timezone.now()
             row.save(update_fields=["status", "result", "finished_at", "attempts"])
         return ToolResult(tool=tool, ok=True, data=data)
+
+    def _record(self, tool: str, arguments: Mapping[str, Any], idempotency_key: str) -> ToolResult | None:
+        """An offline tool: its effect is the row, so it is written done in one statement. A key
+        already done returns its recorded result; None sends anything else (a failed earlier
+        attempt, bad arguments) through the locking path above."""
+        try:
+            data = TOOLS[tool](arguments, idempotency_key)
+        except ToolError:
+            return None
+        inserted = ledger_insert(
+            ticket_id=self.ticket_id,
+            idempotency_key=idempotency_key,
+            tool=tool,
+            arguments=arguments,
+            status=LedgerStatus.DONE,
+            attempts=1,
+            result=data,
+        )
+        if inserted is not None:
+            return ToolResult(tool=tool, ok=True, data=data)
+        row = SideEffect.objects.filter(idempotency_key=idempotency_key).values("status", "result").first()
+        if row is not None and row["status"] == LedgerStatus.DONE:
+            return ToolResult(tool=tool, ok=True, data=row["result"], replayed=True)
+        return None

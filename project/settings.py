@@ -95,6 +95,10 @@ else:
 DATABASES["default"]["ENGINE"] = "django_prometheus.db.backends.postgresql"
 DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+if _env_bool("DB_SERVER_SIDE_BINDING", False):
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        server_side_binding=True, prepare_threshold=int(os.environ.get("DB_PREPARE_THRESHOLD", 5))
+    )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = os.environ.get("REDIS_URL") or embedded.redis_url()
@@ -182,7 +186,13 @@ INTENT_PACK = os.environ.get("INTENT_PACK", str(BASE_DIR / "agents" / "packs" / 
 # agents never imports reviews: escalation reaches the review queue through this hook.
 ESCALATION_HANDLER = os.environ.get("ESCALATION_HANDLER", "reviews.services.review_create_from_escalation")
 TICKET_REPLAY_HANDLER = "agents.pipeline.ticket_replay"
-CLASSIFIER_TIERS = [t for t in os.environ.get("CLASSIFIER_TIERS", "agents.tiers.rules.RulesTier,agents.tiers.local.LocalModelTier").split(",") if t]
+CLASSIFIER_TIERS = [
+    t
+    for t in os.environ.get("CLASSIFIER_TIERS", "agents.tiers.rules.RulesTier,agents.tiers.local.LocalModelTier").split(
+        ","
+    )
+    if t
+]
 
 ANTHROPIC_API_KEY = os.environ.get("ANTHROPIC_API_KEY", "")
 ANTHROPIC_BASE_URL = os.environ.get("ANTHROPIC_BASE_URL", "")
@@ -196,13 +206,21 @@ LLM = {
     "MODELS": {
         "small": {
             "id": os.environ.get("LLM_SMALL_MODEL", "claude-haiku-4-5"),
-            "input": 1.00, "output": 5.00, "cache_write": 1.25, "cache_read": 0.10,
-            "batch_input": 0.50, "batch_output": 2.50,
+            "input": 1.00,
+            "output": 5.00,
+            "cache_write": 1.25,
+            "cache_read": 0.10,
+            "batch_input": 0.50,
+            "batch_output": 2.50,
         },
         "large": {
             "id": os.environ.get("LLM_LARGE_MODEL", "claude-sonnet-4-6"),
-            "input": 3.00, "output": 15.00, "cache_write": 3.75, "cache_read": 0.30,
-            "batch_input": 1.50, "batch_output": 7.50,
+            "input": 3.00,
+            "output": 15.00,
+            "cache_write": 3.75,
+            "cache_read": 0.30,
+            "batch_input": 1.50,
+            "batch_output": 7.50,
         },
     },
     # The account's limits per model class, for all workers together (0 = unlimited).

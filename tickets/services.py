@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import secrets
 from typing import Any
 
 from celery import current_app
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 
 from tickets.models import Client, Ticket, hash_token
 
@@ -38,21 +39,23 @@ def ticket_create(
 ) -> tuple[Ticket, bool]:
     """Store a new ticket and start its pipeline; a known key returns the first ticket instead."""
     fingerprint = request_fingerprint(payload)
-    if idempotency_key and Ticket.objects.filter(client=client, idempotency_key=idempotency_key).exists():
-        return _existing(client, idempotency_key, fingerprint), False
     try:
-        with transaction.atomic():
+        # One INSERT (autocommit: no BEGIN/COMMIT round trips); a known key is the unique
+        # constraint's to find, so the first request of a key costs no extra read. Inside a caller's
+        # transaction, a savepoint keeps that transaction usable when the key is taken.
+        with transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext():
             ticket = Ticket.objects.create(
                 client=client, idempotency_key=idempotency_key or None, request_hash=fingerprint, **payload
             )
-            # Enqueued only once the row is committed: a worker never sees a ticket that isn't there.
-            # robust: a broker outage after the commit must not turn a stored ticket into a 500 (a
-            # client would retry and get two); the sweeper starts it from Postgres instead.
-            transaction.on_commit(lambda: current_app.send_task("agents.parse", args=[str(ticket.id)]), robust=True)
     except IntegrityError:
         if not idempotency_key:
             raise
-        return _existing(client, idempotency_key, fingerprint), False  # lost a race with the same key
+        return _existing(client, idempotency_key, fingerprint), False  # a retry, or a race with the same key
+    # Enqueued only once the row is committed (at once in autocommit, at the caller's commit inside
+    # a transaction): a worker never sees a ticket that isn't there. robust: a broker outage after
+    # the commit must not turn a stored ticket into a 500 (a client would retry and get two); the
+    # sweeper starts it from Postgres instead.
+    transaction.on_commit(lambda: current_app.send_task("agents.parse", args=[str(ticket.id)]), robust=True)
     return ticket, True
 
 

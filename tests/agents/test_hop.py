@@ -1,0 +1,131 @@
+"""A fused hop: the cheap stages of one task go to Postgres in one statement, or not at all.
+
+Runs the pipeline service in the test process against real Postgres (no broker needed: what a
+stage would enqueue is published only on commit, and these tests never commit).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from celery import current_app
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from agents import pipeline
+from agents.catalog import get_catalog
+from agents.models import SideEffect, Trace
+from agents.stages import STAGES
+from agents.stages.types import StageError
+from tests.factories import client_with_token, ticket_make
+from tickets.models import Status, Ticket
+
+ALL_FUSED = "parse+classify+decide+execute+escalate"
+
+
+@pytest.fixture
+def fused(intents: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(current_app.conf, "PIPELINE_FUSE", ALL_FUSED)
+
+
+@pytest.fixture
+def ticket(db: Any) -> Ticket:
+    client, _ = client_with_token()
+    return ticket_make(client, body="My card still hasn't arrived, where is it?", customer_ref="alice")
+
+
+def stages_of(ticket: Ticket) -> list[tuple[str, str]]:
+    return list(Trace.objects.filter(ticket=ticket).order_by("started_at", "id").values_list("stage", "status"))
+
+
+def replace_stage(monkeypatch: pytest.MonkeyPatch, stage: str, fn: Any) -> None:
+    monkeypatch.setitem(STAGES, stage, fn)
+
+
+def test_a_resolved_hop_is_one_write_with_a_trace_row_per_stage(fused, ticket):
+    get_catalog()  # loaded once per process, not per ticket
+    with CaptureQueriesContext(connection) as queries:
+        outcome = pipeline.stage_run(ticket_id=str(ticket.pk), stage="parse")
+
+    assert outcome.kind == "committed"
+    ticket.refresh_from_db()
+    assert ticket.status == Status.RESOLVED and ticket.intent == "card_arrival"
+    assert stages_of(ticket) == [(s, "ok") for s in ("parse", "classify", "decide", "execute")]
+    writes = [q["sql"] for q in queries if q["sql"].lstrip().upper().startswith(("UPDATE", "WITH", "INSERT"))]
+    # the ledger's record of the reply, then the ticket's move with its four trace rows
+    assert len(writes) == 2, writes
+    assert writes[0].startswith('INSERT INTO "agents_sideeffect"') and writes[1].startswith("WITH moved")
+    assert len(queries) == 4, [q["sql"][:90] for q in queries]  # + the ticket and the history at decide
+
+
+def test_a_hop_that_loses_the_race_writes_nothing(fused, ticket, monkeypatch):
+    decide = STAGES["decide"]
+
+    def decide_while_another_delivery_finishes(t: Any, ctx: Any) -> Any:
+        Ticket.objects.filter(pk=t.id).update(status=Status.RESOLVED, reply="the other delivery's")
+        return decide(t, ctx)
+
+    replace_stage(monkeypatch, "decide", decide_while_another_delivery_finishes)
+
+    outcome = pipeline.stage_run(ticket_id=str(ticket.pk), stage="parse")
+
+    assert outcome.kind == "duplicate"
+    ticket.refresh_from_db()
+    assert ticket.status == Status.RESOLVED and ticket.reply == "the other delivery's"
+    assert stages_of(ticket) == []  # neither parse's nor classify's trace: the hop wrote nothing
+
+
+def test_a_failure_mid_hop_writes_the_stages_before_it_then_the_retry_carries_on(fused, ticket, monkeypatch):
+    decide = STAGES["decide"]
+
+    def flaky(t: Any, ctx: Any) -> Any:
+        raise StageError("the history service timed out")
+
+    replace_stage(monkeypatch, "decide", flaky)
+    outcome = pipeline.stage_run(ticket_id=str(ticket.pk), stage="parse")
+
+    assert outcome.kind == "retry" and outcome.retry_in is not None
+    ticket.refresh_from_db()
+    assert ticket.status == Status.DECIDING and ticket.stage_attempts == 1
+    assert stages_of(ticket) == [("parse", "ok"), ("classify", "ok"), ("decide", "retry")]
+
+    replace_stage(monkeypatch, "decide", decide)
+    assert pipeline.stage_run(ticket_id=str(ticket.pk), stage="decide").kind == "committed"
+    ticket.refresh_from_db()
+    assert ticket.status == Status.RESOLVED and ticket.stage_attempts == 0
+    assert stages_of(ticket)[-2:] == [("decide", "ok"), ("execute", "ok")]
+
+
+def test_a_worker_killed_mid_hop_leaves_the_row_as_read_and_the_redelivery_replies_once(fused, ticket, monkeypatch):
+    execute = STAGES["execute"]
+
+    def execute_then_die(t: Any, ctx: Any) -> Any:
+        execute(t, ctx)  # the reply is recorded in the ledger ...
+        raise KeyboardInterrupt  # ... and the process dies before the hop is written
+
+    replace_stage(monkeypatch, "execute", execute_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.stage_run(ticket_id=str(ticket.pk), stage="parse")
+
+    ticket.refresh_from_db()
+    assert ticket.status == Status.RECEIVED and stages_of(ticket) == []
+    assert SideEffect.objects.filter(ticket=ticket, tool="reply").count() == 1
+
+    replace_stage(monkeypatch, "execute", execute)
+    assert pipeline.stage_run(ticket_id=str(ticket.pk), stage="parse").kind == "committed"  # acks_late
+    ticket.refresh_from_db()
+    assert ticket.status == Status.RESOLVED
+    assert [s for s, _ in stages_of(ticket)] == ["parse", "classify", "decide", "execute"]
+    reply = SideEffect.objects.get(ticket=ticket, tool="reply")
+    assert reply.attempts == 1  # recorded once; the redelivery found it done
+    assert ticket.context["execute"]["results"][0]["replayed"] is True
+
+
+def test_without_fusion_each_stage_is_its_own_write(intents, ticket, monkeypatch):
+    monkeypatch.setitem(current_app.conf, "PIPELINE_FUSE", "")
+
+    assert pipeline.stage_run(ticket_id=str(ticket.pk), stage="parse").kind == "committed"
+
+    ticket.refresh_from_db()
+    assert ticket.status == Status.CLASSIFYING and stages_of(ticket) == [("parse", "ok")]
