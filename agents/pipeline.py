@@ -11,6 +11,7 @@ import contextlib
 import logging
 import random
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -97,26 +98,56 @@ def stage_enqueue(
         current_app.send_task(f"agents.{stage}", args=[str(ticket_id)], countdown=countdown)
 
 
+# Two reads on every hop, written once as SQL: the ORM spends more CPU building them (~0.4 and
+# ~0.8 ms) than Postgres spends answering them.
+_TICKET = Ticket._meta.db_table
+_RECENT_SQL = (
+    f'SELECT "created_at", "status", "intent", left("reply", 200), EXISTS ('
+    f'SELECT 1 FROM "{_TICKET}" o WHERE o."client_id" = %s AND o."customer_ref" = %s AND o."created_at" < %s '
+    f'AND o."status" = ANY(%s)) FROM "{_TICKET}" WHERE "client_id" = %s AND "customer_ref" = %s '
+    f'AND "created_at" < %s ORDER BY "created_at" DESC LIMIT %s'
+)
+
+
 def customer_recent(ticket: Ticket, limit: int) -> tuple[bool, list[dict[str, Any]]]:
     """Whether an older request of the same customer is still in flight, and the customer's last
-    interactions (compact, never the whole transcript) — one round trip for both."""
+    interactions (compact, never the whole transcript) — one round trip for both (the index
+    `ticket_customer`; no older row at all means nothing older is in flight either)."""
     if not ticket.customer_ref:
         return False, []
-    older = Ticket.objects.filter(
-        client_id=ticket.client_id, customer_ref=ticket.customer_ref, created_at__lt=ticket.created_at
-    )
-    # The EXISTS does not depend on the row, so Postgres evaluates it once; no older row at all
-    # means nothing older is in flight either.
-    rows = list(
-        older.order_by("-created_at")
-        .annotate(in_flight=Exists(older.filter(status__in=list(STATUS_STAGE))))
-        .values("created_at", "status", "intent", "reply", "in_flight")[: max(limit, 1)]
-    )
+    who = [ticket.client_id, ticket.customer_ref, ticket.created_at]
+    with connection.cursor() as cursor:
+        cursor.execute(_RECENT_SQL, [*who, list(STATUS_STAGE), *who, max(limit, 1)])
+        rows = cursor.fetchall()
     history = [
-        {"at": r["created_at"].isoformat(), "status": r["status"], "intent": r["intent"], "reply": r["reply"][:200]}
-        for r in rows[:limit]
+        {"at": at.isoformat(), "status": status, "intent": intent, "reply": reply}
+        for at, status, intent, reply, _ in rows[:limit]
     ]
-    return bool(rows and rows[0]["in_flight"]), history
+    return bool(rows and rows[0][4]), history
+
+
+_LOAD_FIELDS = Ticket._meta.concrete_fields
+_LOAD_COLUMNS = ", ".join(f'"{field.column}"' for field in _LOAD_FIELDS)
+_LOAD_SQL = f'SELECT {_LOAD_COLUMNS} FROM "{_TICKET}" WHERE "id" = %s'
+_LOAD_ATTNAMES = [f.attname for f in _LOAD_FIELDS]
+_LOAD_CONVERTERS = [(i, f) for i, f in enumerate(_LOAD_FIELDS) if hasattr(f, "from_db_value")]
+
+
+def ticket_load(ticket_id: str) -> Ticket | None:
+    """The ticket as the ORM would load it, or None (also for an id that is not a UUID)."""
+    try:
+        pk = uuid.UUID(str(ticket_id))
+    except ValueError:
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute(_LOAD_SQL, [pk])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    values = list(row)
+    for i, field in _LOAD_CONVERTERS:
+        values[i] = field.from_db_value(values[i], None, connection)
+    return Ticket.from_db(connection.alias, _LOAD_ATTNAMES, values)
 
 
 def ticket_input(ticket: Ticket) -> TicketInput:
@@ -274,7 +305,7 @@ class _Hop:
 def stage_run(*, ticket_id: str, stage: str, variant: str = "cpu") -> Outcome:
     """Run `stage` for the ticket if it is still waiting for it, then the stages fused after it
     (celeryconfig.PIPELINE_FUSE), each persisted on its own; the last outcome is returned."""
-    ticket = Ticket.objects.filter(pk=ticket_id).first()
+    ticket = ticket_load(ticket_id)
     if ticket is None:
         return Outcome("skipped")
     stage = _resume_at(ticket, stage, variant)
