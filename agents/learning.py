@@ -32,6 +32,7 @@ def learning_settings() -> dict[str, Any]:
         "FOLDS": 5,
         "HOLDOUT_PERCENT": 10,
         "MAX_REGRESSION": 0.002,  # a candidate may be this much worse on the holdout and still win
+        "GATE_Z": 2.0,  # ... or lose up to this many standard deviations of the paired difference
         "FEEDBACK_SOURCE": "reviews.selectors.feedback_training_rows",
         "DECISION_SOURCE": "reviews.selectors.decision_confidences",
         "THRESHOLD_MIN": 0.3,
@@ -86,14 +87,24 @@ def model_train(
     train_y = [y for y, h in zip(base[1], held, strict=True) if not h] + [y for _, y in feedback]
     hold_x = [t for t, h in zip(base[0], held, strict=True) if h]
     hold_y = [y for y, h in zip(base[1], held, strict=True) if h]
+    n_base = len(train_x) - len(feedback)
     model = train_model(
-        train_x, train_y, target_precision=cfg["TARGET_PRECISION"], folds=cfg["FOLDS"], progress=progress
+        train_x,
+        train_y,
+        target_precision=cfg["TARGET_PRECISION"],
+        folds=cfg["FOLDS"],
+        progress=progress,
+        calibrate=[True] * n_base + [False] * len(feedback),  # thresholds for the traffic, not for escalations
     )
-    holdout = {"n": len(hold_x), "candidate": _summary(evaluate(model, hold_x, hold_y)) if hold_x else {}}
+    holdout: dict[str, Any] = {
+        "n": len(hold_x),
+        "candidate": _summary(evaluate(model, hold_x, hold_y)) if hold_x else {},
+    }
     active = model_active()
     if active is not None and hold_x:
         holdout["active"] = _summary(evaluate(active[1], hold_x, hold_y))
         holdout["active_version"] = active[0].version
+        holdout["paired"] = _paired(model, active[1], hold_x, hold_y)
     tag = model.version
     while ModelVersion.objects.filter(version=tag).exists():  # the same data can give the same bytes
         tag = f"{model.version}-{timezone.now():%H%M%S%f}"
@@ -105,6 +116,16 @@ def model_train(
         holdout_metrics=holdout,
         blob=model.to_bytes(),
     )
+
+
+def _paired(candidate: IntentModel, active: IntentModel, texts: list[str], labels: list[str]) -> dict[str, int]:
+    """On the same held-back requests: how many only the candidate gets right, and how many only the active model."""
+    new = [p.intent == y for p, y in zip(candidate.predict_many(texts), labels, strict=True)]
+    old = [p.intent == y for p, y in zip(active.predict_many(texts), labels, strict=True)]
+    return {
+        "candidate_only": sum(n and not o for n, o in zip(new, old, strict=True)),
+        "active_only": sum(o and not n for n, o in zip(new, old, strict=True)),
+    }
 
 
 def _summary(report: dict[str, Any]) -> dict[str, Any]:
@@ -125,8 +146,18 @@ def candidate_wins(candidate: ModelVersion) -> tuple[bool, str]:
     hold = candidate.holdout_metrics
     if "active" not in hold:
         return True, "no active model to compare with"
+    cfg = learning_settings()
     new, old = hold["candidate"]["accuracy"], hold["active"]["accuracy"]
-    allowed = learning_settings()["MAX_REGRESSION"]
+    allowed = cfg["MAX_REGRESSION"]
+    paired = hold.get("paired")
+    if paired is not None:
+        # Paired on the same requests (a one-sided sign test): worse only when the candidate loses clearly
+        # more requests than it gains, so a slice of a few hundred does not reject a better model on noise.
+        lost, gained = paired["active_only"], paired["candidate_only"]
+        margin = max(allowed * hold["n"], cfg["GATE_Z"] * (lost + gained) ** 0.5)
+        if lost - gained <= margin:
+            return True, f"holdout accuracy {new:.4f} vs active {old:.4f} (+{gained}/-{lost} requests)"
+        return False, f"holdout accuracy {new:.4f} is worse than active {old:.4f} (+{gained}/-{lost} requests)"
     if new + allowed >= old:
         return True, f"holdout accuracy {new:.4f} vs active {old:.4f}"
     return False, f"holdout accuracy {new:.4f} is worse than active {old:.4f}"

@@ -4,8 +4,10 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 
 import numpy as np
+import scipy.sparse as sp
 from scipy.optimize import minimize_scalar
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.model_selection import KFold, StratifiedKFold
@@ -18,6 +20,9 @@ from .model import IntentModel, softmax_rows
 Progress = Callable[[str, int, int], None]
 
 SVM_C = 0.5
+# A static sentence embedding appended to the tf-idf features (agents/localmodel/embed.py), or None.
+EMBEDDING: str | None = None
+EMBEDDING_WEIGHT = 1.0
 SVM_MULTI_CLASS = "crammer_singer"  # joint multi-class margin: +0.8 points automated share in nested CV vs "ovr", 3x the fit time
 # An intent gets its own threshold only with at least this many OOF predictions ...
 MIN_SUPPORT = 30
@@ -28,6 +33,8 @@ WILSON_Z = 3.0
 REBALANCE = False
 # Whether an intent may get a threshold below the global one.
 LOWER = True
+# train_model(calibrate=...) needs at least this many flagged examples, else all examples calibrate.
+MIN_CALIBRATION = 50
 
 
 def method_description() -> str:
@@ -38,7 +45,25 @@ def method_description() -> str:
         "confidence = softmax(scores / T), T fitted on out-of-fold scores; global threshold = lowest with OOF "
         f"precision >= target; per-intent thresholds only where a Wilson bound (z={WILSON_Z:g}, >={MIN_SUPPORT} "
         "OOF predictions) shows the intent differs"
+        + (f"; + {EMBEDDING_WEIGHT:g} x mean-pooled {EMBEDDING} embedding" if EMBEDDING else "")
     )
+
+
+@lru_cache(maxsize=65536)
+def _embedded(name: str, text: str) -> np.ndarray:
+    """A text's embedding, cached: cross-validation embeds the same texts many times."""
+    from .embed import get_embedder
+
+    return get_embedder(name).embed_one(text)
+
+
+def _features(vectorizer: FeatureUnion, texts: Sequence[str], *, fit: bool = False) -> sp.csr_matrix:
+    """tf-idf features, with the weighted embedding block appended when EMBEDDING is set."""
+    tfidf = vectorizer.fit_transform(list(texts)) if fit else vectorizer.transform(list(texts))
+    if not EMBEDDING:
+        return tfidf
+    dense = np.vstack([_embedded(EMBEDDING, t) for t in texts]) * np.float32(EMBEDDING_WEIGHT)
+    return sp.hstack([tfidf, sp.csr_matrix(dense)], format="csr")
 
 
 def build_vectorizer(n_texts: int = 1000) -> FeatureUnion:
@@ -67,7 +92,7 @@ def _fit_linear(
 ) -> tuple[FeatureUnion, np.ndarray, np.ndarray]:
     """Fit features and a linear SVM; return (vectorizer, coef[n_classes, F], intercept[n_classes])."""
     vectorizer = build_vectorizer(len(texts))
-    features = vectorizer.fit_transform(list(texts))
+    features = _features(vectorizer, texts, fit=True)
     present = np.unique(y)
     coef = np.zeros((n_classes, features.shape[1]), dtype=np.float32)
     intercept = np.full(n_classes, -1e3, dtype=np.float32)  # classes absent from this split never win
@@ -90,7 +115,7 @@ def _fit_linear(
 
 def _raw_scores(vectorizer: FeatureUnion, coef: np.ndarray, intercept: np.ndarray, texts: Sequence[str]) -> np.ndarray:
     """Linear scores of texts under a fitted (vectorizer, coef, intercept)."""
-    return np.asarray(vectorizer.transform(list(texts)) @ coef.T, dtype=np.float64) + intercept
+    return np.asarray(_features(vectorizer, texts) @ coef.T, dtype=np.float64) + intercept
 
 
 def _splits(y: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -273,13 +298,25 @@ def train_model(
     progress: Callable[[str, int, int], None] | None = None,
     min_threshold: float = 0.3,
     max_threshold: float = 0.999,
+    calibrate: Sequence[bool] | None = None,
 ) -> IntentModel:
-    """Fit on all data; choose global and per-intent thresholds from out-of-fold predictions; record CV metrics."""
+    """Fit on all data; choose global and per-intent thresholds from out-of-fold predictions; record CV metrics.
+
+    `calibrate` (one flag per example) limits the temperature, the thresholds and the recorded metrics to
+    the flagged examples' out-of-fold predictions, while every example still trains the model. The
+    learning loop flags the curated base data and not the reviewers' decisions: those are the requests
+    the model was unsure of, so thresholds fitted on them would be set for a harder mix than the traffic.
+    Ignored (all examples calibrate) when fewer than MIN_CALIBRATION are flagged.
+    """
     _check(texts, labels)
     texts = [str(t) for t in texts]
     intents, y = _encode(labels)
     n_classes = len(intents)
     oof, fold_id = out_of_fold_scores(texts, y, n_classes, folds, seed, progress)
+    # Temperature, thresholds and the recorded metrics come from the calibration examples' OOF predictions
+    # only (all of them unless `calibrate` says otherwise; see the docstring).
+    cal = _calibration_mask(calibrate, len(y))
+    oof, fold_id, y_all, y = oof[cal], fold_id[cal], y, y[cal]
     temperature = fit_temperature(oof, y)
     probs = softmax_rows(oof / temperature)
     pred = probs.argmax(axis=1)
@@ -291,20 +328,21 @@ def train_model(
     n_folds = int(fold_id.max()) + 1
     for k in range(n_folds):
         rest, this = fold_id != k, fold_id == k
+        if not this.any():
+            continue
         g, pi = choose_thresholds(
             conf[rest], pred[rest], y[rest], intents, target_precision, min_threshold, max_threshold
         )
         t = np.array([pi.get(intent, g) for intent in intents])
         auto[this] = conf[this] >= t[pred[this]]
-    report = report_from_predictions(
-        [intents[i] for i in y], [intents[i] for i in pred], conf, auto
-    )
+    report = report_from_predictions([intents[i] for i in y], [intents[i] for i in pred], conf, auto)
     in_sample_t = np.array([per_intent.get(intent, global_t) for intent in intents])
     auto_in = conf >= in_sample_t[pred]
     correct = pred == y
     metrics = {
         "method": method_description(),
-        "n_examples": len(y),
+        "n_examples": len(y_all),
+        "n_calibration": len(y),
         "n_intents": n_classes,
         "folds": n_folds,
         "seed": seed,
@@ -326,7 +364,7 @@ def train_model(
     }
     if progress:
         progress("final fit", 0, 1)
-    vectorizer, coef, intercept = _fit_linear(texts, y, n_classes, seed)
+    vectorizer, coef, intercept = _fit_linear(texts, y_all, n_classes, seed)
     if progress:
         progress("final fit", 1, 1)
     return IntentModel(
@@ -338,7 +376,19 @@ def train_model(
         global_threshold=global_t,
         thresholds=per_intent,
         metrics=metrics,
+        embedding=EMBEDDING,
+        embedding_weight=EMBEDDING_WEIGHT,
     )
+
+
+def _calibration_mask(calibrate: Sequence[bool] | None, n: int) -> np.ndarray:
+    """Which examples calibrate: the flagged ones, or all when too few are flagged."""
+    if calibrate is None:
+        return np.ones(n, dtype=bool)
+    mask = np.asarray(calibrate, dtype=bool)
+    if mask.shape != (n,):
+        raise ValueError(f"calibrate has {mask.size} flags for {n} examples")
+    return mask if mask.sum() >= MIN_CALIBRATION else np.ones(n, dtype=bool)
 
 
 def expected_calibration_error(conf: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:

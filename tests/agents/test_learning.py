@@ -6,6 +6,7 @@ import csv
 import json
 import random
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -62,6 +63,34 @@ def test_a_worse_candidate_is_kept_out_and_the_active_one_stays(small_base):
 
     assert not wins and "worse" in why
     assert ModelVersion.objects.get(is_active=True).version == first.version
+
+
+@pytest.mark.parametrize(
+    ("gained", "lost", "wins"),
+    [(1, 3, True), (0, 2, True), (2, 30, False), (0, 12, False)],
+)
+def test_the_gate_is_paired_and_forgives_what_is_within_noise_on_a_small_slice(settings, gained, lost, wins):
+    settings.LEARNING = {"GATE_Z": 2.0, "MAX_REGRESSION": 0.002}
+    n = 82  # 10 % of 10 examples per intent: one request is more than a point of accuracy
+    hold = {
+        "n": n,
+        "candidate": {"accuracy": (60 + gained - lost) / n},
+        "active": {"accuracy": 60 / n},
+        "paired": {"candidate_only": gained, "active_only": lost},
+    }
+
+    ok, why = learning.candidate_wins(SimpleNamespace(holdout_metrics=hold))
+
+    assert ok is wins and f"+{gained}/-{lost} requests" in why
+
+
+def test_thresholds_are_calibrated_on_the_base_data_and_reviewers_decisions_only_train(small_base):
+    feedback = [(t, y) for t, y in small_base[:40]]
+
+    version = learning.model_train(base=learning.training_data()[:2], feedback=feedback)
+
+    assert version.n_feedback == 40
+    assert version.metrics["n_calibration"] == version.n_examples - 40
 
 
 def test_activation_is_one_transaction_and_rollback_restores_the_previous_version(small_base):

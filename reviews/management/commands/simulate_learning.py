@@ -220,7 +220,12 @@ def _plot(curve: list[dict[str, float]], out: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.plot(xs, [p["automated"] * 100 for p in curve], marker="o", label="handled without a person (%)")
     ax.plot(xs, [p["precision"] * 100 for p in curve], marker="s", label="precision of what was automated (%)")
-    ax.set_xlabel("requests streamed")
+    target = 100 * learning.learning_settings()["TARGET_PRECISION"]
+    ax.axhline(target, color="grey", linestyle=":", linewidth=1, label=f"precision target ({target:g} %)")
+    for p in curve:
+        if p.get("activated"):  # a new model serves from the next batch on
+            ax.axvline(p["streamed"], color="green", alpha=0.15, linewidth=3)
+    ax.set_xlabel("requests streamed (green: a retrained model was activated)")
     ax.set_ylabel("%")
     ax.set_ylim(0, 101)
     ax.grid(alpha=0.3)

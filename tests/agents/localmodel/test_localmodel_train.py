@@ -161,3 +161,28 @@ def test_choose_thresholds_guard() -> None:
     for intent, t in per.items():
         assert 0.3 <= t <= 0.999
         assert intent == "i1" or t <= g  # nothing else is made stricter
+
+
+def test_calibrate_limits_temperature_thresholds_and_metrics_to_the_flagged_examples(
+    subset: tuple[list[str], list[str]],
+) -> None:
+    texts, labels = subset
+    flags = [i % 3 != 0 for i in range(len(texts))]
+
+    flagged = train_model(texts, labels, folds=3, calibrate=flags)
+    unflagged_too = train_model(texts, labels, folds=3)
+
+    assert flagged.metrics["n_calibration"] == sum(flags) and flagged.metrics["n_examples"] == len(texts)
+    assert unflagged_too.metrics["n_calibration"] == len(texts)
+    assert np.allclose(flagged.coef, unflagged_too.coef)  # every example still trains the model
+    assert flagged.temperature != unflagged_too.temperature
+
+
+def test_calibrate_falls_back_to_every_example_when_too_few_are_flagged(subset: tuple[list[str], list[str]]) -> None:
+    texts, labels = subset
+
+    model = train_model(texts, labels, folds=3, calibrate=[i < 10 for i in range(len(texts))])
+
+    assert model.metrics["n_calibration"] == len(texts)
+    with pytest.raises(ValueError, match="flags"):
+        train_model(texts, labels, folds=3, calibrate=[True])
