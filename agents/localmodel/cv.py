@@ -159,11 +159,22 @@ def main(argv: list[str] | None = None) -> int:
         default=train_module.SVM_MULTI_CLASS,
         help="multi-class scheme of the linear SVM (crammer_singer, the default: slightly better, ~3x slower to train)",
     )
+    parser.add_argument(
+        "--embedding",
+        default=train_module.EMBEDDING,
+        help="static sentence embedding appended to the tf-idf features, e.g. wordllama:l2_supercat_256 ('none': off)",
+    )
+    parser.add_argument("--embedding-weight", type=float, default=train_module.EMBEDDING_WEIGHT)
     args = parser.parse_args(argv)
     train_module.SVM_MULTI_CLASS = args.svm
+    train_module.EMBEDDING = None if str(args.embedding).lower() in ("", "none") else args.embedding
+    train_module.EMBEDDING_WEIGHT = args.embedding_weight
 
     texts, labels = load_csv(args.data)
-    print(f"data: {args.data} ({len(texts)} examples, {len(set(labels))} intents); svm={args.svm}")
+    print(
+        f"data: {args.data} ({len(texts)} examples, {len(set(labels))} intents); svm={args.svm}; "
+        f"embedding={train_module.EMBEDDING} x {train_module.EMBEDDING_WEIGHT:g}"
+    )
     result: dict = {}
     if args.system:
         result["system"] = _system(texts, labels, args)

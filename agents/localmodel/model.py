@@ -73,6 +73,10 @@ class IntentModel:
     thresholds: dict[str, float] = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     version: str = ""
+    # Optional dense block after the tf-idf columns: `embedding_weight` x a static sentence embedding
+    # (agents/localmodel/embed.py), named here, loaded once per process, never pickled with the model.
+    embedding: str | None = None
+    embedding_weight: float = 1.0
 
     def __post_init__(self) -> None:
         """Normalise array types and derive the version tag when none was given."""
@@ -80,13 +84,24 @@ class IntentModel:
         self.intercept = np.asarray(self.intercept, dtype=np.float32).ravel()
         self._coef_t = np.ascontiguousarray(self.coef.T)
         self._blocks = _fast_blocks(self.vectorizer)
+        self._embedder = None
+        self._n_sparse = self.coef.shape[1]
+        if self.embedding:
+            from .embed import get_embedder
+
+            self._embedder = get_embedder(self.embedding)
+            self._n_sparse -= self._embedder.dim
         if not self.version:
             self.version = hashlib.sha256(self._payload()).hexdigest()[:12]
 
     def scores(self, texts: list[str]) -> np.ndarray:
         """Raw (uncalibrated) linear scores, one row per text, one column per intent."""
         features = self.vectorizer.transform(texts)
-        return np.asarray(features @ self._coef_t, dtype=np.float64) + self.intercept
+        scores = np.asarray(features @ self._coef_t[: self._n_sparse], dtype=np.float64) + self.intercept
+        if self._embedder is not None:
+            dense = self._embedder.embed(list(texts)) * np.float32(self.embedding_weight)
+            scores += dense @ self._coef_t[self._n_sparse :]
+        return scores
 
     def score_one(self, text: str) -> np.ndarray:
         """Raw linear scores of one text, bypassing sklearn's per-call overhead when the features allow it."""
@@ -103,11 +118,14 @@ class IntentModel:
             val /= np.sqrt(val @ val)
             indices.append(idx + offset)
             values.append(val.astype(np.float32))
-        if not indices:
-            return self.intercept.astype(np.float64)
-        idx = np.concatenate(indices)
-        val = np.concatenate(values)
-        return np.asarray(val @ self._coef_t[idx], dtype=np.float64) + self.intercept
+        scores = self.intercept.astype(np.float64)
+        if indices:
+            idx = np.concatenate(indices)
+            scores += np.concatenate(values) @ self._coef_t[idx]
+        if self._embedder is not None:
+            dense = self._embedder.embed_one(text) * np.float32(self.embedding_weight)
+            scores += dense @ self._coef_t[self._n_sparse :]
+        return scores
 
     def probabilities(self, texts: list[str]) -> np.ndarray:
         """Calibrated probabilities (temperature-scaled softmax), one row per text."""
@@ -156,7 +174,7 @@ class IntentModel:
 
     def _state(self) -> dict[str, Any]:
         """Everything needed to rebuild the model, except the version tag."""
-        return {
+        state = {
             "format": FORMAT_VERSION,
             "vectorizer": self.vectorizer,
             "coef": self.coef,
@@ -167,6 +185,9 @@ class IntentModel:
             "thresholds": {k: float(v) for k, v in self.thresholds.items()},
             "metrics": self.metrics,
         }
+        if self.embedding:  # only then, so models without one keep their version tags
+            state.update(embedding=self.embedding, embedding_weight=float(self.embedding_weight))
+        return state
 
     def _payload(self) -> bytes:
         """Deterministic pickle of the state (the version tag is its hash)."""
@@ -197,4 +218,6 @@ class IntentModel:
             thresholds=dict(state["thresholds"]),
             metrics=dict(state["metrics"]),
             version=state.get("version", ""),
+            embedding=state.get("embedding"),
+            embedding_weight=state.get("embedding_weight", 1.0),
         )
