@@ -42,6 +42,7 @@ class Stage(models.TextChoices):
     DECIDE = "decide"
     EXECUTE = "execute"
     ESCALATE = "escalate"
+    REVIEW = "review"  # a person's decision on an escalated or dead-lettered ticket
 
 
 class TraceStatus(models.TextChoices):

@@ -28,7 +28,7 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from agents.catalog import get_catalog
-from agents.models import DeadLetter, LedgerStatus, SideEffect, Trace, TraceStatus
+from agents.models import DeadLetter, LedgerStatus, SideEffect, Stage, Trace, TraceStatus
 from agents.stages import STAGES
 from agents.stages.types import StageContext, StageError, StageResult, TicketInput
 from agents.tools import OFFLINE_TOOLS, LedgerTools
@@ -338,11 +338,33 @@ def _stage_once(ticket: Ticket, stage: str, variant: str, hop: _Hop) -> Outcome:
     try:
         result = STAGES[stage](ticket_input(ticket), stage_context(stage, ticket, attempt, variant, history))
     except StageError as exc:
+        if getattr(exc, "deferred", False) and not _deferred_too_long(ticket):
+            return _defer(ticket, hop, exc)
         return _fail(ticket, stage, attempt, started, t0, exc, hop)
     except Exception as exc:  # a bug or an outage we did not foresee: retried, then dead-lettered
         log.exception("stage %s crashed for ticket %s", stage, ticket.pk)
         return _fail(ticket, stage, attempt, started, t0, exc, hop)
     return _commit(ticket, stage, attempt, started, t0, result, variant, hop)
+
+
+def _deferred_too_long(ticket: Ticket) -> bool:
+    """A ticket put off for longer than DEFER_MAX_SECONDS since it arrived pays attempts again, so
+    a limit that never frees up still ends in a person's hands, not in an endless wait."""
+    return (timezone.now() - ticket.created_at).total_seconds() > settings.PIPELINE["DEFER_MAX_SECONDS"]
+
+
+def _defer(ticket: Ticket, hop: _Hop, exc: StageError) -> Outcome:
+    """Nothing failed, the call was only put off (the shared rate limit is busy, a message batch is
+    pending): not an attempt and no trace row; the ticket is touched so the sweeper sees it alive."""
+    if hop.traces:
+        if not hop.flush(ticket):
+            return Outcome("duplicate")
+    elif not Ticket.objects.filter(pk=ticket.pk, status=hop.status, stage_attempts=hop.attempts).update(
+        updated_at=timezone.now()
+    ):
+        return Outcome("duplicate")
+    log.info("ticket %s put off %.1f s: %s", ticket.pk, exc.retry_after or 0.0, exc)
+    return Outcome("waiting", retry_in=max(exc.retry_after or 0.0, 0.1))
 
 
 # --- fused hops -------------------------------------------------------------------------------------
@@ -583,7 +605,26 @@ def ticket_replay(*, ticket: Ticket) -> Ticket:
     return locked
 
 
-def ticket_resume(*, ticket: Ticket, intent: str, reply: str) -> None:
+def _decision_trace(ticket: Ticket, decision: dict[str, Any], started_at: Any = None) -> Trace:
+    """The trace row of a person's decision: the ticket's history shows who decided what, and when."""
+    now = timezone.now()
+    started = started_at or now
+    return Trace.objects.create(
+        ticket_id=ticket.pk,
+        stage=Stage.REVIEW,
+        attempt=1,
+        status=TraceStatus.OK,
+        started_at=started,
+        finished_at=now,
+        duration_ms=max((now - started).total_seconds() * 1000, 0.0),
+        tier="human",
+        output=decision,
+    )
+
+
+def ticket_resume(
+    *, ticket: Ticket, intent: str, reply: str, reviewer: str = "", decision: str = "correct", started_at: Any = None
+) -> None:
     """A person decided: resume the ticket at execute with their intent and reply."""
     with transaction.atomic():
         locked = Ticket.objects.select_for_update().get(pk=ticket.pk)
@@ -591,7 +632,28 @@ def ticket_resume(*, ticket: Ticket, intent: str, reply: str) -> None:
         locked.context = {**locked.context, "human": {"intent": intent, "reply": reply}}
         locked.status, locked.stage_attempts = Status.EXECUTING, 0
         locked.save(update_fields=["context", "status", "stage_attempts", "updated_at"])
+        _decision_trace(
+            locked, {"decision": decision, "intent": intent, "reply": reply, "reviewer": reviewer}, started_at
+        )
         transaction.on_commit(lambda: stage_enqueue(str(locked.pk), "execute"))
+
+
+def ticket_dismiss(*, ticket: Ticket, reason: str, reviewer: str = "", started_at: Any = None) -> Ticket:
+    """A person closed a waiting ticket without acting: resolved, action "dismissed", no further
+    reply; the client is told, as for any other terminal state. IllegalTransition unless the
+    ticket waits for a person (awaiting review, or dead-lettered)."""
+    with transaction.atomic():
+        locked = Ticket.objects.select_for_update().get(pk=ticket.pk)
+        if locked.status not in (Status.AWAITING_REVIEW, Status.DEAD_LETTERED):
+            raise IllegalTransition(f"ticket is {locked.status}; only a waiting ticket can be dismissed")
+        check_transition(locked.status, Status.RESOLVED)
+        locked.status, locked.action, locked.resolved_at = Status.RESOLVED, "dismissed", timezone.now()
+        locked.context = {**locked.context, "human": {"decision": "dismiss", "reason": reason}}
+        locked.save(update_fields=["status", "action", "resolved_at", "context", "updated_at"])
+        trace = _decision_trace(locked, {"decision": "dismiss", "reason": reason, "reviewer": reviewer}, started_at)
+        _announce(locked, trace, "ok", Status.RESOLVED, locked.context)
+        _after_commit(str(locked.pk), Status.RESOLVED)
+    return locked
 
 
 IN_FLIGHT_INDEX_TERMINAL = ["resolved", "awaiting_review", "dead_lettered"]  # tickets.Ticket.Meta, ticket_in_flight

@@ -166,6 +166,9 @@ SPECTACULAR_SETTINGS = {
 PIPELINE = {
     # How many attempts a stage gets before its ticket is dead-lettered.
     "MAX_ATTEMPTS": int(os.environ.get("PIPELINE_MAX_ATTEMPTS", 5)),
+    # A ticket put off by the shared rate limit (not a failure, not an attempt) pays attempts again
+    # once it is this old.
+    "DEFER_MAX_SECONDS": int(os.environ.get("PIPELINE_DEFER_MAX_SECONDS", 3600)),
     # Exponential backoff with full jitter: delay = uniform(0, min(cap, base * 2**attempt)).
     "BACKOFF_BASE_SECONDS": _env_float("PIPELINE_BACKOFF_BASE_SECONDS", 1.0),
     "BACKOFF_CAP_SECONDS": _env_float("PIPELINE_BACKOFF_CAP_SECONDS", 300.0),

@@ -11,7 +11,6 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from celery import current_app
 from django.contrib.auth import get_user_model
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import Group, Permission
@@ -20,9 +19,9 @@ from django.db.models import Q
 from django.utils import timezone
 
 from agents.models import Intent
-from agents.pipeline import ticket_replay, ticket_resume
+from agents.pipeline import ticket_dismiss, ticket_replay, ticket_resume
 from reviews.models import Decision, Feedback, Reason, Review, ReviewStatus
-from tickets.models import IllegalTransition, Status, Ticket, check_transition
+from tickets.models import IllegalTransition, Ticket
 
 
 class ReviewError(Exception):
@@ -137,7 +136,14 @@ def review_resolve(*, review: Review, reviewer: AbstractBaseUser, intent: str, r
             notes=notes,
         )
         try:
-            ticket_resume(ticket=closed.ticket, intent=intent, reply=reply)
+            ticket_resume(
+                ticket=closed.ticket,
+                intent=intent,
+                reply=reply,
+                reviewer=reviewer.get_username(),
+                decision=decision,
+                started_at=closed.claimed_at,
+            )
         except IllegalTransition as exc:
             raise ReviewInvalid(f"The ticket is no longer waiting for a person ({exc}).") from exc
         feedback_record(review=closed, reviewer=reviewer)
@@ -165,23 +171,14 @@ def review_dismiss(*, review: Review, reviewer: AbstractBaseUser, reason: str, n
             dismiss_reason=reason[:500],
             notes=notes,
         )
-        _ticket_close_dismissed(closed.ticket, reason)
+        try:
+            ticket_dismiss(
+                ticket=closed.ticket, reason=reason, reviewer=reviewer.get_username(), started_at=closed.claimed_at
+            )
+        except IllegalTransition as exc:
+            raise ReviewInvalid(f"The ticket is no longer waiting for a person ({exc}).") from exc
         feedback_record(review=closed, reviewer=reviewer)
     return closed
-
-
-def _ticket_close_dismissed(ticket: Ticket, reason: str) -> None:
-    locked = Ticket.objects.select_for_update().get(pk=ticket.pk)
-    if locked.status not in (Status.AWAITING_REVIEW, Status.DEAD_LETTERED):
-        raise ReviewInvalid(f"The ticket is {locked.status}; only a waiting ticket can be dismissed.")
-    check_transition(locked.status, Status.RESOLVED)
-    locked.status, locked.action, locked.resolved_at = Status.RESOLVED, "dismissed", timezone.now()
-    locked.context = {**locked.context, "human": {"decision": "dismiss", "reason": reason}}
-    locked.save(update_fields=["status", "action", "resolved_at", "context", "updated_at"])
-    # The client is told the ticket's outcome, as for any other terminal state.
-    transaction.on_commit(
-        lambda: current_app.send_task("agents.deliver_callback", args=[str(locked.pk), Status.RESOLVED])
-    )
 
 
 def review_replay(*, review: Review, reviewer: AbstractBaseUser) -> Ticket:

@@ -88,7 +88,8 @@ class ClaudeTier:
         )
         request = self.request(text, catalog, model_class)
         if scope.attempt >= settings.PIPELINE["MAX_ATTEMPTS"] - 1:
-            # Being put off costs the ticket an attempt; its last one waits for the limiter instead.
+            # A ticket put off for over PIPELINE_DEFER_MAX_SECONDS pays attempts; its last one waits
+            # for the limiter instead.
             request = dataclasses.replace(request, max_wait=LAST_ATTEMPT_WAIT)
         digest = cache_key(request.model, request.system, text)
         hit = self.cache.get(digest)

@@ -6,15 +6,18 @@ stage would enqueue is published only on commit, and these tests never commit).
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from celery import current_app
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from agents import pipeline
 from agents.catalog import get_catalog
+from agents.llm.base import LimiterBusy
 from agents.models import SideEffect, Trace
 from agents.stages import STAGES
 from agents.stages.types import StageError
@@ -56,7 +59,9 @@ def test_a_resolved_hop_is_one_write_with_a_trace_row_per_stage(fused, ticket):
     # the ledger's record of the reply, then the ticket's move with its four trace rows
     assert len(writes) == 2, writes
     assert writes[0].startswith('INSERT INTO "agents_sideeffect"') and writes[1].startswith("WITH moved")
-    assert len(queries) == 4, [q["sql"][:90] for q in queries]  # + the ticket and the history at decide
+    reads = [q["sql"] for q in queries if q["sql"].startswith("SELECT") and '"tickets_ticket"' in q["sql"]]
+    assert len(reads) == 2, reads  # the ticket, and the customer's history at decide (the local tier may
+    # also look for a newly activated model version, every few seconds: not per ticket)
 
 
 def test_a_hop_that_loses_the_race_writes_nothing(fused, ticket, monkeypatch):
@@ -129,3 +134,31 @@ def test_without_fusion_each_stage_is_its_own_write(intents, ticket, monkeypatch
 
     ticket.refresh_from_db()
     assert ticket.status == Status.CLASSIFYING and stages_of(ticket) == [("parse", "ok")]
+
+
+def test_a_call_put_off_by_the_rate_limit_is_not_an_attempt(fused, ticket, monkeypatch):
+    def busy(t: Any, ctx: Any) -> Any:
+        raise LimiterBusy("no room in the shared limit", retry_after=0.7)
+
+    replace_stage(monkeypatch, "classify", busy)
+
+    outcome = pipeline.stage_run(ticket_id=str(ticket.pk), stage="parse")
+
+    assert (outcome.kind, outcome.retry_in) == ("waiting", 0.7)
+    ticket.refresh_from_db()
+    assert ticket.status == Status.CLASSIFYING and ticket.stage_attempts == 0
+    assert stages_of(ticket) == [("parse", "ok")]  # parse is written; the wait leaves no row
+
+
+def test_a_ticket_put_off_for_too_long_pays_attempts_again(fused, ticket, monkeypatch, settings):
+    settings.PIPELINE = {**settings.PIPELINE, "DEFER_MAX_SECONDS": 60}
+    Ticket.objects.filter(pk=ticket.pk).update(created_at=timezone.now() - timedelta(seconds=61))
+
+    def busy(t: Any, ctx: Any) -> Any:
+        raise LimiterBusy("no room in the shared limit", retry_after=0.7)
+
+    replace_stage(monkeypatch, "classify", busy)
+
+    assert pipeline.stage_run(ticket_id=str(ticket.pk), stage="parse").kind == "retry"
+    ticket.refresh_from_db()
+    assert ticket.stage_attempts == 1 and stages_of(ticket)[-1] == ("classify", "retry")

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from agents.models import DeadLetter
+from agents.models import DeadLetter, Trace
 from reviews import services
 from reviews.models import Decision, Feedback, Review, ReviewStatus
 from reviews.selectors import customer_history, feedback_since, override_rates, review_queue
@@ -82,6 +82,15 @@ def test_approving_resumes_the_ticket_at_execute_with_the_suggestion_and_keeps_f
     assert (feedback.human_intent, feedback.human_reply) == ("card_arrival", "Hi bob, your card is on its way.")
     assert feedback.reviewer == reviewer and not feedback.overridden
     assert feedback.seconds_taken is not None and feedback.seconds_taken >= 0
+    decided = Trace.objects.get(ticket=ticket, stage="review")
+    assert (decided.status, decided.tier) == ("ok", "human")
+    assert decided.output == {
+        "decision": "approve",
+        "intent": "card_arrival",
+        "reply": "Hi bob, your card is on its way.",
+        "reviewer": "rita",
+    }
+    assert decided.started_at == resolved.claimed_at and decided.finished_at >= decided.started_at
 
 
 def test_correcting_the_intent_or_the_reply_is_recorded_as_an_override(escalate, reviewer):
@@ -95,6 +104,12 @@ def test_correcting_the_intent_or_the_reply_is_recorded_as_an_override(escalate,
     assert (resolved.final_intent, resolved.final_reply) == ("lost_or_stolen_card", "We froze your card.")
     feedback = Feedback.objects.get(review=resolved)
     assert feedback.overridden and feedback.human_intent == "lost_or_stolen_card"
+    decided = Trace.objects.get(ticket=resolved.ticket, stage="review").output
+    assert (decided["decision"], decided["intent"], decided["reply"]) == (
+        "correct",
+        "lost_or_stolen_card",
+        "We froze your card.",
+    )
 
 
 @pytest.mark.parametrize(
@@ -116,6 +131,7 @@ def test_a_decision_the_intent_cannot_carry_out_is_refused_and_changes_nothing(
     review.refresh_from_db()
     assert review.status == ReviewStatus.CLAIMED
     assert review.ticket.status == Status.AWAITING_REVIEW and not Feedback.objects.exists()
+    assert not Trace.objects.filter(ticket=review.ticket, stage="review").exists()
 
 
 def test_a_review_is_decided_once_even_when_the_decision_is_submitted_twice(escalate, reviewer):
@@ -140,6 +156,8 @@ def test_dismissing_closes_the_ticket_as_resolved_without_a_further_reply(escala
     assert ticket.resolved_at is not None and ticket.context["human"]["decision"] == "dismiss"
     feedback = Feedback.objects.get(review=dismissed)
     assert feedback.decision == Decision.DISMISS and not feedback.overridden
+    decided = Trace.objects.get(ticket=ticket, stage="review")
+    assert decided.output == {"decision": "dismiss", "reason": "spam", "reviewer": "rita"}
 
 
 def test_dismissing_needs_a_reason(escalate, reviewer):
