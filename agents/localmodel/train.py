@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import scipy.sparse as sp
@@ -21,7 +21,8 @@ Progress = Callable[[str, int, int], None]
 
 SVM_C = 0.5
 # A static sentence embedding appended to the tf-idf features (agents/localmodel/embed.py), or None.
-EMBEDDING: str | None = None
+# Mean- and max-pooled wordllama vectors: +1.4 points accuracy, +4.7 points automated share in nested CV.
+EMBEDDING: str | None = "wordllama:l2_supercat_256:meanmax"
 EMBEDDING_WEIGHT = 1.0
 SVM_MULTI_CLASS = "crammer_singer"  # joint multi-class margin: +0.8 points automated share in nested CV vs "ovr", 3x the fit time
 # An intent gets its own threshold only with at least this many OOF predictions ...
@@ -49,9 +50,9 @@ def method_description() -> str:
     )
 
 
-@lru_cache(maxsize=65536)
+@cache
 def _embedded(name: str, text: str) -> np.ndarray:
-    """A text's embedding, cached: cross-validation embeds the same texts many times."""
+    """A text's embedding, cached while train_model() runs (its folds embed the same texts many times)."""
     from .embed import get_embedder
 
     return get_embedder(name).embed_one(text)
@@ -308,6 +309,24 @@ def train_model(
     the model was unsure of, so thresholds fitted on them would be set for a harder mix than the traffic.
     Ignored (all examples calibrate) when fewer than MIN_CALIBRATION are flagged.
     """
+    try:
+        return _train(texts, labels, target_precision, folds, seed, progress, min_threshold, max_threshold, calibrate)
+    finally:
+        _embedded.cache_clear()  # ~2 KB per text: not worth keeping in a long-lived worker
+
+
+def _train(
+    texts: list[str],
+    labels: list[str],
+    target_precision: float,
+    folds: int,
+    seed: int,
+    progress: Progress | None,
+    min_threshold: float,
+    max_threshold: float,
+    calibrate: Sequence[bool] | None,
+) -> IntentModel:
+    """train_model()'s body."""
     _check(texts, labels)
     texts = [str(t) for t in texts]
     intents, y = _encode(labels)
