@@ -6,6 +6,9 @@ import os
 
 from celery import Celery
 
+from project import kombu_fixes
+
+kombu_fixes.apply()
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 
 app = Celery("project")

@@ -95,7 +95,12 @@ else:
 DATABASES["default"]["ENGINE"] = "django_prometheus.db.backends.postgresql"
 DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
-if _env_bool("DB_SERVER_SIDE_BINDING", False):
+# Server-side parameters and prepared statements (psycopg prepares a statement the 5th time a
+# connection runs it): Postgres parses and plans the hot path's few statements once per connection,
+# which took a third off its CPU per ticket in the benchmark (docs/performance.md). Set
+# DB_SERVER_SIDE_BINDING=0 behind a pooler in transaction mode (PgBouncer < 1.21), which cannot
+# keep a connection's prepared statements.
+if _env_bool("DB_SERVER_SIDE_BINDING", True):
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         server_side_binding=True, prepare_threshold=int(os.environ.get("DB_PREPARE_THRESHOLD", 5))
     )
