@@ -220,13 +220,16 @@ def thresholds_follow_reviewers() -> list[ThresholdChange]:
     threshold, so how often people correct those says nothing about what is automated: lower by one
     step only when people approve the suggestions just below it (confidence in [t - step, t));
     raise only when they correct suggestions at or above it (reviewed for another reason: policy,
-    the customer asked for a person). Decisions without a confidence are ignored.
+    the customer asked for a person). Decisions without a confidence are ignored, and so are those on
+    another local model's suggestions: confidences of different models are not comparable.
     """
     cfg = learning_settings()
     try:
         rows = list(import_string(cfg["DECISION_SOURCE"])())
     except ImportError:
         return []
+    active = ModelVersion.objects.filter(is_active=True).values_list("version", flat=True).first()
+    rows = [r for r in rows if not str(r.get("model") or "").startswith("local:") or r["model"] == f"local:{active}"]
     intents = {i.name: i for i in Intent.objects.filter(name__in={r["intent"] for r in rows})}
     step = cfg["THRESHOLD_STEP"]
     bands: dict[str, dict[str, list[int]]] = {}

@@ -113,14 +113,17 @@ def override_rates() -> list[dict[str, Any]]:
 
 
 def decision_confidences() -> Iterator[dict[str, Any]]:
-    """Per approve/correct decision: the agents' intent and confidence, and whether the person chose another intent."""
+    """Per approve/correct decision: the agents' intent, confidence and model, and whether the person chose another intent.
+
+    `model` is what classified the ticket (`local:<version>`, `rules`, ...), or None once the ticket is archived.
+    """
     rows = (
         Feedback.objects.filter(decision__in=[Decision.APPROVE, Decision.CORRECT], agent_confidence__isnull=False)
         .exclude(agent_intent="")
-        .values_list("agent_intent", "agent_confidence", "human_intent")
+        .values_list("agent_intent", "agent_confidence", "human_intent", "ticket__context__classify__model")
         .iterator()
     )
-    return ({"intent": i, "confidence": c, "wrong": bool(h) and h != i} for i, c, h in rows)
+    return ({"intent": i, "confidence": c, "wrong": bool(h) and h != i, "model": m} for i, c, h, m in rows)
 
 
 def feedback_training_rows() -> Iterator[dict[str, Any]]:

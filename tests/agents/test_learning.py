@@ -15,6 +15,7 @@ from agents.localmodel.data import load_csv
 from agents.models import Intent, ModelVersion, ThresholdChange
 from agents.tiers.local import LocalModelTier
 from reviews.models import Decision, Feedback, Reason
+from tests.factories import client_with_token, ticket_make
 
 BASE = Path(__file__).resolve().parents[2] / "agents" / "data" / "banking77" / "train.csv"
 INTENTS = ["card_arrival", "lost_or_stolen_card", "terminate_account", "exchange_rate", "age_limit", "top_up_failed"]
@@ -136,9 +137,16 @@ def test_reviewers_decisions_become_training_data(small_base):
     assert version.n_feedback == 1
 
 
-def _decided(prefix: str, n: int, *, agent: str, human: str, confidence: float | None) -> None:
+def _decided(
+    prefix: str, n: int, *, agent: str, human: str, confidence: float | None, model: str | None = None
+) -> None:
+    ticket = None
+    if model is not None:
+        client, _ = client_with_token()
+        ticket = ticket_make(client, context={"classify": {"intent": agent, "model": model}})
     for i in range(n):
         Feedback.objects.create(
+            ticket=ticket,
             text=f"{prefix}{i}",
             reason=Reason.LOW_CONFIDENCE,
             agent_intent=agent,
@@ -185,6 +193,18 @@ def test_a_lowered_threshold_needs_fresh_approvals_just_below_it_to_fall_again(s
 
     assert Intent.objects.get(name="card_arrival").threshold == pytest.approx(0.88)
     assert second == []
+
+
+def test_only_decisions_on_the_active_models_or_the_rules_suggestions_move_a_threshold(small_base, settings):
+    settings.LEARNING = {**settings.LEARNING, "MIN_DECISIONS": 5}
+    active = ModelVersion.objects.create(version="active1", n_examples=1, is_active=True, blob=b"")
+    _decided("h", 10, agent="card_arrival", human="card_arrival", confidence=0.89, model=f"local:{active.version}")
+    _decided("i", 10, agent="exchange_rate", human="card_arrival", confidence=0.95, model="local:older")
+    _decided("j", 10, agent="age_limit", human="age_limit", confidence=0.89, model="rules")
+
+    changes = {c.intent for c in learning.thresholds_follow_reviewers()}
+
+    assert changes == {"card_arrival", "age_limit"}  # an older model's confidences are not comparable
 
 
 @pytest.mark.pipeline
