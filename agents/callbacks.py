@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import httpx
+from django.db import connection
 from django.db.models import F
 from django.utils import timezone
 
@@ -64,12 +65,14 @@ def callback_deliver(*, ticket_id: str, status: str) -> str:
     ticket = Ticket.objects.select_related("client").get(pk=ticket_id)
     url = ticket.effective_callback_url
     if not url:
+        callback_settled(ticket_id=ticket_id, status=status)
         return "none"
     key = f"{ticket.id}:callback:{status}"
     row_id = ledger_insert(ticket_id=str(ticket.id), idempotency_key=key, tool="callback", arguments={"url": url})
     if row_id is None:  # an earlier delivery wrote the row: done, or to be tried again
         row = SideEffect.objects.filter(idempotency_key=key).values("id", "status").get()
         if row["status"] == LedgerStatus.DONE:
+            callback_settled(ticket_id=ticket_id, status=status)
             return "done"
         row_id = row["id"]
     body = json.dumps(callback_payload(ticket), separators=(",", ":")).encode()
@@ -83,15 +86,26 @@ def callback_deliver(*, ticket_id: str, status: str) -> str:
         ok, error = response.is_success, f"callback answered {response.status_code}"
     except httpx.HTTPError as exc:
         ok, error = False, f"{type(exc).__name__}: {exc}"
-    # One statement: the attempt is counted in Postgres, not read-modified-written; a failure never
-    # overwrites a concurrent delivery's success.
-    outcome = (
-        {"status": LedgerStatus.DONE, "finished_at": timezone.now()}
-        if ok
-        else {"status": LedgerStatus.FAILED, "last_error": error}
-    )
-    row = SideEffect.objects.filter(pk=row_id)
-    (row if ok else row.exclude(status=LedgerStatus.DONE)).update(attempts=F("attempts") + 1, **outcome)
     if not ok:
+        # One statement: the attempt is counted in Postgres, not read-modified-written; a failure
+        # never overwrites a concurrent delivery's success.
+        SideEffect.objects.filter(pk=row_id).exclude(status=LedgerStatus.DONE).update(
+            attempts=F("attempts") + 1, status=LedgerStatus.FAILED, last_error=error
+        )
         raise CallbackFailed(error)
+    with connection.cursor() as cursor:  # the ledger row done and the ticket's callback settled: one round trip
+        cursor.execute(_DELIVERED_SQL, [LedgerStatus.DONE.value, timezone.now(), row_id, ticket.pk, status])
     return "sent"
+
+
+_DELIVERED_SQL = (
+    f'WITH delivered AS (UPDATE "{SideEffect._meta.db_table}" SET "attempts" = "attempts" + 1, '
+    f'"status" = %s, "finished_at" = %s WHERE "id" = %s RETURNING "id") '
+    f'UPDATE "{Ticket._meta.db_table}" SET "callback_due_at" = NULL WHERE "id" = %s AND "status" = %s'
+)
+
+
+def callback_settled(*, ticket_id: str, status: str) -> None:
+    """Nothing more to send for the ticket's `status` (delivered, no URL, or given up): off the
+    sweeper's list — unless the ticket has moved to another terminal state, whose callback is due."""
+    Ticket.objects.filter(pk=ticket_id, status=status, callback_due_at__isnull=False).update(callback_due_at=None)

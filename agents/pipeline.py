@@ -21,14 +21,12 @@ from typing import Any
 from celery import current_app
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import CharField, Exists, OuterRef, Q, Value
-from django.db.models.functions import Cast, Concat
 from django.dispatch import Signal
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from agents.catalog import get_catalog
-from agents.models import DeadLetter, LedgerStatus, SideEffect, Stage, Trace, TraceStatus
+from agents.models import DeadLetter, Stage, Trace, TraceStatus
 from agents.stages import STAGES
 from agents.stages.types import StageContext, StageError, StageResult, TicketInput
 from agents.tools import OFFLINE_TOOLS, LedgerTools
@@ -463,6 +461,8 @@ def _commit(
         output=result.output,
     )
     changes = {"status": new_status, "stage_attempts": 0, "context": context, "updated_at": timezone.now(), **fields}
+    if new_status in TERMINAL:
+        changes["callback_due_at"] = changes["updated_at"]
     hop.add(trace, changes, cost, "escalated" if new_status == Status.ESCALATING else "ok")
     following = _fused_next(stage, variant, new_status, context)
     if following is None:
@@ -547,7 +547,9 @@ def _fail(
     error = {"error_class": f"{type(exc).__module__}.{type(exc).__qualname__}", "error_message": str(exc)[:4000]}
     with transaction.atomic():
         moved = Ticket.objects.filter(pk=ticket.pk, status=hop.status, stage_attempts=hop.attempts).update(
-            stage_attempts=attempt, updated_at=timezone.now(), **({"status": Status.DEAD_LETTERED} if final else {})
+            stage_attempts=attempt,
+            updated_at=timezone.now(),
+            **({"status": Status.DEAD_LETTERED, "callback_due_at": timezone.now()} if final else {}),
         )
         if moved != 1:
             return Outcome("duplicate")
@@ -648,8 +650,9 @@ def ticket_dismiss(*, ticket: Ticket, reason: str, reviewer: str = "", started_a
             raise IllegalTransition(f"ticket is {locked.status}; only a waiting ticket can be dismissed")
         check_transition(locked.status, Status.RESOLVED)
         locked.status, locked.action, locked.resolved_at = Status.RESOLVED, "dismissed", timezone.now()
+        locked.callback_due_at = locked.resolved_at
         locked.context = {**locked.context, "human": {"decision": "dismiss", "reason": reason}}
-        locked.save(update_fields=["status", "action", "resolved_at", "context", "updated_at"])
+        locked.save(update_fields=["status", "action", "resolved_at", "callback_due_at", "context", "updated_at"])
         trace = _decision_trace(locked, {"decision": "dismiss", "reason": reason, "reviewer": reviewer}, started_at)
         _announce(locked, trace, "ok", Status.RESOLVED, locked.context)
         _after_commit(str(locked.pk), Status.RESOLVED)
@@ -679,25 +682,16 @@ def tickets_sweep_stuck(*, older_than_seconds: int | None = None, limit: int = 1
     return len(stuck) + callbacks_sweep_lost(cutoff=cutoff, limit=limit)
 
 
-# A terminal ticket whose callback is neither delivered nor given up on is looked at for this long.
-CALLBACK_SWEEP_WINDOW = timedelta(days=1)
-
-
 def callbacks_sweep_lost(*, cutoff: Any, limit: int = 1000) -> int:
-    """Re-enqueue callbacks whose message was lost: terminal, a callback URL, nothing delivered yet."""
-    key = Concat(Cast(OuterRef("pk"), CharField()), Value(":callback:"), OuterRef("status"))
-    settled = SideEffect.objects.filter(idempotency_key=key).filter(
-        Q(status=LedgerStatus.DONE) | Q(attempts__gte=settings.PIPELINE["CALLBACK_MAX_ATTEMPTS"])
-    )
+    """Re-enqueue callbacks whose message was lost: terminal tickets whose callback has been due
+    since before `cutoff` (the partial index `ticket_callback_due` holds only those, so the sweep
+    costs the same at 10⁶ tickets as at 10³)."""
     lost = list(
-        Ticket.objects.filter(
-            status__in=list(TERMINAL), updated_at__lt=cutoff, updated_at__gte=timezone.now() - CALLBACK_SWEEP_WINDOW
-        )
-        .exclude(callback_url="", client__callback_url="")
-        .exclude(Exists(settled))
+        Ticket.objects.filter(callback_due_at__lt=cutoff)
+        .order_by("callback_due_at")
         .values_list("pk", "status")[:limit]
     )
     for pk, status in lost:
-        Ticket.objects.filter(pk=pk).update(updated_at=timezone.now())  # once per sweep period
+        Ticket.objects.filter(pk=pk).update(callback_due_at=timezone.now())  # once per sweep period
         current_app.send_task("agents.deliver_callback", args=[str(pk), status])
     return len(lost)

@@ -83,6 +83,7 @@ def deliver_callback(self: Task, ticket_id: str, status: str) -> str:
     except callbacks.CallbackFailed as exc:
         attempt = self.request.retries + 1
         if attempt >= settings.PIPELINE["CALLBACK_MAX_ATTEMPTS"]:
+            callbacks.callback_settled(ticket_id=ticket_id, status=status)
             return f"gave up: {exc}"
         raise self.retry(countdown=pipeline.backoff_seconds(attempt), max_retries=None) from exc
 

@@ -117,6 +117,9 @@ class Ticket(models.Model):
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
     resolved_at = models.DateTimeField(null=True, blank=True)
+    # Set by the write that makes the ticket terminal, cleared once its callback is delivered (or
+    # there is none, or it was given up on): the sweeper's list of callbacks that may be lost.
+    callback_due_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [
@@ -135,6 +138,12 @@ class Ticket(models.Model):
                 fields=["updated_at"],
                 condition=~Q(status__in=["resolved", "awaiting_review", "dead_lettered"]),
                 name="ticket_in_flight",
+            ),
+            # The callback sweep's query: only tickets whose callback is not settled yet.
+            models.Index(
+                fields=["callback_due_at"],
+                condition=Q(callback_due_at__isnull=False),
+                name="ticket_callback_due",
             ),
         ]
 

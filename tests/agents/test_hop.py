@@ -54,6 +54,7 @@ def test_a_resolved_hop_is_one_write_with_a_trace_row_per_stage(fused, ticket):
     assert outcome.kind == "committed"
     ticket.refresh_from_db()
     assert ticket.status == Status.RESOLVED and ticket.intent == "card_arrival"
+    assert ticket.callback_due_at == ticket.updated_at  # on the sweeper's list until its callback is settled
     assert stages_of(ticket) == [(s, "ok") for s in ("parse", "classify", "decide", "execute")]
     writes = [q["sql"] for q in queries if q["sql"].lstrip().upper().startswith(("UPDATE", "WITH", "INSERT"))]
     # the ledger's record of the reply, then the ticket's move with its four trace rows

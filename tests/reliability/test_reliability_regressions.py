@@ -6,6 +6,9 @@ import time
 from datetime import timedelta
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 from kombu.exceptions import OperationalError
 
 from agents.models import DeadLetter, Intent
@@ -70,12 +73,30 @@ def test_a_callback_whose_message_was_lost_is_sent_by_the_sweeper(pipeline, api,
     from agents import pipeline as pipeline_service
 
     _, client = api(callback_url=recorder.url)
-    ticket = Ticket.objects.create(client=client, body="hello", status=Status.RESOLVED, reply="done")
-    Ticket.objects.filter(pk=ticket.pk).update(updated_at=ticket.updated_at - timedelta(minutes=10))
+    long_ago = timezone.now() - timedelta(minutes=10)
+    lost = Ticket.objects.create(client=client, body="hello", status=Status.RESOLVED, reply="done")
+    told = Ticket.objects.create(client=client, body="hi", status=Status.RESOLVED, reply="done")
+    # `lost` became terminal ten minutes ago and its callback never went; `told`'s was delivered.
+    Ticket.objects.filter(pk=lost.pk).update(callback_due_at=long_ago, updated_at=long_ago)
+    Ticket.objects.filter(pk=told.pk).update(callback_due_at=None, updated_at=long_ago)
 
     pipeline_service.tickets_sweep_stuck(older_than_seconds=60)
 
     wait_for(lambda: recorder.requests, timeout=5, what="the callback")
+    wait_for(lambda: Ticket.objects.get(pk=lost.pk).callback_due_at is None, timeout=5, what="the callback settled")
+    assert [body["ticket"]["id"] for body in recorder.json_bodies()] == [str(lost.pk)]
+
+
+def test_the_callback_sweep_reads_only_the_callbacks_still_due(db):
+    from agents import pipeline as pipeline_service
+
+    with CaptureQueriesContext(connection) as queries:
+        pipeline_service.callbacks_sweep_lost(cutoff=timezone.now())
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")  # an empty test table is cheaper to scan
+        cursor.execute("EXPLAIN " + queries[0]["sql"])
+        plan = " ".join(row[0] for row in cursor.fetchall())
+    assert "ticket_callback_due" in plan, plan  # the partial index applies: cost does not grow with the table
 
 
 def test_an_outage_of_the_system_of_record_is_a_503_with_retry_after(db, api, monkeypatch):
