@@ -246,3 +246,69 @@ def test_simulate_learning_streams_through_the_system_answers_escalations_and_pl
     assert 0 <= summary["overall"]["automated"] <= 1
     assert Feedback.objects.filter(human_intent__in=keep).exists()  # escalations were answered
     assert ModelVersion.objects.filter(n_feedback__gt=0).exists()
+
+
+def test_the_retrain_command_trains_activates_and_rolls_back(small_base):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    out, err = StringIO(), StringIO()
+    call_command("retrain", stdout=out, stderr=err)
+    first = ModelVersion.objects.get(is_active=True)
+    assert first.version in out.getvalue() and "%" in err.getvalue()  # the version, and a progress bar
+
+    skipped = StringIO()
+    call_command("retrain", "--if-missing", stdout=skipped)
+    assert "nothing to do" in skipped.getvalue() and ModelVersion.objects.count() == 1
+
+    Intent.objects.create(name="pin_blocked", threshold=0.9, allowed_actions=["reply"])
+    call_command("retrain", "--force", stdout=StringIO(), stderr=StringIO())
+    assert ModelVersion.objects.count() == 2
+    call_command("retrain", "--rollback", stdout=(back := StringIO()))
+    assert ModelVersion.objects.get(is_active=True).version == first.version and first.version in back.getvalue()
+
+
+def test_the_evaluate_command_reports_the_active_model_on_a_labelled_file(small_base, tmp_path):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    learning.model_retrain()
+    data = tmp_path / "eval.csv"
+    with data.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["text", "category"])
+        writer.writerows(small_base[::7])
+
+    as_json = StringIO()
+    call_command("evaluate", "--data", str(data), "--json", stdout=as_json)
+    report = json.loads(as_json.getvalue())
+    assert report["n_examples"] == len(small_base[::7]) and report["accuracy"] > 0.8
+    assert 0 < report["automated_share"] <= 1 and report["automated_precision"] > 0.8
+    assert report["model_version"] == ModelVersion.objects.get(is_active=True).version
+    assert {"per_intent", "confused_pairs", "macro_f1"} <= set(report)
+
+    text = StringIO()
+    call_command("evaluate", "--data", str(data), stdout=text)
+    assert "accuracy" in text.getvalue().lower() and str(data) in text.getvalue()
+
+
+def test_the_evaluate_command_refuses_a_bad_file_clearly(small_base, tmp_path):
+    from django.core.management import CommandError, call_command
+
+    learning.model_retrain()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("sentence,label\nhello,card_arrival\n")
+
+    with pytest.raises(CommandError, match="text"):
+        call_command("evaluate", "--data", str(bad))
+    with pytest.raises(CommandError):
+        call_command("evaluate", "--data", str(tmp_path / "missing.csv"))
+
+
+def test_the_evaluate_command_needs_an_active_model(db, tmp_path):
+    from django.core.management import CommandError, call_command
+
+    with pytest.raises(CommandError, match="no active local model"):
+        call_command("evaluate", "--data", str(tmp_path / "any.csv"))
