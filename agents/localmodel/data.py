@@ -1,4 +1,5 @@
 """Loading labelled intent data from CSV files."""
+
 from __future__ import annotations
 
 import csv

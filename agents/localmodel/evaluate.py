@@ -1,4 +1,5 @@
 """Scoring an IntentModel on labelled data and printing the result."""
+
 from __future__ import annotations
 
 from collections import Counter

@@ -1,15 +1,17 @@
 """The trained intent classifier: features, linear scores, calibrated confidence, thresholds."""
+
 from __future__ import annotations
 
 import hashlib
 import pickle
+import re
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the vectorizer pickled apart, beside plain-data blocks for one text
 
 
 @dataclass(frozen=True)
@@ -29,35 +31,105 @@ def softmax_rows(scores: np.ndarray) -> np.ndarray:
     return shifted
 
 
-def _fast_blocks(vectorizer: Any) -> list[tuple[Any, dict, np.ndarray, int]] | None:
-    """(analyzer, vocabulary, idf, column offset) per tf-idf block, or None when the features are not plain tf-idf."""
-    try:
-        from sklearn.feature_extraction.text import TfidfVectorizer
-        from sklearn.pipeline import FeatureUnion
-    except ImportError:  # pragma: no cover - sklearn is a dependency
+_WHITE_SPACES = re.compile(r"\s\s+")
+
+
+def _lean_blocks(vectorizer: Any) -> list[dict[str, Any]] | None:
+    """What the single-text path needs of each tf-idf block — analyzer settings, vocabulary, idf,
+    column offset — as plain data, or None when the features are not plain tf-idf. Stored in the
+    model's bytes, so a worker classifies without importing scikit-learn (or SciPy: ~100 MB)."""
+    if isinstance(vectorizer, _LazyVectorizer):
         return None
-    if isinstance(vectorizer, TfidfVectorizer):
-        parts = [vectorizer]
-    elif isinstance(vectorizer, FeatureUnion) and not vectorizer.transformer_weights:
-        parts = [t for _, t in vectorizer.transformer_list]
+    parts = getattr(vectorizer, "transformer_list", None)
+    if parts is not None:
+        if getattr(vectorizer, "transformer_weights", None):
+            return None
+        parts = [t for _, t in parts]
     else:
-        return None
-    blocks = []
-    offset = 0
+        parts = [vectorizer]
+    blocks, offset = [], 0
     for part in parts:
         if not (
-            isinstance(part, TfidfVectorizer)
+            type(part).__name__ == "TfidfVectorizer"
             and part.use_idf
             and part.sublinear_tf
             and part.norm == "l2"
             and not part.binary
+            and part.lowercase
+            and part.analyzer in ("word", "char_wb")
+            and part.preprocessor is None
+            and part.tokenizer is None
+            and part.strip_accents is None
+            and part.stop_words is None
             and hasattr(part, "idf_")
         ):
             return None
         idf = np.asarray(part.idf_, dtype=np.float64)
-        blocks.append((part.build_analyzer(), part.vocabulary_, idf, offset))
+        blocks.append(
+            {
+                "analyzer": part.analyzer,
+                "ngram_range": tuple(part.ngram_range),
+                "token_pattern": part.token_pattern,
+                "vocabulary": dict(part.vocabulary_),
+                "idf": idf,
+                "offset": offset,
+            }
+        )
         offset += len(idf)
     return blocks
+
+
+def _analyzer(block: dict[str, Any]) -> Any:
+    """scikit-learn's analyzer for the block, written out (lowercase, then word or char_wb n-grams);
+    tests/agents/localmodel check it against scikit-learn's on the whole training split."""
+    low, high = block["ngram_range"]
+    if block["analyzer"] == "word":
+        pattern = re.compile(block["token_pattern"])
+
+        def words(doc: str) -> list[str]:
+            tokens = pattern.findall(doc.lower())
+            grams = list(tokens) if low == 1 else []
+            for n in range(max(low, 2), min(high, len(tokens)) + 1):
+                grams += [" ".join(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+            return grams
+
+        return words
+
+    def chars(doc: str) -> list[str]:
+        grams: list[str] = []
+        for word in _WHITE_SPACES.sub(" ", doc.lower()).split():
+            word = f" {word} "
+            for n in range(low, high + 1):
+                offset = 0
+                grams.append(word[offset : offset + n])
+                while offset + n < len(word):
+                    offset += 1
+                    grams.append(word[offset : offset + n])
+                if offset == 0:  # a word shorter than n counts once
+                    break
+        return grams
+
+    return chars
+
+
+class _LazyVectorizer:
+    """The scikit-learn vectorizer of a loaded model, unpickled on first use (batch scoring,
+    evaluation), so a worker that only classifies one request at a time never imports it."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+        self._loaded: Any = None
+
+    def get(self) -> Any:
+        if self._loaded is None:
+            self._loaded = pickle.loads(self.data)
+        return self._loaded
+
+    def transform(self, texts: list[str]) -> Any:
+        return self.get().transform(texts)
+
+    def __reduce__(self) -> Any:  # pickles as the vectorizer itself
+        return (pickle.loads, (self.data,))
 
 
 @dataclass
@@ -77,13 +149,18 @@ class IntentModel:
     # (agents/localmodel/embed.py), named here, loaded once per process, never pickled with the model.
     embedding: str | None = None
     embedding_weight: float = 1.0
+    lean: list[dict[str, Any]] | None = None  # _lean_blocks(vectorizer); derived when not given
 
     def __post_init__(self) -> None:
         """Normalise array types and derive the version tag when none was given."""
         self.coef = np.ascontiguousarray(self.coef, dtype=np.float32)
         self.intercept = np.asarray(self.intercept, dtype=np.float32).ravel()
         self._coef_t = np.ascontiguousarray(self.coef.T)
-        self._blocks = _fast_blocks(self.vectorizer)
+        if self.lean is None:
+            self.lean = _lean_blocks(self.vectorizer)
+        self._blocks = (
+            None if self.lean is None else [(_analyzer(b), b["vocabulary"], b["idf"], b["offset"]) for b in self.lean]
+        )
         self._embedder = None
         self._n_sparse = self.coef.shape[1]
         if self.embedding:
@@ -176,7 +253,10 @@ class IntentModel:
         """Everything needed to rebuild the model, except the version tag."""
         state = {
             "format": FORMAT_VERSION,
-            "vectorizer": self.vectorizer,
+            "vectorizer": self.vectorizer.data
+            if isinstance(self.vectorizer, _LazyVectorizer)
+            else pickle.dumps(self.vectorizer, protocol=pickle.HIGHEST_PROTOCOL),
+            "lean": self.lean,
             "coef": self.coef,
             "intercept": self.intercept,
             "intents": list(self.intents),
@@ -209,7 +289,8 @@ class IntentModel:
         if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
             raise ValueError("not a serialized IntentModel (unknown format)")
         return cls(
-            vectorizer=state["vectorizer"],
+            vectorizer=_LazyVectorizer(state["vectorizer"]),
+            lean=state["lean"],
             coef=state["coef"],
             intercept=state["intercept"],
             intents=list(state["intents"]),

@@ -1,4 +1,5 @@
 """Training the intent classifier, choosing thresholds, and honest cross-validation."""
+
 from __future__ import annotations
 
 import math
@@ -24,7 +25,9 @@ SVM_C = 0.5
 # Mean- and max-pooled wordllama vectors: +1.4 points accuracy, +4.7 points automated share in nested CV.
 EMBEDDING: str | None = "wordllama:l2_supercat_256:meanmax"
 EMBEDDING_WEIGHT = 1.0
-SVM_MULTI_CLASS = "crammer_singer"  # joint multi-class margin: +0.8 points automated share in nested CV vs "ovr", 3x the fit time
+SVM_MULTI_CLASS = (
+    "crammer_singer"  # joint multi-class margin: +0.8 points automated share in nested CV vs "ovr", 3x the fit time
+)
 # An intent gets its own threshold only with at least this many OOF predictions ...
 MIN_SUPPORT = 30
 # ... and only when a Wilson bound at this z shows it differs from the global threshold: lower when the
@@ -74,9 +77,7 @@ def build_vectorizer(n_texts: int = 1000) -> FeatureUnion:
         [
             (
                 "word",
-                TfidfVectorizer(
-                    ngram_range=(1, 2), sublinear_tf=True, token_pattern=r"(?u)\b\w+\b", dtype=np.float32
-                ),
+                TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, token_pattern=r"(?u)\b\w+\b", dtype=np.float32),
             ),
             (
                 "char",
