@@ -286,11 +286,12 @@ class IntentModel:
             state = pickle.loads(zlib.decompress(data))
         except (zlib.error, pickle.UnpicklingError, EOFError) as exc:
             raise ValueError(f"not a serialized IntentModel: {exc}") from exc
-        if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
+        if not isinstance(state, dict) or state.get("format") not in (1, FORMAT_VERSION):
             raise ValueError("not a serialized IntentModel (unknown format)")
+        legacy = state["format"] == 1  # the vectorizer inline (imports scikit-learn); lean blocks derived
         return cls(
-            vectorizer=_LazyVectorizer(state["vectorizer"]),
-            lean=state["lean"],
+            vectorizer=state["vectorizer"] if legacy else _LazyVectorizer(state["vectorizer"]),
+            lean=None if legacy else state["lean"],
             coef=state["coef"],
             intercept=state["intercept"],
             intents=list(state["intents"]),

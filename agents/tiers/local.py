@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Mapping
@@ -9,6 +10,8 @@ from collections.abc import Mapping
 from agents.localmodel.model import IntentModel
 from agents.models import ModelVersion
 from agents.stages.types import IntentPolicy, TierAnswer
+
+log = logging.getLogger(__name__)
 
 # How often a worker asks which version is active; activation reaches every worker within this.
 CHECK_EVERY_SECONDS = 5.0
@@ -36,7 +39,16 @@ class LocalModelTier:
             active = ModelVersion.objects.filter(is_active=True).values_list("version", flat=True).first()
             if active != self._version:
                 blob = ModelVersion.objects.filter(version=active).values_list("blob", flat=True).first()
-                self._model = IntentModel.from_bytes(bytes(blob)) if blob is not None else None
+                try:
+                    self._model = IntentModel.from_bytes(bytes(blob)) if blob is not None else None
+                except Exception:
+                    # A version this code cannot load must not fail every classify (and dead-letter
+                    # every ticket): keep what was loaded before, or abstain, and say so at each check.
+                    log.exception("local model %s cannot be loaded; keeping %s", active, self._version or "none")
+                    if self._model is None:
+                        self._version = None
+                    self._checked = now
+                    return self._model
                 self._version = active
             self._checked = now
         return self._model

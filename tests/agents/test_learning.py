@@ -312,3 +312,20 @@ def test_the_evaluate_command_needs_an_active_model(db, tmp_path):
 
     with pytest.raises(CommandError, match="no active local model"):
         call_command("evaluate", "--data", str(tmp_path / "any.csv"))
+
+
+def test_a_model_version_the_worker_cannot_load_is_skipped_not_fatal(small_base, caplog):
+    first, _, _ = learning.model_retrain()
+    tier = LocalModelTier()
+    assert tier.classify("my card has not arrived", {}) is not None
+    broken = ModelVersion.objects.create(version="broken", n_examples=1, blob=b"not a model")
+    ModelVersion.objects.filter(pk=first.pk).update(is_active=False)
+    ModelVersion.objects.filter(pk=broken.pk).update(is_active=True)
+    tier._checked = float("-inf")
+
+    answer = tier.classify("my card has not arrived", {})
+
+    assert answer is not None and answer.model == f"local:{first.version}"  # the loaded one goes on
+    assert "cannot be loaded" in caplog.text
+    fresh = LocalModelTier()
+    assert fresh.classify("my card has not arrived", {}) is None  # nothing loaded yet: abstain, no crash

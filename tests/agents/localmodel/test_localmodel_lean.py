@@ -59,3 +59,20 @@ def test_a_worker_that_classifies_never_imports_scikit_learn(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["card_arrival", "False", "False"], out.stderr
+
+
+def test_a_model_stored_in_the_first_format_still_loads(texts):
+    import pickle
+    import zlib
+
+    texts_, labels = load_csv(TRAIN)
+    keep = [i for i, y in enumerate(labels) if y in {"card_arrival", "exchange_rate", "pin_blocked"}]
+    model = train_model([texts_[i] for i in keep], [labels[i] for i in keep], folds=2)
+    state = {**model._state(), "format": 1, "vectorizer": model.vectorizer, "version": model.version}
+    del state["lean"]
+    old = zlib.compress(pickle.dumps(state))  # what an active model from before the upgrade holds
+
+    loaded = IntentModel.from_bytes(old)
+
+    assert loaded.predict("my card has still not arrived").intent == "card_arrival"
+    assert np.allclose(loaded.score_one(texts[5]), model.score_one(texts[5]))
