@@ -20,12 +20,11 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from django.db.models import BooleanField, ExpressionWrapper, Q
 from django.utils import timezone
 from prometheus_client import Counter, Histogram
 
 from project.logging import bind
-from tickets.models import TERMINAL, Ticket
+from tickets.models import TERMINAL
 
 log = logging.getLogger("agents.stage")
 
@@ -99,26 +98,6 @@ def limiter_wait(model: str) -> Iterator[None]:
         observe_limiter_wait(model, time.perf_counter() - t0)
 
 
-def ticket_path(ticket_id: str) -> str:
-    """How a settled ticket got there: `human` (a reviewer decided), `llm` (a stage was handed
-    over to Claude) or `core` (the cheap tiers alone). One primary-key read per settled ticket."""
-    row = (
-        Ticket.objects.filter(pk=ticket_id)
-        .annotate(
-            human=ExpressionWrapper(Q(context__has_key="human"), output_field=BooleanField()),
-            llm=ExpressionWrapper(
-                Q(context__has_any_keys=[f"{s}_cpu" for s in ("parse", "classify", "decide", "execute")]),
-                output_field=BooleanField(),
-            ),
-        )
-        .values_list("human", "llm")
-        .first()
-    )
-    if row is None:
-        return "core"
-    return "human" if row[0] else "llm" if row[1] else "core"
-
-
 def _handed_over(stage: str, outcome: str, new_status: str) -> bool:
     # A hand-over commits the attempt but leaves the ticket in the same stage's status.
     from agents.pipeline import STAGE_STATUS
@@ -141,7 +120,7 @@ def record_stage(
     new_status: str,
     ticket_id: str,
     created_at: datetime | None,
-    path: str | None = None,
+    path: str = "core",
     **_: Any,
 ) -> None:
     """Move the metrics for one persisted stage attempt."""
@@ -163,7 +142,7 @@ def record_stage(
             COST.labels(label).inc(cost_usd)
     if new_status in TERMINAL and created_at is not None:
         elapsed = (timezone.now() - created_at).total_seconds()
-        END_TO_END.labels(new_status, path or ticket_path(ticket_id)).observe(max(elapsed, 0.0))
+        END_TO_END.labels(new_status, path).observe(max(elapsed, 0.0))
 
 
 def log_stage(

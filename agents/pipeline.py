@@ -30,7 +30,7 @@ from agents.models import DeadLetter, Stage, Trace, TraceStatus
 from agents.stages import STAGES
 from agents.stages.types import StageContext, StageError, StageResult, TicketInput
 from agents.tools import OFFLINE_TOOLS, LedgerTools
-from tickets.models import TERMINAL, IllegalTransition, Status, Ticket, check_transition
+from tickets.models import SETTLED_STATUSES, TERMINAL, IllegalTransition, Status, Ticket, check_transition
 
 log = logging.getLogger(__name__)
 
@@ -299,6 +299,17 @@ class _Hop:
         self.changes, self.cost, self.traces, self.announcements = {}, Decimal(0), [], []
         return True
 
+    def touch(self, ticket: Ticket) -> bool:
+        """Write what is pending, or else mark the row alive (`updated_at`) for the sweeper; False
+        when the row had moved on."""
+        if self.traces:
+            return self.flush(ticket)
+        return bool(
+            Ticket.objects.filter(pk=ticket.pk, status=self.status, stage_attempts=self.attempts).update(
+                updated_at=timezone.now()
+            )
+        )
+
 
 def stage_run(*, ticket_id: str, stage: str, variant: str = "cpu") -> Outcome:
     """Run `stage` for the ticket if it is still waiting for it, then the stages fused after it
@@ -324,11 +335,8 @@ def _stage_once(ticket: Ticket, stage: str, variant: str, hop: _Hop) -> Outcome:
         if waiting:
             # Serialised per customer: decide only after every older request of the same customer
             # has settled, so its history includes them and two replies never race. Not an attempt.
-            # Touched (by the write of the stages before it, or here), so the sweeper sees a live
-            # wait loop and does not start a second one.
-            if not hop.traces:
-                Ticket.objects.filter(pk=ticket.pk, status=hop.status).update(updated_at=timezone.now())
-            elif not hop.flush(ticket):
+            # Touched, so the sweeper sees a live wait loop and does not start a second one.
+            if not hop.touch(ticket):
                 return Outcome("duplicate")
             return Outcome("waiting", retry_in=settings.PIPELINE["CUSTOMER_WAIT_SECONDS"])
     attempt = ticket.stage_attempts + 1
@@ -354,12 +362,7 @@ def _deferred_too_long(ticket: Ticket) -> bool:
 def _defer(ticket: Ticket, hop: _Hop, exc: StageError) -> Outcome:
     """Nothing failed, the call was only put off (the shared rate limit is busy, a message batch is
     pending): not an attempt and no trace row; the ticket is touched so the sweeper sees it alive."""
-    if hop.traces:
-        if not hop.flush(ticket):
-            return Outcome("duplicate")
-    elif not Ticket.objects.filter(pk=ticket.pk, status=hop.status, stage_attempts=hop.attempts).update(
-        updated_at=timezone.now()
-    ):
+    if not hop.touch(ticket):
         return Outcome("duplicate")
     log.info("ticket %s put off %.1f s: %s", ticket.pk, exc.retry_after or 0.0, exc)
     return Outcome("waiting", retry_in=max(exc.retry_after or 0.0, 0.1))
@@ -659,18 +662,15 @@ def ticket_dismiss(*, ticket: Ticket, reason: str, reviewer: str = "", started_a
     return locked
 
 
-IN_FLIGHT_INDEX_TERMINAL = ["resolved", "awaiting_review", "dead_lettered"]  # tickets.Ticket.Meta, ticket_in_flight
-
-
 def tickets_sweep_stuck(*, older_than_seconds: int | None = None, limit: int = 1000) -> int:
     """Re-enqueue in-flight tickets untouched for too long (their message may be lost)."""
     age = older_than_seconds if older_than_seconds is not None else settings.PIPELINE["STUCK_AFTER_SECONDS"]
     cutoff = timezone.now() - timedelta(seconds=age)
-    # Written as the partial index `ticket_in_flight` is (not terminal, the same list in the same
-    # order), so Postgres can prove the index applies: `status IN (<in-flight>)` it cannot, and then
-    # read every ticket of the client's status index each period (0.6 s at 10⁶ tickets).
+    # Written as the partial index `ticket_in_flight` is (the same condition), so Postgres can prove
+    # the index applies: `status IN (<in-flight>)` it cannot, and then read every ticket of the
+    # client's status index each period (0.6 s at 10⁶ tickets).
     stuck = list(
-        Ticket.objects.exclude(status__in=IN_FLIGHT_INDEX_TERMINAL)
+        Ticket.objects.exclude(status__in=SETTLED_STATUSES)
         .filter(updated_at__lt=cutoff)
         .order_by("updated_at")
         .values_list("pk", "status", "context")[:limit]

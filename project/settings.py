@@ -209,27 +209,11 @@ LLM_ENABLED = bool(ANTHROPIC_API_KEY)
 LLM_TIER = os.environ.get("LLM_TIER", "agents.llm.tier.ClaudeTier")
 
 # --- The Claude tier (agents/llm; every key, its default and its meaning: agents/llm/config.py) -
-# Prices are USD per million tokens: check them against Anthropic's price list.
+# Prices (USD per million tokens) live only in agents.llm.config.DEFAULTS; override them here by class.
 LLM = {
     "MODELS": {
-        "small": {
-            "id": os.environ.get("LLM_SMALL_MODEL", "claude-haiku-4-5"),
-            "input": 1.00,
-            "output": 5.00,
-            "cache_write": 1.25,
-            "cache_read": 0.10,
-            "batch_input": 0.50,
-            "batch_output": 2.50,
-        },
-        "large": {
-            "id": os.environ.get("LLM_LARGE_MODEL", "claude-sonnet-4-6"),
-            "input": 3.00,
-            "output": 15.00,
-            "cache_write": 3.75,
-            "cache_read": 0.30,
-            "batch_input": 1.50,
-            "batch_output": 7.50,
-        },
+        "small": {"id": os.environ.get("LLM_SMALL_MODEL", "claude-haiku-4-5")},
+        "large": {"id": os.environ.get("LLM_LARGE_MODEL", "claude-sonnet-4-6")},
     },
     # The account's limits per model class, for all workers together (0 = unlimited).
     "LIMITS": {

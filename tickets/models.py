@@ -46,7 +46,10 @@ class Status(models.TextChoices):
     DEAD_LETTERED = "dead_lettered"
 
 
-TERMINAL = frozenset({Status.RESOLVED, Status.AWAITING_REVIEW, Status.DEAD_LETTERED})
+# The terminal states as a list in a fixed order: the partial index `ticket_in_flight` is defined with
+# it, and the sweeper's query must spell its condition the same way for Postgres to use the index.
+SETTLED_STATUSES = [Status.RESOLVED.value, Status.AWAITING_REVIEW.value, Status.DEAD_LETTERED.value]
+TERMINAL = frozenset(SETTLED_STATUSES)
 IN_FLIGHT = frozenset(set(Status) - TERMINAL)
 
 # The state machine: every legal move. Anything in flight may be escalated or dead-lettered;
@@ -136,7 +139,7 @@ class Ticket(models.Model):
             # The sweeper's query: in-flight tickets by age.
             models.Index(
                 fields=["updated_at"],
-                condition=~Q(status__in=["resolved", "awaiting_review", "dead_lettered"]),
+                condition=~Q(status__in=SETTLED_STATUSES),
                 name="ticket_in_flight",
             ),
             # The callback sweep's query: only tickets whose callback is not settled yet.

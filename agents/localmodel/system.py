@@ -18,7 +18,7 @@ import numpy as np
 import yaml
 
 from .model import IntentModel
-from .train import _encode, _splits, train_model
+from .train import fold_models
 
 DEFAULT_PACK = Path(__file__).resolve().parents[1] / "packs" / "banking77.yaml"
 # As agents.learning's defaults: the floors and cap model_activate() applies to a model's thresholds.
@@ -110,23 +110,10 @@ def system_cross_validate(
     from agents.tiers.rules import RulesTier
 
     entries = load_pack(pack)
-    _, y = _encode(labels)
     rows: list[dict[str, Any]] = []
-    splits = _splits(y, folds, seed)
-    for k, (tr, te) in enumerate(splits):
-
-        def inner(stage: str, done: int, total: int, k: int = k) -> None:
-            if progress:
-                progress(f"fold {k + 1}/{len(splits)}: {stage}", done, total)
-
-        model = train_model(
-            [texts[i] for i in tr],
-            [labels[i] for i in tr],
-            target_precision=target_precision,
-            folds=max(2, folds - 1),
-            seed=seed,
-            progress=inner,
-        )
+    for _, te, model in fold_models(
+        texts, labels, target_precision=target_precision, folds=folds, seed=seed, progress=progress
+    ):
         catalog = catalog_for(entries, model)
         tiers = [RulesTier(), FoldModelTier(model)]
         for i in te:

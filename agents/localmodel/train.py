@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import cache
 
 import numpy as np
@@ -425,6 +425,36 @@ def expected_calibration_error(conf: np.ndarray, correct: np.ndarray, bins: int 
     return float(total / max(len(conf), 1))
 
 
+def fold_models(
+    texts: list[str],
+    labels: list[str],
+    *,
+    target_precision: float = 0.98,
+    folds: int = 5,
+    seed: int = 0,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> Iterator[tuple[int, np.ndarray, IntentModel]]:
+    """The outer folds of a nested CV: `(k, held-out indices, model trained on the rest)`, the model's
+    own thresholds chosen by an inner CV on its training part only."""
+    _, y = _encode(labels)
+    splits = _splits(y, folds, seed)
+    for k, (tr, te) in enumerate(splits):
+
+        def inner(stage: str, done: int, total: int, k: int = k) -> None:
+            if progress:
+                progress(f"fold {k + 1}/{len(splits)}: {stage}", done, total)
+
+        model = train_model(
+            [texts[i] for i in tr],
+            [labels[i] for i in tr],
+            target_precision=target_precision,
+            folds=max(2, folds - 1),
+            seed=seed,
+            progress=inner,
+        )
+        yield k, te, model
+
+
 def cross_validate(
     texts: list[str],
     labels: list[str],
@@ -438,28 +468,14 @@ def cross_validate(
     _check(texts, labels)
     texts = [str(t) for t in texts]
     labels = list(labels)
-    _, y = _encode(labels)
-    splits = _splits(y, folds, seed)
-    inner_folds = max(2, folds - 1)
     y_true: list[str] = []
     y_pred: list[str] = []
     conf: list[float] = []
     auto: list[bool] = []
     per_fold = []
-    for k, (tr, te) in enumerate(splits):
-
-        def inner(stage: str, done: int, total: int, k: int = k) -> None:
-            if progress:
-                progress(f"fold {k + 1}/{len(splits)}: {stage}", done, total)
-
-        model = train_model(
-            [texts[i] for i in tr],
-            [labels[i] for i in tr],
-            target_precision=target_precision,
-            folds=inner_folds,
-            seed=seed,
-            progress=inner,
-        )
+    for k, te, model in fold_models(
+        texts, labels, target_precision=target_precision, folds=folds, seed=seed, progress=progress
+    ):
         held_texts = [texts[i] for i in te]
         held_labels = [labels[i] for i in te]
         fold_report = evaluate(model, held_texts, held_labels)
@@ -485,15 +501,15 @@ def cross_validate(
     report.update(
         {
             "method": method_description(),
-            "folds": len(splits),
-            "inner_folds": inner_folds,
+            "folds": len(per_fold),
+            "inner_folds": max(2, folds - 1),
             "seed": seed,
             "target_precision": target_precision,
             "expected_calibration_error": expected_calibration_error(np.array(conf), correct),
             "per_fold": per_fold,
             "protocol": (
-                f"nested: for each of {len(splits)} outer folds, train_model() on the other folds "
-                f"(temperature and thresholds from its own {inner_folds}-fold out-of-fold predictions), "
+                f"nested: for each of {len(per_fold)} outer folds, train_model() on the other folds "
+                f"(temperature and thresholds from its own {max(2, folds - 1)}-fold out-of-fold predictions), "
                 "then predict the held-out fold; figures pool the held-out predictions"
             ),
         }
