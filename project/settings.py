@@ -120,7 +120,7 @@ if TESTING:
 CELERY_BROKER_URL = (not TESTING and os.environ.get("CELERY_BROKER_URL")) or REDIS_URL
 CACHES = {
     "default": {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "BACKEND": "project.cache.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": os.environ.get("CACHE_KEY_PREFIX", "ap") + BROKER_KEY_PREFIX,
     }

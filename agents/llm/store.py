@@ -1,28 +1,12 @@
-"""The Redis the Claude tier shares between workers: one connection pool per process and URL."""
+"""The Redis the Claude tier shares between workers (`project.redisconn`: one client per process and
+URL), and its keys."""
 
 from __future__ import annotations
 
-import threading
-
-import redis
-from django.conf import settings
-
 from agents.llm.config import llm_settings
+from project.redisconn import redis_client
 
-_lock = threading.Lock()
-_clients: dict[str, redis.Redis] = {}
-
-
-def redis_client() -> redis.Redis:
-    """A client for `settings.REDIS_URL` (thread-safe; its pool is shared by the worker's threads)."""
-    url = settings.REDIS_URL
-    client = _clients.get(url)
-    if client is None:
-        with _lock:
-            client = _clients.setdefault(
-                url, redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30)
-            )
-    return client
+__all__ = ["key", "redis_client"]
 
 
 def key(*parts: object) -> str:

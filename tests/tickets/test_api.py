@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import time
+import uuid
+from types import SimpleNamespace
+
 import pytest
+from rest_framework.renderers import JSONRenderer
 from rest_framework.test import APIClient
 
 from tests.factories import ticket_make, ticket_payload
@@ -126,6 +132,65 @@ def test_a_client_over_its_rate_is_told_when_to_come_back(api, settings):
         api_settings.reload()
         ClientRateThrottle.THROTTLE_RATES = api_settings.DEFAULT_THROTTLE_RATES
         cache.clear()
+
+
+def test_the_answer_to_a_submission_is_what_the_output_serializer_declares(http):
+    from tickets.api import TicketOutputSerializer
+
+    payload = ticket_payload(metadata={"a": [1, {"b": None}]}, priority="high", callback_url="https://example.com/cb")
+    response = post(http, payload)
+    ticket = Ticket.objects.get(pk=response.json()["id"])
+    assert response.json() == json.loads(JSONRenderer().render(TicketOutputSerializer(ticket).data))
+
+
+def _throttle(monkeypatch, rate, at):
+    from tickets.auth import ClientRateThrottle
+
+    throttle = ClientRateThrottle()
+    throttle.num_requests, throttle.duration = ClientRateThrottle().parse_rate(rate)
+    monkeypatch.setattr(throttle, "timer", lambda: at[0])
+    return throttle
+
+
+def test_the_throttle_weighs_the_previous_window_by_how_much_of_it_is_still_inside(db, monkeypatch):
+    from tickets.models import Client
+
+    request = SimpleNamespace(user=Client(pk=uuid.uuid4().int % 10**12))
+    start = (time.time() // 60 + 1) * 60  # a window boundary (the windows are aligned to the epoch)
+    at = [start + 1]
+    throttle = _throttle(monkeypatch, "10/min", at)
+    assert all(throttle.allow_request(request, None) for _ in range(10))
+    assert not throttle.allow_request(request, None)  # 10 in this window
+    at[0] = start + 60 + 15  # three quarters of the previous window still inside: 7.5 of its 10 count
+    assert all(throttle.allow_request(request, None) for _ in range(3))
+    assert not throttle.allow_request(request, None)  # 3 + 7.5 ≥ 10
+    assert throttle.wait() == pytest.approx(3, abs=0.01)  # once 70 % of it is inside: 3 + 7 < 10
+    at[0] = start + 60 + 57  # a twentieth left: 0.5 of a request counts
+    assert throttle.allow_request(request, None)
+
+
+def test_the_throttle_lets_requests_through_while_redis_is_unreachable(db, monkeypatch, caplog):
+    import redis
+
+    from tickets.auth import ClientRateThrottle
+    from tickets.models import Client
+
+    def down(**_):
+        raise redis.ConnectionError("connection refused")
+
+    monkeypatch.setattr(ClientRateThrottle, "_script", down)
+    throttle = _throttle(monkeypatch, "1/min", [time.time()])
+    request = SimpleNamespace(user=Client(pk=1))
+    assert throttle.allow_request(request, None) and throttle.allow_request(request, None)
+    assert "throttle not applied" in caplog.text
+
+
+def test_the_cache_keeps_one_redis_client_per_server(db):
+    from django.core.cache import cache
+
+    assert cache._cache.get_client() is cache._cache.get_client(write=True)
+    cache.set("k", [1, 2], 5)
+    assert cache.get("k") == [1, 2]
 
 
 @pytest.mark.parametrize(
