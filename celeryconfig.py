@@ -64,6 +64,7 @@ task_routes = {
     "agents.llm_batch_submit": {"queue": "llm"},
     "agents.llm_batch_poll": {"queue": "llm"},
     "agents.deliver_callback": {"queue": "webhooks"},
+    "agents.deliver_callbacks": {"queue": "webhooks"},
     "agents.sweep_stuck_tickets": {"queue": "maintenance"},
     "agents.retrain_local_model": {"queue": "maintenance"},
     "agents.archive_traces": {"queue": "maintenance"},

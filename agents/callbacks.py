@@ -5,17 +5,26 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import httpx
+from celery import current_app
+from django.conf import settings
 from django.db import connection
-from django.db.models import F
 from django.utils import timezone
 
 from agents.models import LedgerStatus, SideEffect
 from agents.tools import http_client, ledger_insert
-from tickets.models import Ticket
+from project.redisconn import redis_client
+from tickets.models import Client, Ticket
+
+_log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Signature"
 
@@ -60,52 +69,200 @@ class CallbackFailed(Exception):
     """The client's endpoint did not take the callback; worth trying again later."""
 
 
-def callback_deliver(*, ticket_id: str, status: str) -> str:
-    """POST the signed outcome once per (ticket, status); returns 'sent', 'done' or 'none'."""
-    ticket = Ticket.objects.select_related("client").get(pk=ticket_id)
-    url = ticket.effective_callback_url
-    if not url:
-        callback_settled(ticket_id=ticket_id, status=status)
-        return "none"
-    key = f"{ticket.id}:callback:{status}"
-    row_id = ledger_insert(ticket_id=str(ticket.id), idempotency_key=key, tool="callback", arguments={"url": url})
-    if row_id is None:  # an earlier delivery wrote the row: done, or to be tried again
-        row = SideEffect.objects.filter(idempotency_key=key).values("id", "status").get()
-        if row["status"] == LedgerStatus.DONE:
-            callback_settled(ticket_id=ticket_id, status=status)
-            return "done"
-        row_id = row["id"]
-    body = json.dumps(callback_payload(ticket), separators=(",", ":")).encode()
-    headers = {
-        "Content-Type": "application/json",
-        SIGNATURE_HEADER: sign(ticket.client.webhook_secret, body, int(time.time())),
-        "Idempotency-Key": key,
-    }
+# --- batched delivery ---------------------------------------------------------------------------
+# The terminal write sets `Ticket.callback_due_at` in the same statement as the state (Postgres is
+# the outbox). After the commit, `callback_due` makes sure a drain runs within the batching window:
+# the first terminal ticket of a window sets a short-lived flag in Redis and schedules one
+# `agents.deliver_callbacks` task; the others of the window only find the flag. A drain claims the
+# due rows a batch at a time (moving `callback_due_at` to a lease, with SKIP LOCKED, so concurrent
+# drains never share a row), POSTs each callback, and clears what was delivered in one statement.
+# A failed POST is due again after a backoff; a drain killed mid-batch leaves its rows to come
+# back when the lease ends; a drain never scheduled (Redis away) is the sweeper's to start. Under
+# load one Celery task carries many callbacks; at one ticket a second it is one task a ticket, as
+# before.
+_DRAIN_FLAG = "callbacks:drain"
+_executor: ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+
+
+def _cfg(name: str) -> Any:
+    return settings.PIPELINE[name]
+
+
+def callback_due() -> None:
+    """After a terminal commit: a drain runs within `CALLBACK_BATCH_WINDOW_MS` (one Redis round trip
+    for all but the first ticket of a window). Never raises: the sweeper covers a missed drain."""
+    window = max(1, int(_cfg("CALLBACK_BATCH_WINDOW_MS")))
     try:
-        response = http_client().post(url, content=body, headers=headers)
-        ok, error = response.is_success, f"callback answered {response.status_code}"
-    except httpx.HTTPError as exc:
-        ok, error = False, f"{type(exc).__name__}: {exc}"
-    if not ok:
-        # One statement: the attempt is counted in Postgres, not read-modified-written; a failure
-        # never overwrites a concurrent delivery's success.
-        SideEffect.objects.filter(pk=row_id).exclude(status=LedgerStatus.DONE).update(
-            attempts=F("attempts") + 1, status=LedgerStatus.FAILED, last_error=error
-        )
-        raise CallbackFailed(error)
-    with connection.cursor() as cursor:  # the ledger row done and the ticket's callback settled: one round trip
-        cursor.execute(_DELIVERED_SQL, [LedgerStatus.DONE.value, timezone.now(), row_id, ticket.pk, status])
-    return "sent"
+        first = redis_client().set(settings.BROKER_KEY_PREFIX + _DRAIN_FLAG, b"1", nx=True, px=window)
+        if first:
+            current_app.send_task("agents.deliver_callbacks", countdown=window / 1000)
+    except Exception as exc:  # Redis or the broker away: the ticket's callback_due_at stays set
+        _log.warning("callback drain not scheduled (the sweeper will send it): %s", exc)
 
 
-_DELIVERED_SQL = (
-    f'WITH delivered AS (UPDATE "{SideEffect._meta.db_table}" SET "attempts" = "attempts" + 1, '
-    f'"status" = %s, "finished_at" = %s WHERE "id" = %s RETURNING "id") '
-    f'UPDATE "{Ticket._meta.db_table}" SET "callback_due_at" = NULL WHERE "id" = %s AND "status" = %s'
+def drain_schedule(countdown: float | None = None) -> None:
+    """Start a drain (the sweeper, a failed callback's backoff, a replay by hand)."""
+    current_app.send_task("agents.deliver_callbacks", countdown=countdown)
+
+
+_PAYLOAD_FIELDS = {"id", "status", "idempotency_key", "customer_ref", "intent", "confidence", "action", "reply"}
+_PAYLOAD_FIELDS |= {"resolved_at", "callback_url"}
+# In the model's order: `Model.from_db` maps a partial row by it.
+_CLAIM_FIELDS = [f.name for f in Ticket._meta.concrete_fields if f.name in _PAYLOAD_FIELDS]
+_T, _C = Ticket._meta, Client._meta
+
+
+def _col(model_meta: Any, name: str) -> str:
+    return model_meta.get_field(name).column
+
+
+_RETURNING = ", ".join(f't."{_col(_T, n)}"' for n in _CLAIM_FIELDS)
+_CLAIM_SQL = (
+    f'UPDATE "{_T.db_table}" AS t SET "callback_due_at" = %s '
+    f'FROM (SELECT "id" FROM "{_T.db_table}" WHERE "callback_due_at" <= %s '
+    f'ORDER BY "callback_due_at" LIMIT %s FOR UPDATE SKIP LOCKED) AS due, "{_C.db_table}" AS c '
+    f'WHERE t."id" = due."id" AND c."id" = t."{_col(_T, "client")}" '
+    f'RETURNING {_RETURNING}, c."callback_url", c."webhook_secret"'
+)
+# Delivered (or nothing to send): the ledger rows done and the tickets off the list, in one
+# statement; a ticket that has moved to another terminal state since keeps its due callback.
+_SETTLE_SQL = (
+    f'WITH done AS (UPDATE "{SideEffect._meta.db_table}" SET "attempts" = "attempts" + 1, "status" = %s, '
+    f'"finished_at" = %s WHERE "id" = ANY(%s) AND "status" <> %s RETURNING "id") '
+    f'UPDATE "{_T.db_table}" AS t SET "callback_due_at" = NULL '
+    f'FROM unnest(%s::uuid[], %s::text[]) AS s("id", "status") WHERE t."id" = s."id" AND t."status" = s."status"'
 )
 
 
-def callback_settled(*, ticket_id: str, status: str) -> None:
-    """Nothing more to send for the ticket's `status` (delivered, no URL, or given up): off the
-    sweeper's list — unless the ticket has moved to another terminal state, whose callback is due."""
-    Ticket.objects.filter(pk=ticket_id, status=status, callback_due_at__isnull=False).update(callback_due_at=None)
+@dataclass
+class _Due:
+    ticket: Ticket
+    url: str
+    secret: str
+    key: str
+    row_id: int | None = None
+    error: str = ""
+
+
+def callbacks_drain(*, batch: int | None = None) -> int:
+    """Send every callback that is due, a batch at a time; returns how many were delivered."""
+    batch = batch or int(_cfg("CALLBACK_BATCH_SIZE"))
+    sent = 0
+    while True:
+        claimed = _claim(batch)
+        sent += _deliver(claimed)
+        if len(claimed) < batch:
+            return sent
+
+
+def _claim(limit: int) -> list[_Due]:
+    now = timezone.now()
+    lease = now + timedelta(seconds=2 * float(_cfg("WEBHOOK_TIMEOUT_SECONDS")) + 5)
+    with connection.cursor() as cursor:
+        cursor.execute(_CLAIM_SQL, [lease, now, limit])
+        rows = cursor.fetchall()
+    claimed = []
+    for row in rows:
+        ticket = Ticket.from_db(connection.alias, _CLAIM_ATTNAMES, row[: len(_CLAIM_FIELDS)])
+        client_url, secret = row[len(_CLAIM_FIELDS) :]
+        key = f"{ticket.id}:callback:{ticket.status}"
+        claimed.append(_Due(ticket=ticket, url=ticket.callback_url or client_url, secret=secret, key=key))
+    return claimed
+
+
+_CLAIM_ATTNAMES = [_T.get_field(n).attname for n in _CLAIM_FIELDS]
+
+
+def _deliver(claimed: list[_Due]) -> int:
+    settled: list[_Due] = []  # nothing (more) to send: no URL, or delivered before
+    to_send: list[_Due] = []
+    for due in claimed:
+        if not due.url:
+            settled.append(due)
+            continue
+        due.row_id = ledger_insert(
+            ticket_id=str(due.ticket.id), idempotency_key=due.key, tool="callback", arguments={"url": due.url}
+        )
+        if due.row_id is None:  # an earlier delivery wrote the row: done, or to be tried again
+            row = SideEffect.objects.filter(idempotency_key=due.key).values("id", "status").get()
+            if row["status"] == LedgerStatus.DONE:
+                settled.append(due)
+                continue
+            due.row_id = row["id"]
+        to_send.append(due)
+    if len(to_send) == 1:
+        _post(to_send[0])
+    elif to_send:
+        list(_pool().map(_post, to_send))
+    delivered = [d for d in to_send if not d.error]
+    _settle(settled + delivered, [d.row_id for d in delivered])
+    for due in to_send:
+        if due.error:
+            _failed(due)
+    return len(delivered)
+
+
+def _post(due: _Due) -> None:
+    body = json.dumps(callback_payload(due.ticket), separators=(",", ":")).encode()
+    headers = {
+        "Content-Type": "application/json",
+        SIGNATURE_HEADER: sign(due.secret, body, int(time.time())),
+        "Idempotency-Key": due.key,
+    }
+    try:
+        response = http_client().post(due.url, content=body, headers=headers)
+        if not response.is_success:
+            due.error = f"callback answered {response.status_code}"
+    except httpx.HTTPError as exc:
+        due.error = f"{type(exc).__name__}: {exc}" or "HTTP error"
+
+
+def _settle(dues: list[_Due], row_ids: list[int | None]) -> None:
+    if not dues:
+        return
+    done = LedgerStatus.DONE.value
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _SETTLE_SQL,
+            [done, timezone.now(), row_ids, done, [d.ticket.id for d in dues], [d.ticket.status for d in dues]],
+        )
+
+
+def _failed(due: _Due) -> None:
+    """Counted in the ledger (one statement: a failure never overwrites a concurrent success); due
+    again after a backoff, or given up after `CALLBACK_MAX_ATTEMPTS`."""
+    from agents.pipeline import backoff_seconds
+
+    with connection.cursor() as cursor:
+        cursor.execute(_FAILED_SQL, [LedgerStatus.FAILED.value, due.error[:4000], due.row_id, LedgerStatus.DONE.value])
+        row = cursor.fetchone()
+    if row is None:
+        return  # a concurrent delivery succeeded
+    attempts = row[0]
+    tickets = Ticket.objects.filter(pk=due.ticket.id, status=due.ticket.status, callback_due_at__isnull=False)
+    if attempts >= _cfg("CALLBACK_MAX_ATTEMPTS"):
+        _log.warning("callback for %s given up after %d attempts: %s", due.key, attempts, due.error)
+        tickets.update(callback_due_at=None)
+        return
+    delay = backoff_seconds(attempts)
+    tickets.update(callback_due_at=timezone.now() + timedelta(seconds=delay))
+    try:
+        drain_schedule(countdown=delay)
+    except Exception as exc:
+        _log.warning("callback retry not scheduled (the sweeper will send it): %s", exc)
+
+
+_FAILED_SQL = (
+    f'UPDATE "{SideEffect._meta.db_table}" SET "attempts" = "attempts" + 1, "status" = %s, "last_error" = %s '
+    f'WHERE "id" = %s AND "status" <> %s RETURNING "attempts"'
+)
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _executor
+    if _executor is None:
+        with _executor_lock:
+            if _executor is None:
+                _executor = ThreadPoolExecutor(int(_cfg("CALLBACK_CONCURRENCY")), thread_name_prefix="callback")
+    return _executor

@@ -25,6 +25,7 @@ from django.dispatch import Signal
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
+from agents.callbacks import callback_due, drain_schedule
 from agents.catalog import get_catalog
 from agents.models import DeadLetter, Stage, Trace, TraceStatus
 from agents.stages import STAGES
@@ -534,7 +535,7 @@ def _move_and_trace(
 
 def _after_commit(ticket_id: str, new_status: str, context: dict[str, Any] | None = None) -> None:
     if new_status in TERMINAL:
-        transaction.on_commit(lambda: current_app.send_task("agents.deliver_callback", args=[ticket_id, new_status]))
+        transaction.on_commit(callback_due)
     else:
         transaction.on_commit(lambda: stage_enqueue(ticket_id, STATUS_STAGE[new_status], context=context))
 
@@ -683,15 +684,13 @@ def tickets_sweep_stuck(*, older_than_seconds: int | None = None, limit: int = 1
 
 
 def callbacks_sweep_lost(*, cutoff: Any, limit: int = 1000) -> int:
-    """Re-enqueue callbacks whose message was lost: terminal tickets whose callback has been due
-    since before `cutoff` (the partial index `ticket_callback_due` holds only those, so the sweep
-    costs the same at 10⁶ tickets as at 10³)."""
-    lost = list(
-        Ticket.objects.filter(callback_due_at__lt=cutoff)
-        .order_by("callback_due_at")
-        .values_list("pk", "status")[:limit]
+    """Start a drain when a callback has been due since before `cutoff`: its drain was never
+    scheduled (Redis away at the commit), or died with its rows claimed (the lease ran out). The
+    partial index `ticket_callback_due` holds only due callbacks, so this read costs the same at
+    10⁶ tickets as at 10³. Returns how many are overdue (at most `limit`)."""
+    overdue = len(
+        Ticket.objects.filter(callback_due_at__lt=cutoff).order_by("callback_due_at").values_list("pk")[:limit]
     )
-    for pk, status in lost:
-        Ticket.objects.filter(pk=pk).update(callback_due_at=timezone.now())  # once per sweep period
-        current_app.send_task("agents.deliver_callback", args=[str(pk), status])
-    return len(lost)
+    if overdue:
+        drain_schedule()
+    return overdue

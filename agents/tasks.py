@@ -7,7 +7,6 @@ from typing import Any
 
 from celery import Task, shared_task
 from celery.signals import task_postrun, task_prerun, worker_init
-from django.conf import settings
 from django.db import close_old_connections, connections
 
 from agents import callbacks, obs_tasks, pipeline  # noqa: F401 - obs_tasks: archive beat, exporter, log context
@@ -75,17 +74,17 @@ def llm_stage(self: Task, ticket_id: str, stage: str) -> str:
     return outcome.kind
 
 
-@shared_task(name="agents.deliver_callback", bind=True, max_retries=None)
-def deliver_callback(self: Task, ticket_id: str, status: str) -> str:
-    """POST the signed outcome to the client's callback URL, retried with backoff."""
-    try:
-        return callbacks.callback_deliver(ticket_id=ticket_id, status=status)
-    except callbacks.CallbackFailed as exc:
-        attempt = self.request.retries + 1
-        if attempt >= settings.PIPELINE["CALLBACK_MAX_ATTEMPTS"]:
-            callbacks.callback_settled(ticket_id=ticket_id, status=status)
-            return f"gave up: {exc}"
-        raise self.retry(countdown=pipeline.backoff_seconds(attempt), max_retries=None) from exc
+@shared_task(name="agents.deliver_callbacks", acks_late=True)
+def deliver_callbacks() -> int:
+    """POST every callback that is due, a batch at a time (see `agents.callbacks`)."""
+    return callbacks.callbacks_drain()
+
+
+@shared_task(name="agents.deliver_callback")
+def deliver_callback(ticket_id: str = "", status: str = "") -> int:
+    """The one-callback-per-task name of earlier releases: messages still queued from before an
+    upgrade start a drain, which sends that callback with every other one due."""
+    return callbacks.callbacks_drain()
 
 
 @shared_task(name="agents.sweep_stuck_tickets")

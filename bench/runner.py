@@ -30,7 +30,7 @@ from bench.sampler import Sampler, summarise
 from bench.system import BenchSystem
 
 PIPELINE_LABELS = ("agents.parse", "agents.classify", "agents.decide", "agents.execute", "agents.escalate")
-PIPELINE_LABELS += ("agents.llm_stage", "agents.deliver_callback", "api.submit")
+PIPELINE_LABELS += ("agents.llm_stage", "agents.deliver_callback", "agents.deliver_callbacks", "api.submit")
 
 
 @dataclass

@@ -181,6 +181,12 @@ PIPELINE = {
     "STUCK_AFTER_SECONDS": int(os.environ.get("PIPELINE_STUCK_AFTER_SECONDS", 300)),
     "WEBHOOK_TIMEOUT_SECONDS": _env_float("WEBHOOK_TIMEOUT_SECONDS", 10.0),
     "CALLBACK_MAX_ATTEMPTS": int(os.environ.get("CALLBACK_MAX_ATTEMPTS", 8)),
+    # Callbacks go out in batches (agents/callbacks.py): a drain starts at most this long after a
+    # ticket settles, claims up to CALLBACK_BATCH_SIZE due callbacks at a time and POSTs them on
+    # CALLBACK_CONCURRENCY threads.
+    "CALLBACK_BATCH_WINDOW_MS": int(os.environ.get("CALLBACK_BATCH_WINDOW_MS", 50)),
+    "CALLBACK_BATCH_SIZE": int(os.environ.get("CALLBACK_BATCH_SIZE", 64)),
+    "CALLBACK_CONCURRENCY": int(os.environ.get("CALLBACK_CONCURRENCY", 16)),
     # How long a ticket waits before re-checking that its customer's older requests have settled.
     "CUSTOMER_WAIT_SECONDS": _env_float("PIPELINE_CUSTOMER_WAIT_SECONDS", 0.5),
     # The customer's last N interactions given to decide (and shown to reviewers).

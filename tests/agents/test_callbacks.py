@@ -1,0 +1,158 @@
+"""Batched callbacks (agents/callbacks.py): Postgres is the outbox, a drain sends what is due.
+
+Drains run in the test process against the real Postgres and an HTTP recorder; the scheduling
+(`callback_due`) against the real Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+from django.db import connections
+from django.utils import timezone
+
+from agents import callbacks
+from agents.callbacks import SIGNATURE_HEADER, callback_due, callbacks_drain, verify
+from agents.models import LedgerStatus, SideEffect
+from tests.factories import ticket_make
+from tickets.models import Status, Ticket
+
+
+def _settled_tickets(client, n, **fields):
+    now = timezone.now()
+    return [
+        ticket_make(client, status=Status.RESOLVED, reply=f"reply {i}", resolved_at=now, callback_due_at=now, **fields)
+        for i in range(n)
+    ]
+
+
+def test_a_drain_sends_every_due_callback_once_signed_and_takes_them_off_the_list(db, api, recorder):
+    _, client = api(callback_url=recorder.url)
+    tickets = _settled_tickets(client, 5)
+    not_due = ticket_make(client, status=Status.RESOLVED, callback_due_at=None)
+
+    assert callbacks_drain(batch=2) == 5  # three batches: 2, 2, 1
+
+    bodies = recorder.json_bodies()
+    assert sorted(b["ticket"]["id"] for b in bodies) == sorted(str(t.id) for t in tickets)
+    assert {b["event"] for b in bodies} == {"ticket.resolved"}
+    for request in recorder.requests:
+        assert verify(client.webhook_secret, request["body"], request["headers"][SIGNATURE_HEADER])
+    assert not Ticket.objects.filter(callback_due_at__isnull=False).exists()
+    assert set(SideEffect.objects.filter(tool="callback").values_list("status", "attempts")) == {(LedgerStatus.DONE, 1)}
+    assert str(not_due.id) not in {b["ticket"]["id"] for b in bodies}
+    assert callbacks_drain() == 0 and len(recorder.requests) == 5  # nothing is sent twice
+
+
+def test_a_ticket_without_a_callback_url_is_taken_off_the_list_without_a_call(db, api, recorder):
+    _, client = api()
+    (ticket,) = _settled_tickets(client, 1)
+    assert callbacks_drain() == 0
+    ticket.refresh_from_db()
+    assert ticket.callback_due_at is None and not recorder.requests
+    assert not SideEffect.objects.exists()
+
+
+def test_a_refused_callback_is_due_again_after_a_backoff_and_given_up_after_the_last_attempt(db, api, recorder, settings):
+    settings.PIPELINE = {**settings.PIPELINE, "CALLBACK_MAX_ATTEMPTS": 2, "BACKOFF_BASE_SECONDS": 30}
+    _, client = api(callback_url=recorder.url)
+    (ticket,) = _settled_tickets(client, 1)
+    recorder.statuses = [503, 503]
+
+    assert callbacks_drain() == 0
+    ticket.refresh_from_db()
+    row = SideEffect.objects.get(tool="callback")
+    assert (row.status, row.attempts, row.last_error) == (LedgerStatus.FAILED, 1, "callback answered 503")
+    assert ticket.callback_due_at > timezone.now() + timedelta(seconds=10)  # 15–30 s of backoff
+    assert callbacks_drain() == 0 and len(recorder.requests) == 1  # not due yet: not sent again
+
+    Ticket.objects.filter(pk=ticket.pk).update(callback_due_at=timezone.now())  # the backoff is over
+    assert callbacks_drain() == 0
+    ticket.refresh_from_db()
+    assert ticket.callback_due_at is None and SideEffect.objects.get(tool="callback").attempts == 2  # given up
+
+
+def test_a_ticket_that_moved_on_while_its_callback_was_in_flight_keeps_the_next_one_due(db, api, recorder, monkeypatch):
+    _, client = api(callback_url=recorder.url)
+    (ticket,) = _settled_tickets(client, 1, intent="card_arrival")
+    Ticket.objects.filter(pk=ticket.pk).update(status=Status.AWAITING_REVIEW)
+    post = callbacks._post
+
+    def post_then_reviewer_resolves(due):
+        post(due)
+        Ticket.objects.filter(pk=ticket.pk).update(status=Status.RESOLVED, callback_due_at=timezone.now())
+
+    monkeypatch.setattr(callbacks, "_post", post_then_reviewer_resolves)
+    callbacks_drain()
+    monkeypatch.setattr(callbacks, "_post", post)
+    ticket.refresh_from_db()
+    assert ticket.callback_due_at is not None  # the resolution is still to be told
+
+    callbacks_drain()
+    assert [b["event"] for b in recorder.json_bodies()] == ["ticket.awaiting_review", "ticket.resolved"]
+    assert Ticket.objects.get(pk=ticket.pk).callback_due_at is None
+
+
+def test_concurrent_drains_never_send_the_same_callback(transactional_db, api, recorder):
+    _, client = api(callback_url=recorder.url)
+    tickets = _settled_tickets(client, 60)
+
+    def drain():
+        try:
+            callbacks_drain(batch=5)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=drain) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    sent = Counter(json.loads(r["body"])["ticket"]["id"] for r in recorder.requests)
+    assert sent == Counter({str(t.id): 1 for t in tickets})
+
+
+def test_the_first_settled_ticket_of_a_window_schedules_one_drain(db, settings, monkeypatch):
+    from project.celery import app
+
+    settings.PIPELINE = {**settings.PIPELINE, "CALLBACK_BATCH_WINDOW_MS": 200}
+    sent = []
+    monkeypatch.setattr(app, "send_task", lambda name, **kw: sent.append((name, kw)))
+    callbacks.redis_client().delete(settings.BROKER_KEY_PREFIX + callbacks._DRAIN_FLAG)
+
+    for _ in range(5):
+        callback_due()
+    assert sent == [("agents.deliver_callbacks", {"countdown": 0.2})]
+    time.sleep(0.25)  # the window is over: the next settled ticket starts the next drain
+    callback_due()
+    assert len(sent) == 2
+
+
+def test_a_settled_ticket_is_never_an_error_when_the_drain_cannot_be_scheduled(db, monkeypatch, caplog):
+    import redis
+
+    def down(*args, **kwargs):
+        raise redis.ConnectionError("connection refused")
+
+    monkeypatch.setattr(callbacks.redis_client(), "set", down)
+    callback_due()
+    assert "the sweeper will send it" in caplog.text
+
+
+@pytest.mark.pipeline
+def test_callbacks_of_a_burst_arrive_once_each_through_the_worker(pipeline, api, recorder):
+    from tests.conftest import wait_for
+    from tests.factories import ticket_payload
+
+    http, _ = api(callback_url=recorder.url)
+    ids = [http.post("/api/v1/tickets/", ticket_payload(), format="json").json()["id"] for _ in range(8)]
+    wait_for(lambda: len(recorder.requests) >= 8, what="eight callbacks")
+    time.sleep(0.3)
+    assert Counter(b["ticket"]["id"] for b in recorder.json_bodies()) == Counter({i: 1 for i in ids})
+    assert not Ticket.objects.filter(callback_due_at__isnull=False).exists()
