@@ -20,7 +20,7 @@ from django.db import connection
 from django.utils import timezone
 
 from agents.models import LedgerStatus, SideEffect
-from agents.tools import http_client, ledger_insert
+from agents.tools import http_client
 from project.redisconn import redis_client
 from tickets.models import Client, Ticket
 
@@ -142,6 +142,7 @@ class _Due:
     secret: str
     key: str
     row_id: int | None = None
+    done: bool = False  # delivered before (the ledger says so)
     error: str = ""
 
 
@@ -175,22 +176,12 @@ _CLAIM_ATTNAMES = [_T.get_field(n).attname for n in _CLAIM_FIELDS]
 
 
 def _deliver(claimed: list[_Due]) -> int:
-    settled: list[_Due] = []  # nothing (more) to send: no URL, or delivered before
-    to_send: list[_Due] = []
-    for due in claimed:
-        if not due.url:
-            settled.append(due)
-            continue
-        due.row_id = ledger_insert(
-            ticket_id=str(due.ticket.id), idempotency_key=due.key, tool="callback", arguments={"url": due.url}
-        )
-        if due.row_id is None:  # an earlier delivery wrote the row: done, or to be tried again
-            row = SideEffect.objects.filter(idempotency_key=due.key).values("id", "status").get()
-            if row["status"] == LedgerStatus.DONE:
-                settled.append(due)
-                continue
-            due.row_id = row["id"]
-        to_send.append(due)
+    settled = [due for due in claimed if not due.url]  # nothing to send
+    to_send = []
+    for due in _ledger(claimed):
+        if due.row_id is None:
+            continue  # written by a delivery this statement could not see: its lease brings it back
+        (settled if due.done else to_send).append(due)
     if len(to_send) == 1:
         _post(to_send[0])
     elif to_send:
@@ -201,6 +192,42 @@ def _deliver(claimed: list[_Due]) -> int:
         if due.error:
             _failed(due)
     return len(delivered)
+
+
+_LEDGER_SQL = (
+    f'WITH new AS (INSERT INTO "{SideEffect._meta.db_table}" ("ticket_id", "idempotency_key", "tool", "arguments", '
+    '"status", "attempts", "result", "last_error", "created_at", "finished_at") '
+    "SELECT v.ticket_id, v.key, 'callback', jsonb_build_object('url', v.url), %s, 0, '{}'::jsonb, '', %s, NULL "
+    "FROM unnest(%s::uuid[], %s::text[], %s::text[]) AS v(ticket_id, key, url) "
+    'ON CONFLICT ("idempotency_key") DO NOTHING RETURNING "idempotency_key", "id", "status") '
+    'SELECT "idempotency_key", "id", "status" FROM new UNION ALL '
+    f'SELECT "idempotency_key", "id", "status" FROM "{SideEffect._meta.db_table}" WHERE "idempotency_key" = ANY(%s)'
+)
+
+
+def _ledger(claimed: list[_Due]) -> list[_Due]:
+    """The ledger row of every callback with a URL, in one statement: written where there is none,
+    read where an earlier delivery wrote it (done, or to be tried again)."""
+    dues = [due for due in claimed if due.url]
+    if not dues:
+        return []
+    keys = [due.key for due in dues]
+    params = [
+        LedgerStatus.STARTED.value,
+        timezone.now(),
+        [d.ticket.id for d in dues],
+        keys,
+        [d.url for d in dues],
+        keys,
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(_LEDGER_SQL, params)
+        rows = {key: (row_id, status) for key, row_id, status in cursor.fetchall()}
+    for due in dues:
+        if due.key in rows:
+            due.row_id, status = rows[due.key]
+            due.done = status == LedgerStatus.DONE
+    return dues
 
 
 def _post(due: _Due) -> None:

@@ -184,7 +184,7 @@ PIPELINE = {
     # Callbacks go out in batches (agents/callbacks.py): a drain starts at most this long after a
     # ticket settles, claims up to CALLBACK_BATCH_SIZE due callbacks at a time and POSTs them on
     # CALLBACK_CONCURRENCY threads.
-    "CALLBACK_BATCH_WINDOW_MS": int(os.environ.get("CALLBACK_BATCH_WINDOW_MS", 50)),
+    "CALLBACK_BATCH_WINDOW_MS": int(os.environ.get("CALLBACK_BATCH_WINDOW_MS", 100)),
     "CALLBACK_BATCH_SIZE": int(os.environ.get("CALLBACK_BATCH_SIZE", 64)),
     "CALLBACK_CONCURRENCY": int(os.environ.get("CALLBACK_CONCURRENCY", 16)),
     # How long a ticket waits before re-checking that its customer's older requests have settled.

@@ -58,7 +58,19 @@ def test_a_ticket_without_a_callback_url_is_taken_off_the_list_without_a_call(db
     assert not SideEffect.objects.exists()
 
 
-def test_a_refused_callback_is_due_again_after_a_backoff_and_given_up_after_the_last_attempt(db, api, recorder, settings):
+def test_a_callback_the_ledger_says_was_delivered_is_taken_off_the_list_without_a_second_call(db, api, recorder):
+    _, client = api(callback_url=recorder.url)
+    (ticket,) = _settled_tickets(client, 1)
+    SideEffect.objects.create(
+        ticket=ticket, idempotency_key=f"{ticket.id}:callback:resolved", tool="callback", status=LedgerStatus.DONE
+    )
+    assert callbacks_drain() == 0
+    assert not recorder.requests and Ticket.objects.get(pk=ticket.pk).callback_due_at is None
+
+
+def test_a_refused_callback_is_due_again_after_a_backoff_and_given_up_after_the_last_attempt(
+    db, api, recorder, settings
+):
     settings.PIPELINE = {**settings.PIPELINE, "CALLBACK_MAX_ATTEMPTS": 2, "BACKOFF_BASE_SECONDS": 30}
     _, client = api(callback_url=recorder.url)
     (ticket,) = _settled_tickets(client, 1)
