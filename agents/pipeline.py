@@ -8,12 +8,13 @@ a second delivery of the same stage finds the status moved on and changes nothin
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import random
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any
@@ -493,8 +494,15 @@ def _commit(
 _TRACE_FIELDS = [f for f in Trace._meta.concrete_fields if not f.primary_key and f.attname != "ticket_id"]
 
 
+# The trace rows go as one JSON parameter (`jsonb_to_recordset`): the statement is the same for any
+# number of stages, short, with few parameters, so psycopg keeps its parsed form and Postgres its
+# plan (a VALUES row per trace made a statement of 16 parameters a stage that psycopg parsed again
+# on every hop), and one `json.dumps` replaces Django's conversion of every value.
+_TRACE_OUTPUT_ENCODER = Trace._meta.get_field("output").encoder
+
+
 @lru_cache(maxsize=64)
-def _move_sql(names: tuple[str, ...], n_traces: int) -> str:
+def _move_sql(names: tuple[str, ...]) -> str:
     def cast(field: Any) -> str:
         return f"CAST(%s AS {field.db_type(connection)})"
 
@@ -502,14 +510,24 @@ def _move_sql(names: tuple[str, ...], n_traces: int) -> str:
     sets = ", ".join(f'"{f.column}" = {cast(f)}' for f in ticket_fields)
     cost = Ticket._meta.get_field("cost_usd")
     columns = ", ".join(f'"{f.column}"' for f in _TRACE_FIELDS)
-    row = "(" + ", ".join(cast(f) for f in _TRACE_FIELDS) + ")"
+    record = ", ".join(f'"{f.column}" {f.db_type(connection)}' for f in _TRACE_FIELDS)
     return (
         f'WITH moved AS (UPDATE "{Ticket._meta.db_table}" SET {sets}, "{cost.column}" = "{cost.column}" + {cast(cost)} '
         f'WHERE "id" = %s AND "status" = %s AND "stage_attempts" = %s RETURNING "id") '
         f'INSERT INTO "{Trace._meta.db_table}" ("ticket_id", {columns}) '
-        f'SELECT moved."id", v.* FROM moved CROSS JOIN (VALUES {", ".join([row] * n_traces)}) AS v({columns}) '
-        f'RETURNING "id"'
+        f'SELECT moved."id", {", ".join(f"v.{c}" for c in columns.split(", "))} '
+        f"FROM moved CROSS JOIN ROWS FROM (jsonb_to_recordset(CAST(%s AS jsonb)) AS ({record})) "
+        f"WITH ORDINALITY AS v({columns}, n) "
+        f'ORDER BY v.n RETURNING "id"'
     )
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    return value
 
 
 def _move_and_trace(
@@ -521,14 +539,14 @@ def _move_and_trace(
     params = [Ticket._meta.get_field(n).get_db_prep_save(changes[n], connection) for n in names]
     params.append(Ticket._meta.get_field("cost_usd").get_db_prep_save(cost, connection))
     params += [ticket.pk, status, attempts]
-    for trace in traces:
-        params += [f.get_db_prep_save(getattr(trace, f.attname), connection) for f in _TRACE_FIELDS]
+    rows = [{f.column: _json_value(getattr(trace, f.attname)) for f in _TRACE_FIELDS} for trace in traces]
+    params.append(json.dumps(rows, cls=_TRACE_OUTPUT_ENCODER))
     with connection.cursor() as cursor:
-        cursor.execute(_move_sql(names, len(traces)), params)
-        rows = cursor.fetchall()
-    if not rows:
+        cursor.execute(_move_sql(names), params)
+        ids = cursor.fetchall()
+    if not ids:
         return False
-    for trace, row in zip(traces, rows, strict=True):
+    for trace, row in zip(traces, ids, strict=True):
         trace.id, trace._state.adding = row[0], False
     return True
 

@@ -46,6 +46,25 @@ def replace_stage(monkeypatch: pytest.MonkeyPatch, stage: str, fn: Any) -> None:
     monkeypatch.setitem(STAGES, stage, fn)
 
 
+def test_the_trace_rows_hold_exactly_what_the_hop_computed(fused, ticket, monkeypatch):
+    # The rows go to Postgres as one JSON document: every type must come back as it was.
+    written: list[Trace] = []
+    add = pipeline._Hop.add
+
+    def keep(self, trace, *args, **kwargs):
+        written.append(trace)
+        return add(self, trace, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline._Hop, "add", keep)
+    pipeline.stage_run(ticket_id=str(ticket.pk), stage="parse")
+
+    fields = [f.attname for f in Trace._meta.concrete_fields]
+    stored = {row.pk: row for row in Trace.objects.filter(ticket=ticket)}
+    assert len(written) == len(stored) == 4
+    for trace in written:
+        assert {f: getattr(stored[trace.pk], f) for f in fields} == {f: getattr(trace, f) for f in fields}
+
+
 def test_a_resolved_hop_is_one_write_with_a_trace_row_per_stage(fused, ticket):
     get_catalog()  # loaded once per process, not per ticket
     with CaptureQueriesContext(connection) as queries:
