@@ -65,10 +65,6 @@ def callback_payload(ticket: Ticket) -> dict[str, Any]:
     }
 
 
-class CallbackFailed(Exception):
-    """The client's endpoint did not take the callback; worth trying again later."""
-
-
 # --- batched delivery ---------------------------------------------------------------------------
 # The terminal write sets `Ticket.callback_due_at` in the same statement as the state (Postgres is
 # the outbox). After the commit, `callback_due` makes sure a drain runs within the batching window:
@@ -106,8 +102,10 @@ def drain_schedule(countdown: float | None = None) -> None:
     current_app.send_task("agents.deliver_callbacks", countdown=countdown)
 
 
-_PAYLOAD_FIELDS = {"id", "status", "idempotency_key", "customer_ref", "intent", "confidence", "action", "reply"}
-_PAYLOAD_FIELDS |= {"resolved_at", "callback_url"}
+_PAYLOAD_FIELDS = {
+    *("id", "status", "idempotency_key", "customer_ref", "intent", "confidence", "action", "reply"),
+    *("resolved_at", "callback_url"),
+}
 # In the model's order: `Model.from_db` maps a partial row by it.
 _CLAIM_FIELDS = [f.name for f in Ticket._meta.concrete_fields if f.name in _PAYLOAD_FIELDS]
 _T, _C = Ticket._meta, Client._meta
@@ -158,8 +156,11 @@ def callbacks_drain(*, batch: int | None = None) -> int:
 
 
 def _claim(limit: int) -> list[_Due]:
+    # The lease outlasts a batch whose every POST times out (the POSTs go `CALLBACK_CONCURRENCY` at a
+    # time), so another drain never claims a callback still being sent.
     now = timezone.now()
-    lease = now + timedelta(seconds=2 * float(_cfg("WEBHOOK_TIMEOUT_SECONDS")) + 5)
+    rounds = -(-limit // max(1, int(_cfg("CALLBACK_CONCURRENCY")))) + 1
+    lease = now + timedelta(seconds=rounds * float(_cfg("WEBHOOK_TIMEOUT_SECONDS")) + 5)
     with connection.cursor() as cursor:
         cursor.execute(_CLAIM_SQL, [lease, now, limit])
         rows = cursor.fetchall()
