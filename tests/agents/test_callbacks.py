@@ -125,11 +125,13 @@ def test_concurrent_drains_never_send_the_same_callback(transactional_db, api, r
         thread.start()
     for thread in threads:
         thread.join()
-    # A POST the recorder's small listen backlog refused is counted failed and due again after a
-    # backoff (never dropped): send it now.
+    # Under load the test recorder resets a few connections ("Connection reset by peer", seen in CI):
+    # such a callback is counted failed and stays due (after a backoff that may already be over),
+    # never dropped. Send those now.
     unsent = {str(t.id) for t in tickets} - {json.loads(r["body"])["ticket"]["id"] for r in recorder.requests}
-    retry = Ticket.objects.filter(callback_due_at__gt=timezone.now(), side_effects__status=LedgerStatus.FAILED)
-    assert {str(pk) for pk in retry.values_list("pk", flat=True)} == unsent
+    retry = Ticket.objects.filter(callback_due_at__isnull=False, side_effects__status=LedgerStatus.FAILED)
+    errors = Counter(SideEffect.objects.filter(tool="callback").values_list("status", "last_error"))
+    assert {str(pk) for pk in retry.values_list("pk", flat=True)} == unsent, errors
     Ticket.objects.filter(callback_due_at__isnull=False).update(callback_due_at=timezone.now())
     callbacks_drain()
 
