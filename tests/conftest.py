@@ -49,11 +49,17 @@ def api(db: Any) -> Callable[..., tuple[APIClient, Any]]:
 
 @pytest.fixture
 def intents(db: Any) -> Iterator[None]:
-    """The small test pack, loaded; catalogue caches cleared before and after."""
+    """The small test pack, loaded; catalogue caches cleared before and after, and the process's
+    classifier tiers rebuilt: the local tier checks the active model every few seconds, so a model
+    an earlier test activated (its rows since flushed) could otherwise still classify here."""
+    from agents import pipeline
+
     clear_cache()
+    pipeline._tiers = None
     intent_pack_load(TEST_PACK)
     yield
     clear_cache()
+    pipeline._tiers = None
 
 
 @pytest.fixture(scope="session")
