@@ -29,8 +29,15 @@ RISKS = {"low", "medium", "high"}
 PLACEHOLDERS = {"customer_ref", "ticket_ref"}
 TOP_KEYS = {"version", "name", "description", "defaults", "intents"}
 INTENT_KEYS = {
-    "name", "description", "examples", "rules", "threshold", "risk",
-    "always_review", "allowed_actions", "reply_template",
+    "name",
+    "description",
+    "examples",
+    "rules",
+    "threshold",
+    "risk",
+    "always_review",
+    "allowed_actions",
+    "reply_template",
 }
 
 
@@ -155,7 +162,9 @@ def test_templates_use_only_the_allowed_placeholders(pack: dict[str, Any], inten
         assert "{" not in rendered and "}" not in rendered, name
 
 
-def test_webhook_and_always_review_are_used_sparingly(pack: dict[str, Any], intents: list[dict[str, Any]], rows: list[tuple[str, str]]) -> None:
+def test_webhook_and_always_review_are_used_sparingly(
+    pack: dict[str, Any], intents: list[dict[str, Any]], rows: list[tuple[str, str]]
+) -> None:
     review = {i["name"] for i in intents if _merged(pack, i).get("always_review")}
     share = sum(1 for _, label in rows if label in review) / len(rows)
     assert share < 0.10, f"always_review intents cover {share:.1%} of traffic"
@@ -188,7 +197,10 @@ def test_each_intent_rule_precision_on_train(intents: list[dict[str, Any]], repo
 
 def test_measure_script_runs(measure: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     sample = tmp_path / "sample.csv"
-    with (DATA / "train.csv").open(encoding="utf-8", newline="") as src, sample.open("w", encoding="utf-8", newline="") as dst:
+    with (
+        (DATA / "train.csv").open(encoding="utf-8", newline="") as src,
+        sample.open("w", encoding="utf-8", newline="") as dst,
+    ):
         reader = csv.reader(src)
         writer = csv.writer(dst)
         for i, row in enumerate(reader):

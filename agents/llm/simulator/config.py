@@ -9,11 +9,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any
 
 # Fault kinds the simulator can inject, with what each one does.
-FAULT_KINDS: Dict[str, str] = {
+FAULT_KINDS: dict[str, str] = {
     "529": "HTTP 529 overloaded_error (anthropic.OverloadedError)",
     "500": "HTTP 500 api_error (anthropic.InternalServerError)",
     "502": "HTTP 502 api_error (anthropic.InternalServerError)",
@@ -52,11 +53,11 @@ def normalize_fault_kind(kind: str) -> str:
     return k
 
 
-def parse_fault_rates(spec: Any) -> Dict[str, float]:
+def parse_fault_rates(spec: Any) -> dict[str, float]:
     """Parse ``"529=0.05,500=0.05,timeout=0.01"`` (or a mapping) into {kind: rate}."""
     if spec is None or spec == "":
         return {}
-    items: List[tuple] = []
+    items: list[tuple] = []
     if isinstance(spec, Mapping):
         items = list(spec.items())
     else:
@@ -68,7 +69,7 @@ def parse_fault_rates(spec: Any) -> Dict[str, float]:
                 raise ValueError(f"bad fault spec {part!r}; expected KIND=RATE")
             k, v = part.replace(":", "=", 1).split("=", 1)
             items.append((k, v))
-    out: Dict[str, float] = {}
+    out: dict[str, float] = {}
     for k, v in items:
         rate = float(v)
         if not 0.0 <= rate <= 1.0:
@@ -97,7 +98,7 @@ class LatencySpec:
     max: float = 0.15
     per_token: float = 0.0
 
-    def validate(self) -> "LatencySpec":
+    def validate(self) -> LatencySpec:
         if self.dist not in ("lognormal", "uniform", "fixed", "none"):
             raise ValueError(f"unknown latency distribution {self.dist!r}")
         for name in ("median", "p99", "min", "max", "per_token"):
@@ -123,7 +124,7 @@ class LatencySpec:
             base = min(max(base, self.min), self.max)
         return base + self.per_token * max(0, output_tokens)
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
@@ -168,7 +169,7 @@ def parse_latency(spec: Any) -> LatencySpec:
         except ValueError:
             dist, rest = s, ""
     dist = dist.strip().lower()
-    params: Dict[str, float] = {}
+    params: dict[str, float] = {}
     for part in rest.split(","):
         part = part.strip()
         if not part:
@@ -183,7 +184,7 @@ def parse_latency(spec: Any) -> LatencySpec:
     return _build_latency(dist, params)
 
 
-def _build_latency(dist: str, params: Dict[str, float]) -> LatencySpec:
+def _build_latency(dist: str, params: dict[str, float]) -> LatencySpec:
     dist = dist.lower()
     known = {"median", "p99", "min", "max", "per_token", "value", "mean"}
     unknown = set(params) - known
@@ -193,13 +194,21 @@ def _build_latency(dist: str, params: Dict[str, float]) -> LatencySpec:
         return LatencySpec(dist="none", median=0, p99=0, min=0, max=0, per_token=params.get("per_token", 0.0))
     if dist == "fixed":
         v = params.get("value", params.get("median", params.get("mean", 0.0)))
-        return LatencySpec(dist="fixed", median=v, p99=v, min=v, max=v, per_token=params.get("per_token", 0.0)).validate()
+        return LatencySpec(
+            dist="fixed", median=v, p99=v, min=v, max=v, per_token=params.get("per_token", 0.0)
+        ).validate()
     if dist == "uniform":
         lo = params.get("min", 0.0)
         hi = params.get("max", lo)
         mid = (lo + hi) / 2
-        return LatencySpec(dist="uniform", median=mid, p99=lo + 0.99 * (hi - lo), min=lo, max=hi,
-                           per_token=params.get("per_token", 0.0)).validate()
+        return LatencySpec(
+            dist="uniform",
+            median=mid,
+            p99=lo + 0.99 * (hi - lo),
+            min=lo,
+            max=hi,
+            per_token=params.get("per_token", 0.0),
+        ).validate()
     if dist == "lognormal":
         if "median" in params or "p99" in params:
             median = params.get("median", params.get("p99", 0.0) / 4)
@@ -211,13 +220,15 @@ def _build_latency(dist: str, params: Dict[str, float]) -> LatencySpec:
             median, p99 = base.median, base.p99
             lo = params.get("min", base.min)
             hi = params.get("max", base.max)
-        return LatencySpec(dist="lognormal", median=median, p99=p99, min=lo, max=hi,
-                           per_token=params.get("per_token", 0.0)).validate()
+        return LatencySpec(
+            dist="lognormal", median=median, p99=p99, min=lo, max=hi, per_token=params.get("per_token", 0.0)
+        ).validate()
     raise ValueError(f"unknown latency distribution {dist!r}; use lognormal, uniform, fixed or none")
 
 
-def latency_from_min_median_max(min_s: Optional[float], median_s: Optional[float], max_s: Optional[float],
-                                p99_s: Optional[float] = None) -> LatencySpec:
+def latency_from_min_median_max(
+    min_s: float | None, median_s: float | None, max_s: float | None, p99_s: float | None = None
+) -> LatencySpec:
     """Build a clipped lognormal from ``--latency-min/--latency-median/--latency-max``.
 
     With no p99 given, p99 is put at 80% of the way from median to max (in
@@ -227,7 +238,11 @@ def latency_from_min_median_max(min_s: Optional[float], median_s: Optional[float
     base = LatencySpec()
     lo = base.min if min_s is None else min_s
     hi = base.max if max_s is None else max_s
-    med = median_s if median_s is not None else (base.median if min_s is None and max_s is None else math.sqrt(max(lo, 1e-3) * max(hi, 1e-3)))
+    med = (
+        median_s
+        if median_s is not None
+        else (base.median if min_s is None and max_s is None else math.sqrt(max(lo, 1e-3) * max(hi, 1e-3)))
+    )
     med = min(max(med, lo), hi) if hi >= lo else med
     if p99_s is None:
         if med > 0 and hi > med:
@@ -252,7 +267,7 @@ class SimulatorConfig:
     otpm: int = 0  # output tokens per minute
     # After this many accepted POST /v1/messages requests, every further one
     # gets the non-transient spend-limit 429. None = never.
-    spend_limit_after: Optional[int] = None
+    spend_limit_after: int | None = None
 
     # --- latency ------------------------------------------------------------
     latency: LatencySpec = field(default_factory=LatencySpec)
@@ -260,17 +275,17 @@ class SimulatorConfig:
     error_latency: float = 0.0
 
     # --- faults -------------------------------------------------------------
-    fault_rates: Dict[str, float] = field(default_factory=dict)
+    fault_rates: dict[str, float] = field(default_factory=dict)
     # Outcomes forced for the next requests, consumed first-in first-out
     # before the random draw: e.g. ["529", "529", "ok"].
-    fault_script: List[str] = field(default_factory=list)
+    fault_script: list[str] = field(default_factory=list)
     seed: int = 0
     # How long a "timeout" fault holds the connection open at most.
     hang_seconds: float = 600.0
 
     # --- prompt caching -----------------------------------------------------
     cache_min_tokens: int = 1024  # prefixes shorter than this are not cached
-    cache_ttl: Optional[float] = None  # override TTL (s); None = 300 s / 3600 s per block ttl
+    cache_ttl: float | None = None  # override TTL (s); None = 300 s / 3600 s per block ttl
 
     # --- batches ------------------------------------------------------------
     batch_delay: float = 0.3  # seconds a batch stays in_progress
@@ -279,7 +294,7 @@ class SimulatorConfig:
     require_api_key: bool = True  # 401 when neither x-api-key nor Authorization is sent
     organization_id: str = "00000000-0000-4000-8000-00000000051d"
 
-    def validate(self) -> "SimulatorConfig":
+    def validate(self) -> SimulatorConfig:
         for name in ("rpm", "itpm", "otpm"):
             v = getattr(self, name)
             if v is None:
@@ -288,18 +303,20 @@ class SimulatorConfig:
                 raise ValueError(f"{name} must be >= 0")
         self.latency = parse_latency(self.latency)
         self.fault_rates = parse_fault_rates(self.fault_rates)
-        self.fault_script = [("ok" if str(k).lower() in ("ok", "none", "-") else normalize_fault_kind(k))
-                             for k in (self.fault_script or [])]
+        self.fault_script = [
+            ("ok" if str(k).lower() in ("ok", "none", "-") else normalize_fault_kind(k))
+            for k in (self.fault_script or [])
+        ]
         if self.batch_delay < 0 or self.hang_seconds < 0 or self.error_latency < 0:
             raise ValueError("delays must be >= 0")
         return self
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["latency"] = self.latency.to_dict()
         return d
 
-    def updated(self, changes: Mapping[str, Any]) -> "SimulatorConfig":
+    def updated(self, changes: Mapping[str, Any]) -> SimulatorConfig:
         """Return a copy with ``changes`` applied (unknown keys raise ValueError).
 
         Besides the field names, ``fault_rate`` (alias of fault_rates) and
@@ -310,17 +327,24 @@ class SimulatorConfig:
         names = {f.name for f in dataclasses.fields(self)}
         if "fault_rate" in changes:
             changes["fault_rates"] = changes.pop("fault_rate")
-        lat_keys = {k: changes.pop(k) for k in ("latency_min", "latency_median", "latency_max", "latency_p99")
-                    if k in changes}
+        lat_keys = {
+            k: changes.pop(k) for k in ("latency_min", "latency_median", "latency_max", "latency_p99") if k in changes
+        }
         unknown = set(changes) - names
         if unknown:
-            raise ValueError(f"unknown config key(s): {sorted(unknown)}; known: {sorted(names | {'fault_rate', 'latency_min', 'latency_median', 'latency_max', 'latency_p99'})}")
+            raise ValueError(
+                f"unknown config key(s): {sorted(unknown)}; known: {sorted(names | {'fault_rate', 'latency_min', 'latency_median', 'latency_max', 'latency_p99'})}"
+            )
         new = dataclasses.replace(self, **changes)
         if lat_keys:
             if "latency" in changes:
                 raise ValueError("give either latency or latency_min/median/max, not both")
-            new.latency = latency_from_min_median_max(lat_keys.get("latency_min"), lat_keys.get("latency_median"),
-                                                      lat_keys.get("latency_max"), lat_keys.get("latency_p99"))
+            new.latency = latency_from_min_median_max(
+                lat_keys.get("latency_min"),
+                lat_keys.get("latency_median"),
+                lat_keys.get("latency_max"),
+                lat_keys.get("latency_p99"),
+            )
         # copy mutable containers so that the caller's objects are not shared
         new.fault_rates = dict(parse_fault_rates(new.fault_rates))
         new.fault_script = list(new.fault_script or [])

@@ -15,18 +15,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Awaitable, Callable, Dict, List, Optional, Set, Tuple
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 log = logging.getLogger(__name__)
 
 REASONS = {
-    100: "Continue", 200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request",
-    401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-    408: "Request Timeout", 409: "Conflict", 413: "Payload Too Large", 422: "Unprocessable Entity",
-    429: "Too Many Requests", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
-    501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
+    100: "Continue",
+    200: "OK",
+    201: "Created",
+    204: "No Content",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    409: "Conflict",
+    413: "Payload Too Large",
+    422: "Unprocessable Entity",
+    429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
     529: "Overloaded",
 }
 
@@ -39,22 +54,22 @@ class Request:
     method: str
     target: str
     path: str
-    query: Dict[str, str]
-    headers: Dict[str, str]  # lower-cased names
+    query: dict[str, str]
+    headers: dict[str, str]  # lower-cased names
     body: bytes
-    peer: Optional[Tuple[str, int]] = None
+    peer: tuple[str, int] | None = None
 
 
 @dataclass
 class Response:
     status: int = 200
     body: bytes = b""
-    headers: List[Tuple[str, str]] = field(default_factory=list)
+    headers: list[tuple[str, str]] = field(default_factory=list)
     # A streamed body, sent with Transfer-Encoding: chunked.
-    stream: Optional[AsyncIterator[bytes]] = None
+    stream: AsyncIterator[bytes] | None = None
     # "close": drop the connection without responding;
     # "hang": send nothing, wait for the client to close (or hang_seconds), then close.
-    action: Optional[str] = None
+    action: str | None = None
     hang_seconds: float = 600.0
 
 
@@ -68,23 +83,34 @@ class BadRequest(Exception):
 
 
 class HTTPServer:
-    def __init__(self, handler: Handler, host: str = "127.0.0.1", port: int = 0, *, backlog: int = 4096,
-                 idle_timeout: float = 300.0):
+    def __init__(
+        self,
+        handler: Handler,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        backlog: int = 4096,
+        idle_timeout: float = 300.0,
+    ):
         self.handler = handler
         self.host = host
         self.port = port
         self.backlog = backlog
         self.idle_timeout = idle_timeout
-        self._server: Optional[asyncio.base_events.Server] = None
-        self._tasks: Set[asyncio.Task] = set()
-        self._writers: Set[asyncio.StreamWriter] = set()
+        self._server: asyncio.base_events.Server | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
         self.open_connections = 0
         self.max_open_connections = 0
         self.total_connections = 0
 
     async def start(self) -> int:
         self._server = await asyncio.start_server(
-            self._on_connection, self.host, self.port, backlog=self.backlog, limit=MAX_HEADER_BYTES,
+            self._on_connection,
+            self.host,
+            self.port,
+            backlog=self.backlog,
+            limit=MAX_HEADER_BYTES,
             reuse_address=True,
         )
         sock = self._server.sockets[0]
@@ -134,16 +160,20 @@ class HTTPServer:
         while True:
             try:
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=self.idle_timeout)
-            except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+            except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
                 return
             except asyncio.LimitOverrunError:
-                await self._write_simple(writer, 431, b'{"type":"error","error":{"type":"invalid_request_error","message":"Request headers too large"}}')
+                await self._write_simple(
+                    writer,
+                    431,
+                    b'{"type":"error","error":{"type":"invalid_request_error","message":"Request headers too large"}}',
+                )
                 return
             try:
                 req, keep_alive = await self._parse(head, reader, writer, peer)
             except BadRequest as e:
-                body = ('{"type":"error","error":{"type":"invalid_request_error","message":%s}}'
-                        % _json_str(str(e))).encode()
+                message = _json_str(str(e))
+                body = f'{{"type":"error","error":{{"type":"invalid_request_error","message":{message}}}}}'.encode()
                 await self._write_simple(writer, e.status, body)
                 return
             resp = await self.handler(req)
@@ -163,13 +193,13 @@ class HTTPServer:
         try:
             text = head.decode("latin-1")
         except Exception:
-            raise BadRequest(400, "bad request head")
+            raise BadRequest(400, "bad request head") from None
         lines = text.split("\r\n")
         parts = lines[0].split(" ")
         if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
             raise BadRequest(400, "bad request line")
         method, target, version = parts
-        headers: Dict[str, str] = {}
+        headers: dict[str, str] = {}
         for line in lines[1:]:
             if not line:
                 continue
@@ -193,7 +223,7 @@ class HTTPServer:
             try:
                 n = int(headers["content-length"])
             except ValueError:
-                raise BadRequest(400, "bad content-length")
+                raise BadRequest(400, "bad content-length") from None
             if n < 0 or n > MAX_BODY_BYTES:
                 raise BadRequest(413, "request body too large")
             body = await reader.readexactly(n) if n else b""
@@ -210,16 +240,18 @@ class HTTPServer:
                 chunk = await reader.read(65536)
                 if not chunk:
                     return
+
         with contextlib.suppress(asyncio.TimeoutError, ConnectionError):
             await asyncio.wait_for(until_eof(), timeout=seconds)
 
     async def _write_simple(self, writer: asyncio.StreamWriter, status: int, body: bytes) -> None:
-        await self._write_response(writer, Response(status=status, body=body,
-                                                    headers=[("content-type", "application/json")]),
-                                   False, "GET")
+        await self._write_response(
+            writer, Response(status=status, body=body, headers=[("content-type", "application/json")]), False, "GET"
+        )
 
-    async def _write_response(self, writer: asyncio.StreamWriter, resp: Response, keep_alive: bool,
-                              method: str) -> bool:
+    async def _write_response(
+        self, writer: asyncio.StreamWriter, resp: Response, keep_alive: bool, method: str
+    ) -> bool:
         if writer.is_closing():
             return False
         reason = REASONS.get(resp.status, "Unknown")
@@ -251,7 +283,7 @@ class HTTPServer:
 
 
 async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-    chunks: List[bytes] = []
+    chunks: list[bytes] = []
     total = 0
     while True:
         line = await reader.readuntil(b"\r\n")
@@ -259,7 +291,7 @@ async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
         try:
             size = int(size_s, 16)
         except ValueError:
-            raise BadRequest(400, "bad chunk size")
+            raise BadRequest(400, "bad chunk size") from None
         if size == 0:
             # trailers
             while True:
@@ -282,4 +314,5 @@ def _abort(writer: asyncio.StreamWriter) -> None:
 
 def _json_str(s: str) -> str:
     import json
+
     return json.dumps(s)

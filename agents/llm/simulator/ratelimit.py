@@ -9,8 +9,8 @@ from __future__ import annotations
 import functools
 import math
 import time
-from datetime import datetime, timezone
-from typing import Callable, Dict, Optional, Tuple
+from collections.abc import Callable
+from datetime import UTC, datetime
 
 UNLIMITED_REPORTED = 1_000_000_000  # what the headers report for an unlimited dimension
 
@@ -21,7 +21,7 @@ def rfc3339(ts: float) -> str:
 
 @functools.lru_cache(maxsize=256)
 def _rfc3339_second(sec: int) -> str:
-    return datetime.fromtimestamp(sec, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(sec, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class TokenBucket:
@@ -82,7 +82,7 @@ class RateLimiter:
         self.input_tokens = TokenBucket(itpm, clock)
         self.output_tokens = TokenBucket(otpm, clock)
 
-    def check(self, input_tokens: int) -> Optional[Tuple[str, float]]:
+    def check(self, input_tokens: int) -> tuple[str, float] | None:
         """Admit a request that will use ``input_tokens`` (uncached) input tokens.
 
         Returns None and takes the capacity when admitted; otherwise
@@ -106,11 +106,14 @@ class RateLimiter:
     def charge_output(self, output_tokens: int) -> None:
         self.output_tokens.take(output_tokens)
 
-    def headers(self) -> Dict[str, str]:
+    def headers(self) -> dict[str, str]:
         now = time.time()
-        h: Dict[str, str] = {}
-        for name, b in (("requests", self.requests), ("input-tokens", self.input_tokens),
-                        ("output-tokens", self.output_tokens)):
+        h: dict[str, str] = {}
+        for name, b in (
+            ("requests", self.requests),
+            ("input-tokens", self.input_tokens),
+            ("output-tokens", self.output_tokens),
+        ):
             h[f"anthropic-ratelimit-{name}-limit"] = str(b.reported_limit())
             h[f"anthropic-ratelimit-{name}-remaining"] = str(b.remaining())
             h[f"anthropic-ratelimit-{name}-reset"] = rfc3339(now + b.seconds_to_full())

@@ -16,27 +16,78 @@ import json
 import math
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any
 
 MARKER_RE = re.compile(r"\[\[([A-Za-z0-9_.\-]+):(.*?)\]\]", re.S)
 
 # Top-level fields of POST /v1/messages that the installed SDK (2.12.0) can
 # send, plus the sampling parameters the wire API has historically accepted.
 MESSAGE_FIELDS = {
-    "max_tokens", "messages", "model", "cache_control", "container", "diagnostics", "inference_geo",
-    "metadata", "output_config", "service_tier", "speed", "stop_sequences", "stream", "system",
-    "thinking", "tool_choice", "tools", "user_profile_id",
-    "temperature", "top_p", "top_k",
+    "max_tokens",
+    "messages",
+    "model",
+    "cache_control",
+    "container",
+    "diagnostics",
+    "inference_geo",
+    "metadata",
+    "output_config",
+    "service_tier",
+    "speed",
+    "stop_sequences",
+    "stream",
+    "system",
+    "thinking",
+    "tool_choice",
+    "tools",
+    "user_profile_id",
+    "temperature",
+    "top_p",
+    "top_k",
 }
 COUNT_TOKENS_FIELDS = {
-    "messages", "model", "cache_control", "output_config", "speed", "system", "thinking",
-    "tool_choice", "tools",
+    "messages",
+    "model",
+    "cache_control",
+    "output_config",
+    "speed",
+    "system",
+    "thinking",
+    "tool_choice",
+    "tools",
 }
 
 _STOPWORDS = {
-    "a", "an", "the", "to", "of", "or", "and", "by", "in", "on", "for", "is", "my", "i", "with",
-    "from", "at", "it", "not", "be", "me", "do", "you", "your", "this", "that", "can", "are",
+    "a",
+    "an",
+    "the",
+    "to",
+    "of",
+    "or",
+    "and",
+    "by",
+    "in",
+    "on",
+    "for",
+    "is",
+    "my",
+    "i",
+    "with",
+    "from",
+    "at",
+    "it",
+    "not",
+    "be",
+    "me",
+    "do",
+    "you",
+    "your",
+    "this",
+    "that",
+    "can",
+    "are",
 }
 
 _WORDS = (
@@ -62,7 +113,8 @@ class InvalidRequest(Exception):
 # validation
 # ---------------------------------------------------------------------------
 
-def validate_message_params(body: Any, *, count_tokens: bool = False) -> Dict[str, Any]:
+
+def validate_message_params(body: Any, *, count_tokens: bool = False) -> dict[str, Any]:
     """Validate a /v1/messages (or count_tokens) body like the real API does.
 
     Raises InvalidRequest with a message in the real API's style
@@ -153,6 +205,7 @@ def validate_message_params(body: Any, *, count_tokens: bool = False) -> Dict[st
 # token counting and prompt-cache prefixes
 # ---------------------------------------------------------------------------
 
+
 def approx_tokens(chars: int) -> int:
     return int(math.ceil(chars / 4.0)) if chars > 0 else 0
 
@@ -189,6 +242,7 @@ def _canon(obj: Any) -> str:
         if isinstance(o, list):
             return [strip(v) for v in o]
         return o
+
     return json.dumps(strip(obj), sort_keys=True, separators=(",", ":"), default=str)
 
 
@@ -196,13 +250,13 @@ def _canon(obj: Any) -> str:
 class Segment:
     tokens: int
     canon: str
-    cache_control: Optional[dict] = None
+    cache_control: dict | None = None
 
 
-def prompt_segments(params: Dict[str, Any]) -> List[Segment]:
+def prompt_segments(params: dict[str, Any]) -> list[Segment]:
     """The request's prompt as cacheable segments, in the API's cache order:
     tools, then system blocks, then message content blocks."""
-    segs: List[Segment] = []
+    segs: list[Segment] = []
     for t in params.get("tools") or []:
         segs.append(Segment(approx_tokens(len(_canon(t))), "tool:" + _canon(t), t.get("cache_control")))
     system = params.get("system")
@@ -227,7 +281,7 @@ def prompt_segments(params: Dict[str, Any]) -> List[Segment]:
     return segs
 
 
-def extra_input_tokens(params: Dict[str, Any]) -> int:
+def extra_input_tokens(params: dict[str, Any]) -> int:
     """Input tokens that are not part of any cacheable prefix (schema prompt)."""
     fmt = (params.get("output_config") or {}).get("format")
     if isinstance(fmt, dict) and isinstance(fmt.get("schema"), dict):
@@ -235,7 +289,7 @@ def extra_input_tokens(params: Dict[str, Any]) -> int:
     return 0
 
 
-def count_input_tokens(params: Dict[str, Any], segments: Optional[List[Segment]] = None) -> int:
+def count_input_tokens(params: dict[str, Any], segments: list[Segment] | None = None) -> int:
     segs = prompt_segments(params) if segments is None else segments
     total = sum(s.tokens for s in segs) + extra_input_tokens(params)
     return max(1, total)
@@ -249,14 +303,15 @@ class CacheBreakpoint:
     ttl_class: str = "5m"  # the block's declared ttl ("5m" or "1h"), for usage.cache_creation
 
 
-def cache_breakpoints(params: Dict[str, Any], *, ttl_override: Optional[float] = None,
-                      segments: Optional[List[Segment]] = None) -> List[CacheBreakpoint]:
+def cache_breakpoints(
+    params: dict[str, Any], *, ttl_override: float | None = None, segments: list[Segment] | None = None
+) -> list[CacheBreakpoint]:
     segs = prompt_segments(params) if segments is None else segments
     if not any(s.cache_control for s in segs):
         return []
     h = hashlib.sha256(("model:" + str(params.get("model"))).encode())
     running = 0
-    out: List[CacheBreakpoint] = []
+    out: list[CacheBreakpoint] = []
     for s in segs:
         h.update(b"\x00" + s.canon.encode("utf-8", "surrogatepass"))
         running += s.tokens
@@ -273,10 +328,11 @@ def cache_breakpoints(params: Dict[str, Any], *, ttl_override: Optional[float] =
 # deterministic answers
 # ---------------------------------------------------------------------------
 
+
 def _text_of(content: Any) -> str:
     if isinstance(content, str):
         return content
-    parts: List[str] = []
+    parts: list[str] = []
     for b in content or []:
         if isinstance(b, dict):
             if b.get("type") == "text":
@@ -287,16 +343,16 @@ def _text_of(content: Any) -> str:
     return "\n".join(parts)
 
 
-def last_user_text(params: Dict[str, Any]) -> str:
+def last_user_text(params: dict[str, Any]) -> str:
     for m in reversed(params.get("messages") or []):
         if m.get("role") == "user":
             return _text_of(m.get("content"))
     return ""
 
 
-def parse_markers(text: str) -> Tuple[Dict[str, str], str]:
+def parse_markers(text: str) -> tuple[dict[str, str], str]:
     """``[[key:value]]`` markers in the text, and the text without them."""
-    markers: Dict[str, str] = {}
+    markers: dict[str, str] = {}
     for k, v in MARKER_RE.findall(text):
         markers.setdefault(k.strip().lower(), v.strip())
     return markers, MARKER_RE.sub(" ", text)
@@ -306,7 +362,7 @@ def _digest(text: str) -> bytes:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
 
 
-def _words(text: str) -> List[str]:
+def _words(text: str) -> list[str]:
     return re.findall(r"[a-z0-9]+", text.lower())
 
 
@@ -321,15 +377,15 @@ def _token_match(tok: str, words: Sequence[str]) -> bool:
     return False
 
 
-def rank_enum_by_overlap(options: Sequence[Any], text: str) -> Tuple[Any, float]:
+def rank_enum_by_overlap(options: Sequence[Any], text: str) -> tuple[Any, float]:
     """Pick the enum option whose name (split on ``_``/``-``/space) best
     overlaps the words of ``text``; ties and no-overlap fall back to a hash of
     the text. Returns (option, match_fraction) where match_fraction is 0 when
     nothing matched."""
     words = set(_words(text))
     digest = _digest(text)
-    best: Optional[Tuple[Tuple[int, float, int], Any, float]] = None
-    for idx, opt in enumerate(options):
+    best: tuple[tuple[int, float, int], Any, float] | None = None
+    for opt in options:
         toks = [t for t in re.split(r"[_\-\s/]+", str(opt).lower()) if t and t not in _STOPWORDS]
         if not toks:
             toks = [str(opt).lower()]
@@ -350,11 +406,11 @@ def rank_enum_by_overlap(options: Sequence[Any], text: str) -> Tuple[Any, float]
 def _free_text(digest: bytes, n_words: int) -> str:
     rng = random.Random(digest)
     words = rng.choices(_WORDS, k=n_words)
-    out: List[str] = []
+    out: list[str] = []
     i = 0
     while i < n_words:
         k = 6 + int(rng.random() * 7)  # sentences of 6-12 words
-        out.append(" ".join(words[i:i + k]).capitalize() + ".")
+        out.append(" ".join(words[i : i + k]).capitalize() + ".")
         i += k
     return " ".join(out)
 
@@ -362,15 +418,15 @@ def _free_text(digest: bytes, n_words: int) -> str:
 class SchemaGenerator:
     """Builds a JSON value valid for a (JSON Schema) structured-output schema."""
 
-    def __init__(self, root: Dict[str, Any], text: str, markers: Dict[str, str], digest: bytes):
+    def __init__(self, root: dict[str, Any], text: str, markers: dict[str, str], digest: bytes):
         self.root = root
         self.text = text
         self.markers = markers
         self.rng = random.Random(digest)
         self.digest = digest
-        self.match_fraction: Optional[float] = None
+        self.match_fraction: float | None = None
 
-    def resolve(self, schema: Any, depth: int = 0) -> Dict[str, Any]:
+    def resolve(self, schema: Any, depth: int = 0) -> dict[str, Any]:
         if not isinstance(schema, dict):
             return {}
         while "$ref" in schema and depth < 50:
@@ -445,7 +501,7 @@ class SchemaGenerator:
             return None
         return None
 
-    def _enum(self, options: List[Any], override: Optional[str]) -> Any:
+    def _enum(self, options: list[Any], override: str | None) -> Any:
         if override is not None:
             for o in options:
                 if str(o) == override:
@@ -461,16 +517,16 @@ class SchemaGenerator:
             return opt
         return options[int.from_bytes(self.digest[:4], "big") % len(options)]
 
-    def _object(self, s: Dict[str, Any], depth: int) -> Dict[str, Any]:
+    def _object(self, s: dict[str, Any], depth: int) -> dict[str, Any]:
         props = s.get("properties") or {}
-        out: Dict[str, Any] = {}
+        out: dict[str, Any] = {}
         # Enum-like properties first, so confidence can depend on the match.
         order = sorted(props, key=lambda k: 0 if "enum" in self.resolve(props[k]) else 1)
         for k in order:
             out[k] = self.generate(props[k], k, depth + 1)
         return {k: out[k] for k in props}  # keep schema order
 
-    def _array(self, s: Dict[str, Any], name: str, depth: int) -> List[Any]:
+    def _array(self, s: dict[str, Any], name: str, depth: int) -> list[Any]:
         lo = int(s.get("minItems", 0) or 0)
         hi = s.get("maxItems")
         n = max(lo, 1)
@@ -484,7 +540,7 @@ class SchemaGenerator:
             out.append(self.generate(sub, "", depth + 1))
         return out
 
-    def _string(self, s: Dict[str, Any], name: str, override: Optional[str]) -> str:
+    def _string(self, s: dict[str, Any], name: str, override: str | None) -> str:
         if override is not None:
             val = override
         else:
@@ -503,9 +559,26 @@ class SchemaGenerator:
             elif fmt in ("uri", "url"):
                 val = "https://example.com/"
             else:
-                n_words = 3 if not any(x in name.lower() for x in ("reason", "explan", "summary", "reply",
-                                                                   "response", "answer", "message", "rational",
-                                                                   "draft", "note", "text")) else 12
+                n_words = (
+                    3
+                    if not any(
+                        x in name.lower()
+                        for x in (
+                            "reason",
+                            "explan",
+                            "summary",
+                            "reply",
+                            "response",
+                            "answer",
+                            "message",
+                            "rational",
+                            "draft",
+                            "note",
+                            "text",
+                        )
+                    )
+                    else 12
+                )
                 val = _free_text(hashlib.sha256(self.digest + name.encode()).digest(), n_words)
         lo = int(s.get("minLength", 0) or 0)
         hi = s.get("maxLength")
@@ -515,12 +588,12 @@ class SchemaGenerator:
             val = val[: int(hi)]
         return val
 
-    def _number(self, s: Dict[str, Any], name: str, override: Optional[str], integer: bool) -> Any:
+    def _number(self, s: dict[str, Any], name: str, override: str | None, integer: bool) -> Any:
         lo = s.get("minimum")
         hi = s.get("maximum")
         xlo = s.get("exclusiveMinimum")
         xhi = s.get("exclusiveMaximum")
-        val: Optional[float] = None
+        val: float | None = None
         if override is not None:
             try:
                 val = float(override)
@@ -530,7 +603,7 @@ class SchemaGenerator:
         if val is None:
             if any(x in lname for x in ("confidence", "probab", "score", "certainty")):
                 frac = self.match_fraction
-                jitter = (int.from_bytes(hashlib.sha256(self.digest + b"conf").digest()[:2], "big") / 65535.0)
+                jitter = int.from_bytes(hashlib.sha256(self.digest + b"conf").digest()[:2], "big") / 65535.0
                 if frac is None:
                     val = 0.5 + 0.45 * jitter
                 elif frac > 0:
@@ -563,19 +636,19 @@ class SchemaGenerator:
 
 @dataclass
 class Reply:
-    content: List[Dict[str, Any]]
+    content: list[dict[str, Any]]
     stop_reason: str
     output_tokens: int
-    stop_sequence: Optional[str] = None
-    stop_details: Optional[Dict[str, Any]] = None
-    markers: Dict[str, str] = field(default_factory=dict)
+    stop_sequence: str | None = None
+    stop_details: dict[str, Any] | None = None
+    markers: dict[str, str] = field(default_factory=dict)
 
     @property
     def text(self) -> str:
         return "".join(b.get("text", "") for b in self.content if b.get("type") == "text")
 
 
-def output_schema(params: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+def output_schema(params: dict[str, Any]) -> dict[str, Any] | None:
     fmt = (params.get("output_config") or {}).get("format")
     if isinstance(fmt, dict) and fmt.get("type") == "json_schema" and isinstance(fmt.get("schema"), dict):
         return fmt["schema"]
@@ -586,7 +659,7 @@ def _tool_use_id(digest: bytes) -> str:
     return "toolu_sim" + hashlib.sha256(digest + b"tool").hexdigest()[:20]
 
 
-def simulate_reply(params: Dict[str, Any], *, fault: Optional[str] = None) -> Reply:
+def simulate_reply(params: dict[str, Any], *, fault: str | None = None) -> Reply:
     """The deterministic answer to a (validated) /v1/messages request.
 
     ``fault`` may be ``"truncated"`` or ``"refusal"`` to get the faulty
@@ -598,13 +671,21 @@ def simulate_reply(params: Dict[str, Any], *, fault: Optional[str] = None) -> Re
     max_tokens = int(params.get("max_tokens", 1024))
 
     if fault == "refusal":
-        return Reply(content=[], stop_reason="refusal", output_tokens=4, markers=markers,
-                     stop_details={"type": "refusal", "category": None,
-                                   "explanation": "The simulator was configured to refuse this request."})
+        return Reply(
+            content=[],
+            stop_reason="refusal",
+            output_tokens=4,
+            markers=markers,
+            stop_details={
+                "type": "refusal",
+                "category": None,
+                "explanation": "The simulator was configured to refuse this request.",
+            },
+        )
 
     tools = params.get("tools") or []
     tc = params.get("tool_choice") or {}
-    tool_name: Optional[str] = None
+    tool_name: str | None = None
     if tools and tc.get("type") != "none":
         if tc.get("type") == "tool":
             tool_name = tc.get("name")
@@ -659,5 +740,10 @@ def simulate_reply(params: Dict[str, Any], *, fault: Optional[str] = None) -> Re
         stop_reason, stop_sequence = "max_tokens", None
     if max_tokens == 0:
         return Reply(content=[], stop_reason="max_tokens", output_tokens=0, markers=markers)
-    return Reply(content=[{"type": "text", "text": text}], stop_reason=stop_reason, output_tokens=out_tokens,
-                 stop_sequence=stop_sequence, markers=markers)
+    return Reply(
+        content=[{"type": "text", "text": text}],
+        stop_reason=stop_reason,
+        output_tokens=out_tokens,
+        stop_sequence=stop_sequence,
+        markers=markers,
+    )

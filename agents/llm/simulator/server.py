@@ -17,11 +17,12 @@ import string
 import threading
 import time
 from collections import OrderedDict, defaultdict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Any, AsyncIterator, Dict, List, Optional, Tuple
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from .config import FAULT_KINDS, SimulatorConfig, normalize_fault_kind
+from .config import SimulatorConfig, normalize_fault_kind
 from .httpserver import HTTPServer, Request, Response
 from .ratelimit import RateLimiter
 from .responder import (
@@ -49,9 +50,7 @@ ERROR_FAULTS = {
     "504": ("timeout_error", "Request timed out"),
 }
 
-SPEND_LIMIT_MESSAGE = (
-    "You have reached your specified API usage limits. You will regain access on {date} at 00:00 UTC."
-)
+SPEND_LIMIT_MESSAGE = "You have reached your specified API usage limits. You will regain access on {date} at 00:00 UTC."
 
 
 def _rand_id(prefix: str, n: int = 24) -> str:
@@ -64,7 +63,7 @@ def _rand_id(prefix: str, n: int = 24) -> str:
 
 
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _json(obj: Any) -> bytes:
@@ -74,12 +73,12 @@ def _json(obj: Any) -> bytes:
 class _Stats:
     def __init__(self) -> None:
         self.started = time.time()
-        self.by_endpoint: Dict[str, Dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        self.by_status: Dict[str, int] = defaultdict(int)
-        self.faults: Dict[str, int] = defaultdict(int)
+        self.by_endpoint: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.by_status: dict[str, int] = defaultdict(int)
+        self.faults: dict[str, int] = defaultdict(int)
         self.requests_total = 0
         self.rate_limited = 0
-        self.rate_limited_by: Dict[str, int] = defaultdict(int)
+        self.rate_limited_by: dict[str, int] = defaultdict(int)
         self.spend_limited = 0
         self.in_flight = 0
         self.max_in_flight = 0
@@ -100,19 +99,22 @@ class _Stats:
 class _Batch:
     id: str
     created: float
-    requests: List[Dict[str, Any]]
+    requests: list[dict[str, Any]]
     status: str = "in_progress"
-    ended: Optional[float] = None
-    cancel_initiated: Optional[float] = None
-    counts: Dict[str, int] = field(default_factory=dict)
-    results: List[bytes] = field(default_factory=list)
-    task: Optional[asyncio.Task] = None
+    ended: float | None = None
+    cancel_initiated: float | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    results: list[bytes] = field(default_factory=list)
+    task: asyncio.Task | None = None
     results_base: str = ""
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         n = len(self.requests)
-        counts = self.counts if self.status == "ended" else {
-            "processing": n, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
+        counts = (
+            self.counts
+            if self.status == "ended"
+            else {"processing": n, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
+        )
         return {
             "id": self.id,
             "type": "message_batch",
@@ -123,16 +125,18 @@ class _Batch:
             "expires_at": _iso(self.created + 86400),
             "archived_at": None,
             "cancel_initiated_at": _iso(self.cancel_initiated) if self.cancel_initiated else None,
-            "results_url": (f"{self.results_base}/v1/messages/batches/{self.id}/results"
-                            if self.status == "ended" else None),
+            "results_url": (
+                f"{self.results_base}/v1/messages/batches/{self.id}/results" if self.status == "ended" else None
+            ),
         }
 
 
 class Simulator:
     """The simulator application. Create, then ``await start()`` in a loop."""
 
-    def __init__(self, config: Optional[SimulatorConfig] = None, *, host: str = "127.0.0.1", port: int = 0,
-                 **overrides: Any):
+    def __init__(
+        self, config: SimulatorConfig | None = None, *, host: str = "127.0.0.1", port: int = 0, **overrides: Any
+    ):
         base = config if config is not None else SimulatorConfig()
         self.initial_config = base.updated(overrides) if overrides else base.updated({})
         self.host = host
@@ -156,8 +160,8 @@ class Simulator:
 
     def _clear_state(self) -> None:
         self.stats = _Stats()
-        self.cache: Dict[str, float] = {}
-        self.batches: "OrderedDict[str, _Batch]" = OrderedDict()
+        self.cache: dict[str, float] = {}
+        self.batches: OrderedDict[str, _Batch] = OrderedDict()
         self.accepted_messages = 0
 
     @property
@@ -180,7 +184,7 @@ class Simulator:
         await self.http.stop()
 
     # --------------------------------------------------------------- control
-    def configure(self, **changes: Any) -> Dict[str, Any]:
+    def configure(self, **changes: Any) -> dict[str, Any]:
         self._apply_config(self.config.updated(changes))
         return self.config.to_dict()
 
@@ -192,7 +196,7 @@ class Simulator:
         self._apply_config(cfg, fresh=True)
         self._clear_state()
 
-    def snapshot_stats(self) -> Dict[str, Any]:
+    def snapshot_stats(self) -> dict[str, Any]:
         s = self.stats
         return {
             "uptime_s": round(time.time() - s.started, 3),
@@ -250,8 +254,9 @@ class Simulator:
                         resp = self._error(401, "authentication_error", "x-api-key header is required", request_id)
                         return self._finish(resp, endpoint, request_id)
                     if not req.headers.get("anthropic-version"):
-                        resp = self._error(400, "invalid_request_error", "anthropic-version: header is required",
-                                           request_id)
+                        resp = self._error(
+                            400, "invalid_request_error", "anthropic-version: header is required", request_id
+                        )
                         return self._finish(resp, endpoint, request_id)
                 try:
                     resp = await handler(req, request_id, *args)
@@ -264,8 +269,9 @@ class Simulator:
             raise
         except Exception as e:  # pragma: no cover - defensive
             log.exception("simulator handler failed")
-            return self._finish(self._error(500, "api_error", f"simulator bug: {e!r}", request_id),
-                                endpoint, request_id)
+            return self._finish(
+                self._error(500, "api_error", f"simulator bug: {e!r}", request_id), endpoint, request_id
+            )
         finally:
             s.in_flight -= 1
 
@@ -276,10 +282,12 @@ class Simulator:
 
     def _add_headers(self, resp: Response, request_id: str) -> Response:
         if resp.action is None:
-            hdrs = [("request-id", request_id),
-                    ("anthropic-organization-id", self.config.organization_id),
-                    ("date", time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime())),
-                    ("server", "anthropic-simulator")]
+            hdrs = [
+                ("request-id", request_id),
+                ("anthropic-organization-id", self.config.organization_id),
+                ("date", time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime())),
+                ("server", "anthropic-simulator"),
+            ]
             hdrs.extend(self.limiter.headers().items())
             names = {k.lower() for k, _ in resp.headers}
             resp.headers = [h for h in hdrs if h[0] not in names] + resp.headers
@@ -319,14 +327,22 @@ class Simulator:
         return f"{m} {p}", None, ()
 
     # ------------------------------------------------------------- helpers
-    def _error(self, status: int, etype: str, message: str, request_id: str,
-               headers: Optional[List[Tuple[str, str]]] = None, details: Optional[Dict[str, Any]] = None) -> Response:
-        err: Dict[str, Any] = {"type": etype, "message": message}
+    def _error(
+        self,
+        status: int,
+        etype: str,
+        message: str,
+        request_id: str,
+        headers: list[tuple[str, str]] | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> Response:
+        err: dict[str, Any] = {"type": etype, "message": message}
         if details:
             err["details"] = details
         body = {"type": "error", "error": err, "request_id": request_id}
-        return Response(status=status, body=_json(body),
-                        headers=[("content-type", "application/json")] + list(headers or []))
+        return Response(
+            status=status, body=_json(body), headers=[("content-type", "application/json")] + list(headers or [])
+        )
 
     def _ok(self, obj: Any, status: int = 200) -> Response:
         return Response(status=status, body=_json(obj), headers=[("content-type", "application/json")])
@@ -338,11 +354,11 @@ class Simulator:
         try:
             return json.loads(req.body)
         except (ValueError, UnicodeDecodeError):
-            raise InvalidRequest("There was an issue with your request body: it is not valid JSON")
+            raise InvalidRequest("There was an issue with your request body: it is not valid JSON") from None
 
-    def _draw_fault(self, markers: Dict[str, str], rng: random.Random) -> Optional[str]:
+    def _draw_fault(self, markers: dict[str, str], rng: random.Random) -> str | None:
         r = rng.random()  # always drawn, so the sequence does not depend on markers/scripts
-        kind: Optional[str] = None
+        kind: str | None = None
         if "fault" in markers:
             v = markers["fault"].strip().lower()
             if v not in ("ok", "none", "-"):
@@ -362,7 +378,7 @@ class Simulator:
                     break
         return kind
 
-    def _cache_lookup(self, params: Dict[str, Any], segments=None):
+    def _cache_lookup(self, params: dict[str, Any], segments=None):
         """(read_tokens, creation_tokens, creation_by_ttl, breakpoints_to_store, hits)."""
         now = time.monotonic()
         bps = cache_breakpoints(params, ttl_override=self.config.cache_ttl, segments=segments)
@@ -390,8 +406,15 @@ class Simulator:
         if len(self.cache) > 100_000:  # drop expired entries now and then
             self.cache = {k: v for k, v in self.cache.items() if v > now}
 
-    def _usage(self, total_in: int, read: int, create: int, by_ttl: Dict[str, int], output_tokens: int,
-               service_tier: str = "standard") -> Dict[str, Any]:
+    def _usage(
+        self,
+        total_in: int,
+        read: int,
+        create: int,
+        by_ttl: dict[str, int],
+        output_tokens: int,
+        service_tier: str = "standard",
+    ) -> dict[str, Any]:
         return {
             "input_tokens": max(0, total_in - read - create),
             "cache_creation_input_tokens": create,
@@ -402,7 +425,7 @@ class Simulator:
             "server_tool_use": None,
         }
 
-    def _build_message(self, params: Dict[str, Any], reply: Reply, usage: Dict[str, Any]) -> Dict[str, Any]:
+    def _build_message(self, params: dict[str, Any], reply: Reply, usage: dict[str, Any]) -> dict[str, Any]:
         return {
             "id": _rand_id("msg_01", 22),
             "type": "message",
@@ -428,10 +451,15 @@ class Simulator:
             self.stats.spend_limited += 1
             if cfg.error_latency:
                 await asyncio.sleep(cfg.error_latency)
-            day = (datetime.now(timezone.utc).replace(day=1) + timedelta(days=32)).replace(day=1)
-            return self._error(429, "rate_limit_error", SPEND_LIMIT_MESSAGE.format(date=day.strftime("%Y-%m-%d")),
-                               request_id, headers=[("x-should-retry", "false")],
-                               details={"error_code": "enforced_spend_limit_reached"})
+            day = (datetime.now(UTC).replace(day=1) + timedelta(days=32)).replace(day=1)
+            return self._error(
+                429,
+                "rate_limit_error",
+                SPEND_LIMIT_MESSAGE.format(date=day.strftime("%Y-%m-%d")),
+                request_id,
+                headers=[("x-should-retry", "false")],
+                details={"error_code": "enforced_spend_limit_reached"},
+            )
 
         limited = self.limiter.check(total_in - read)
         if limited is not None:
@@ -442,10 +470,12 @@ class Simulator:
                 await asyncio.sleep(cfg.error_latency)
             limit = {"requests": cfg.rpm, "input_tokens": cfg.itpm, "output_tokens": cfg.otpm}[dim]
             unit = {"requests": "requests", "input_tokens": "input tokens", "output_tokens": "output tokens"}[dim]
-            msg = (f"This request would exceed your organization's rate limit of {limit} {unit} per minute "
-                   f"(model: {params['model']}). For details, refer to: "
-                   "https://docs.claude.com/en/api/rate-limits. You can see the response headers for current "
-                   "usage. Please reduce the prompt length or the maximum tokens requested, or try again later.")
+            msg = (
+                f"This request would exceed your organization's rate limit of {limit} {unit} per minute "
+                f"(model: {params['model']}). For details, refer to: "
+                "https://docs.claude.com/en/api/rate-limits. You can see the response headers for current "
+                "usage. Please reduce the prompt length or the maximum tokens requested, or try again later."
+            )
             retry_after = max(1, int(wait + 0.999))
             return self._error(429, "rate_limit_error", msg, request_id, headers=[("retry-after", str(retry_after))])
 
@@ -480,9 +510,11 @@ class Simulator:
 
         if params.get("stream"):
             st.messages_ok += 1
-            return Response(status=200, headers=[("content-type", "text/event-stream; charset=utf-8"),
-                                                 ("cache-control", "no-cache")],
-                            stream=self._sse(message, latency, fault == "malformed"))
+            return Response(
+                status=200,
+                headers=[("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-cache")],
+                stream=self._sse(message, latency, fault == "malformed"),
+            )
         if latency > 0:
             await asyncio.sleep(latency)
         body = _json(message)
@@ -491,7 +523,7 @@ class Simulator:
         st.messages_ok += 1
         return Response(status=200, body=body, headers=[("content-type", "application/json")])
 
-    def _latency(self, markers: Dict[str, str], output_tokens: int) -> float:
+    def _latency(self, markers: dict[str, str], output_tokens: int) -> float:
         sample = self.config.latency.sample(self.latency_rng, output_tokens)  # always drawn
         if "latency" in markers:
             try:
@@ -500,49 +532,75 @@ class Simulator:
                 pass
         return sample
 
-    async def _sse(self, message: Dict[str, Any], latency: float, malformed: bool) -> AsyncIterator[bytes]:
-        def ev(name: str, data: Dict[str, Any]) -> bytes:
+    async def _sse(self, message: dict[str, Any], latency: float, malformed: bool) -> AsyncIterator[bytes]:
+        def ev(name: str, data: dict[str, Any]) -> bytes:
             return b"event: " + name.encode() + b"\ndata: " + _json(data) + b"\n\n"
 
         usage = message["usage"]
         per_token = self.config.latency.per_token
         first = max(0.0, latency - per_token * usage["output_tokens"])
-        start = dict(message, content=[], stop_reason=None, stop_sequence=None, stop_details=None,
-                     usage=dict(usage, output_tokens=1))
+        start = dict(
+            message,
+            content=[],
+            stop_reason=None,
+            stop_sequence=None,
+            stop_details=None,
+            usage=dict(usage, output_tokens=1),
+        )
         if first > 0:
             await asyncio.sleep(first)
         yield ev("message_start", {"type": "message_start", "message": start})
         yield ev("ping", {"type": "ping"})
         for i, block in enumerate(message["content"]):
             if block["type"] == "text":
-                yield ev("content_block_start", {"type": "content_block_start", "index": i,
-                                                 "content_block": {"type": "text", "text": ""}})
+                yield ev(
+                    "content_block_start",
+                    {"type": "content_block_start", "index": i, "content_block": {"type": "text", "text": ""}},
+                )
                 text = block["text"]
                 step = 40
                 for j in range(0, len(text), step):
-                    piece = text[j:j + step]
+                    piece = text[j : j + step]
                     if per_token:
                         await asyncio.sleep(per_token * max(1, len(piece) // 4))
                     if malformed and j >= len(text) // 2:
-                        yield b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"ind\n\n"
+                        yield b'event: content_block_delta\ndata: {"type":"content_block_delta","ind\n\n'
                         return
-                    yield ev("content_block_delta", {"type": "content_block_delta", "index": i,
-                                                     "delta": {"type": "text_delta", "text": piece}})
+                    yield ev(
+                        "content_block_delta",
+                        {"type": "content_block_delta", "index": i, "delta": {"type": "text_delta", "text": piece}},
+                    )
             elif block["type"] == "tool_use":
-                yield ev("content_block_start", {"type": "content_block_start", "index": i,
-                                                 "content_block": dict(block, input={})})
-                yield ev("content_block_delta", {"type": "content_block_delta", "index": i,
-                                                 "delta": {"type": "input_json_delta",
-                                                           "partial_json": json.dumps(block["input"])}})
+                yield ev(
+                    "content_block_start",
+                    {"type": "content_block_start", "index": i, "content_block": dict(block, input={})},
+                )
+                yield ev(
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": i,
+                        "delta": {"type": "input_json_delta", "partial_json": json.dumps(block["input"])},
+                    },
+                )
             yield ev("content_block_stop", {"type": "content_block_stop", "index": i})
-        yield ev("message_delta", {"type": "message_delta",
-                                   "delta": {"stop_reason": message["stop_reason"],
-                                             "stop_sequence": message["stop_sequence"],
-                                             "stop_details": message["stop_details"]},
-                                   "usage": {"output_tokens": usage["output_tokens"],
-                                             "input_tokens": usage["input_tokens"],
-                                             "cache_creation_input_tokens": usage["cache_creation_input_tokens"],
-                                             "cache_read_input_tokens": usage["cache_read_input_tokens"]}})
+        yield ev(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {
+                    "stop_reason": message["stop_reason"],
+                    "stop_sequence": message["stop_sequence"],
+                    "stop_details": message["stop_details"],
+                },
+                "usage": {
+                    "output_tokens": usage["output_tokens"],
+                    "input_tokens": usage["input_tokens"],
+                    "cache_creation_input_tokens": usage["cache_creation_input_tokens"],
+                    "cache_read_input_tokens": usage["cache_read_input_tokens"],
+                },
+            },
+        )
         yield ev("message_stop", {"type": "message_stop"})
 
     async def _count_tokens(self, req: Request, request_id: str) -> Response:
@@ -578,8 +636,9 @@ class Simulator:
             seen.add(cid)
             if not isinstance(r.get("params"), dict):
                 raise InvalidRequest(f"requests.{i}.params: Field required")
-        b = _Batch(id=_rand_id("msgbatch_01", 22), created=time.time(), requests=reqs,
-                   results_base=self._results_base(req))
+        b = _Batch(
+            id=_rand_id("msgbatch_01", 22), created=time.time(), requests=reqs, results_base=self._results_base(req)
+        )
         self.batches[b.id] = b
         self.batches.move_to_end(b.id, last=False)  # most recent first
         self.stats.batches_created += 1
@@ -598,11 +657,11 @@ class Simulator:
         if b.status == "ended":
             return
         counts = {"processing": 0, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
-        lines: List[bytes] = []
+        lines: list[bytes] = []
         for r in b.requests:
             cid = r["custom_id"]
             if b.status == "canceling":
-                result: Dict[str, Any] = {"type": "canceled"}
+                result: dict[str, Any] = {"type": "canceled"}
             else:
                 result = self._batch_item(r["params"])
             counts[result["type"]] += 1
@@ -612,12 +671,14 @@ class Simulator:
         b.status = "ended"
         b.ended = time.time()
 
-    def _batch_item(self, params: Any) -> Dict[str, Any]:
+    def _batch_item(self, params: Any) -> dict[str, Any]:
         rid = _rand_id("req_011C", 20)
 
-        def errored(etype: str, msg: str) -> Dict[str, Any]:
-            return {"type": "errored",
-                    "error": {"type": "error", "error": {"type": etype, "message": msg}, "request_id": rid}}
+        def errored(etype: str, msg: str) -> dict[str, Any]:
+            return {
+                "type": "errored",
+                "error": {"type": "error", "error": {"type": etype, "message": msg}, "request_id": rid},
+            }
 
         try:
             if isinstance(params, dict) and params.get("stream"):
@@ -658,13 +719,13 @@ class Simulator:
         try:
             limit = int(req.query.get("limit", 20))
         except ValueError:
-            raise InvalidRequest("limit: Input should be a valid integer")
+            raise InvalidRequest("limit: Input should be a valid integer") from None
         if not 1 <= limit <= 1000:
             raise InvalidRequest("limit: Input should be between 1 and 1000")
         ids = list(self.batches)  # most recent first
         after, before = req.query.get("after_id"), req.query.get("before_id")
         if after:
-            ids = ids[ids.index(after) + 1:] if after in ids else []
+            ids = ids[ids.index(after) + 1 :] if after in ids else []
             page = ids[:limit]
             has_more = len(ids) > limit
         elif before:
@@ -675,8 +736,14 @@ class Simulator:
             page = ids[:limit]
             has_more = len(ids) > limit
         data = [self.batches[i].to_dict() for i in page]
-        return self._ok({"data": data, "has_more": has_more,
-                         "first_id": page[0] if page else None, "last_id": page[-1] if page else None})
+        return self._ok(
+            {
+                "data": data,
+                "has_more": has_more,
+                "first_id": page[0] if page else None,
+                "last_id": page[-1] if page else None,
+            }
+        )
 
     async def _batch_cancel(self, req: Request, request_id: str, bid: str) -> Response:
         b = self._get_batch(bid)
@@ -718,7 +785,7 @@ class Simulator:
             try:
                 self.configure(**changes)
             except (ValueError, TypeError) as e:
-                raise InvalidRequest(str(e))
+                raise InvalidRequest(str(e)) from e
         return self._ok(self.config.to_dict())
 
     async def _sim_reset(self, req: Request, request_id: str) -> Response:
@@ -771,17 +838,18 @@ class SimulatorHandle:
     def _call(self, fn, *args, **kwargs):
         async def run():
             return fn(*args, **kwargs)
+
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout=30)
 
-    def stats(self) -> Dict[str, Any]:
+    def stats(self) -> dict[str, Any]:
         return self._call(self.simulator.snapshot_stats)
 
-    def configure(self, **changes: Any) -> Dict[str, Any]:
+    def configure(self, **changes: Any) -> dict[str, Any]:
         """Change config at run time (same keys as start_simulator)."""
         return self._call(self.simulator.configure, **changes)
 
     @property
-    def config(self) -> Dict[str, Any]:
+    def config(self) -> dict[str, Any]:
         return self._call(lambda: self.simulator.config.to_dict())
 
     def reset(self, keep_config: bool = False) -> None:
@@ -798,7 +866,7 @@ class SimulatorHandle:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=15)
 
-    def __enter__(self) -> "SimulatorHandle":
+    def __enter__(self) -> SimulatorHandle:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -808,8 +876,9 @@ class SimulatorHandle:
         return f"<SimulatorHandle {self.base_url}>"
 
 
-def start_simulator(port: int = 0, host: str = "127.0.0.1", config: Optional[SimulatorConfig] = None,
-                    **overrides: Any) -> SimulatorHandle:
+def start_simulator(
+    port: int = 0, host: str = "127.0.0.1", config: SimulatorConfig | None = None, **overrides: Any
+) -> SimulatorHandle:
     """Start a simulator in a background thread and return once it listens.
 
     ``port=0`` binds a free port (see ``handle.port`` / ``handle.base_url``).
@@ -820,7 +889,7 @@ def start_simulator(port: int = 0, host: str = "127.0.0.1", config: Optional[Sim
     sim = Simulator(config, host=host, port=port, **overrides)
     loop = asyncio.new_event_loop()
     ready = threading.Event()
-    failure: List[BaseException] = []
+    failure: list[BaseException] = []
 
     def run() -> None:
         asyncio.set_event_loop(loop)
@@ -842,7 +911,7 @@ def start_simulator(port: int = 0, host: str = "127.0.0.1", config: Optional[Sim
                 loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             loop.close()
 
-    thread = threading.Thread(target=run, name=f"anthropic-simulator", daemon=True)
+    thread = threading.Thread(target=run, name="anthropic-simulator", daemon=True)
     thread.start()
     ready.wait(timeout=30)
     if failure:
@@ -852,8 +921,9 @@ def start_simulator(port: int = 0, host: str = "127.0.0.1", config: Optional[Sim
     return SimulatorHandle(sim, loop, thread)
 
 
-async def serve_forever(host: str = "127.0.0.1", port: int = 8765, config: Optional[SimulatorConfig] = None,
-                        ready_cb=None) -> None:
+async def serve_forever(
+    host: str = "127.0.0.1", port: int = 8765, config: SimulatorConfig | None = None, ready_cb=None
+) -> None:
     """Run a simulator in the current event loop until cancelled (used by the CLI)."""
     sim = Simulator(config, host=host, port=port)
     await sim.start()

@@ -18,6 +18,7 @@ precision and recall; then overall:
 Text is normalised exactly as the runtime does: unicode NFKC, whitespace
 collapsed, lower-cased; regexes are compiled with re.IGNORECASE.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,12 +73,12 @@ def match(rules: dict[str, re.Pattern], text: str) -> list[str]:
 class Report:
     total: int = 0
     support: dict = field(default_factory=dict)
-    hits: dict = field(default_factory=dict)       # rows matched by the intent's rules
-    correct: dict = field(default_factory=dict)    # ... whose label is that intent
-    single: int = 0                                 # rows matched by exactly one intent
+    hits: dict = field(default_factory=dict)  # rows matched by the intent's rules
+    correct: dict = field(default_factory=dict)  # ... whose label is that intent
+    single: int = 0  # rows matched by exactly one intent
     single_correct: int = 0
     conflicts: int = 0
-    errors: list = field(default_factory=list)      # (predicted, label, text) false positives
+    errors: list = field(default_factory=list)  # (predicted, label, text) false positives
     matched_rows: list = field(default_factory=list)  # (labels matched, label, text)
 
     def precision(self, name: str) -> float | None:
@@ -128,8 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--errors", metavar="INTENT", help="print false positives of INTENT ('all' for every intent)")
     ap.add_argument("--misses", metavar="INTENT", help="print rows of INTENT that its rules do not match")
     ap.add_argument("--per-rule", action="store_true", help="also print hits and precision of every single rule")
-    ap.add_argument("--min-precision", type=float, default=0.97,
-                    help="flag intents whose rule precision is below this (default 0.97)")
+    ap.add_argument(
+        "--min-precision",
+        type=float,
+        default=0.97,
+        help="flag intents whose rule precision is below this (default 0.97)",
+    )
     args = ap.parse_args(argv)
 
     pack = load_pack(args.pack)

@@ -8,10 +8,11 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from datetime import datetime
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 import anthropic
 import jsonschema
@@ -68,9 +69,11 @@ def ask(client: anthropic.Anthropic, text: str, **kw):
 
 # --------------------------------------------------------------------------- answers
 
+
 def test_structured_classification_is_valid_json_with_enum_intent(client) -> None:
-    msg = ask(client, "Hi, I ordered a new card two weeks ago and it still has not arrived.",
-              output_config=OUTPUT_CONFIG)
+    msg = ask(
+        client, "Hi, I ordered a new card two weeks ago and it still has not arrived.", output_config=OUTPUT_CONFIG
+    )
     assert msg.type == "message" and msg.role == "assistant" and msg.model == MODEL
     assert msg.stop_reason == "end_turn"
     data = json.loads(msg.content[0].text)
@@ -93,8 +96,14 @@ def test_answers_are_deterministic_and_predictable(client) -> None:
     b = ask(client, text, output_config=OUTPUT_CONFIG)
     assert a.content[0].text == b.content[0].text
     assert a.id != b.id
-    predicted = simulate_reply({"model": MODEL, "max_tokens": 256, "output_config": OUTPUT_CONFIG,
-                                "messages": [{"role": "user", "content": text}]})
+    predicted = simulate_reply(
+        {
+            "model": MODEL,
+            "max_tokens": 256,
+            "output_config": OUTPUT_CONFIG,
+            "messages": [{"role": "user", "content": text}],
+        }
+    )
     assert predicted.text == a.content[0].text
     assert json.loads(a.content[0].text)["intent"] in INTENTS
     free = ask(client, "hello there")
@@ -103,7 +112,7 @@ def test_answers_are_deterministic_and_predictable(client) -> None:
 
 
 def test_sdk_parse_with_pydantic_model(client) -> None:
-    class Intent(str, Enum):
+    class Intent(StrEnum):
         card_arrival = "card_arrival"
         exchange_rate = "exchange_rate"
 
@@ -114,21 +123,33 @@ def test_sdk_parse_with_pydantic_model(client) -> None:
         tags: list[str]
         channel: Literal["email", "chat"]
 
-    msg = client.messages.parse(model=MODEL, max_tokens=256, output_format=Classification,
-                                messages=[{"role": "user", "content": "What exchange rate do you use? [[needs_human:true]]"}])
+    msg = client.messages.parse(
+        model=MODEL,
+        max_tokens=256,
+        output_format=Classification,
+        messages=[{"role": "user", "content": "What exchange rate do you use? [[needs_human:true]]"}],
+    )
     parsed = msg.content[0].parsed_output
     assert isinstance(parsed, Classification)
     assert parsed.intent is Intent.exchange_rate and parsed.needs_human is True
 
 
 def test_tool_choice_returns_tool_use(client) -> None:
-    tool = {"name": "route_ticket", "description": "route",
-            "input_schema": {"type": "object", "properties": {"intent": {"type": "string", "enum": INTENTS},
-                                                              "priority": {"type": "integer", "minimum": 1,
-                                                                           "maximum": 3}},
-                             "required": ["intent", "priority"]}}
-    msg = ask(client, "I lost my card, someone stole it", tools=[tool],
-              tool_choice={"type": "tool", "name": "route_ticket"})
+    tool = {
+        "name": "route_ticket",
+        "description": "route",
+        "input_schema": {
+            "type": "object",
+            "properties": {
+                "intent": {"type": "string", "enum": INTENTS},
+                "priority": {"type": "integer", "minimum": 1, "maximum": 3},
+            },
+            "required": ["intent", "priority"],
+        },
+    }
+    msg = ask(
+        client, "I lost my card, someone stole it", tools=[tool], tool_choice={"type": "tool", "name": "route_ticket"}
+    )
     assert msg.stop_reason == "tool_use"
     block = msg.content[0]
     assert block.type == "tool_use" and block.name == "route_ticket"
@@ -136,8 +157,9 @@ def test_tool_choice_returns_tool_use(client) -> None:
 
 
 def test_streaming_matches_non_streaming(client) -> None:
-    with client.messages.stream(model=MODEL, max_tokens=256,
-                                messages=[{"role": "user", "content": "stream please"}]) as stream:
+    with client.messages.stream(
+        model=MODEL, max_tokens=256, messages=[{"role": "user", "content": "stream please"}]
+    ) as stream:
         streamed = "".join(stream.text_stream)
         final = stream.get_final_message()
     assert streamed == ask(client, "stream please").content[0].text
@@ -145,6 +167,7 @@ def test_streaming_matches_non_streaming(client) -> None:
 
 
 # --------------------------------------------------------------------------- usage and caching
+
 
 def test_usage_and_prompt_cache(client) -> None:
     system = [{"type": "text", "text": LONG_SYSTEM, "cache_control": {"type": "ephemeral"}}]
@@ -182,10 +205,18 @@ def test_max_tokens_cuts_the_answer(client) -> None:
 
 # --------------------------------------------------------------------------- batches
 
+
 def test_batch_round_trip(client) -> None:
     requests = [
-        {"custom_id": f"t-{i}", "params": {"model": MODEL, "max_tokens": 128, "output_config": OUTPUT_CONFIG,
-                                           "messages": [{"role": "user", "content": f"ticket {i} [[intent:{intent}]]"}]}}
+        {
+            "custom_id": f"t-{i}",
+            "params": {
+                "model": MODEL,
+                "max_tokens": 128,
+                "output_config": OUTPUT_CONFIG,
+                "messages": [{"role": "user", "content": f"ticket {i} [[intent:{intent}]]"}],
+            },
+        }
         for i, intent in enumerate(INTENTS)
     ]
     requests.append({"custom_id": "bad", "params": {"model": MODEL, "messages": [{"role": "user", "content": "x"}]}})
@@ -226,11 +257,13 @@ def test_batch_cancel(client) -> None:
 
 # --------------------------------------------------------------------------- rate limits and errors
 
+
 def test_rate_limit_429_with_headers(sim, client) -> None:
     sim.configure(rpm=3)
     for i in range(3):
-        raw = client.messages.with_raw_response.create(model=MODEL, max_tokens=32,
-                                                       messages=[{"role": "user", "content": f"q{i}"}])
+        raw = client.messages.with_raw_response.create(
+            model=MODEL, max_tokens=32, messages=[{"role": "user", "content": f"q{i}"}]
+        )
         assert raw.headers["anthropic-ratelimit-requests-limit"] == "3"
         assert raw.headers["request-id"].startswith("req_")
     assert raw.headers["anthropic-ratelimit-requests-remaining"] == "0"
@@ -270,8 +303,9 @@ def test_spend_limit_is_not_transient(sim, client) -> None:
 
 def test_invalid_requests_are_400(client) -> None:
     with pytest.raises(anthropic.BadRequestError) as err:
-        client.post("/v1/messages", cast_to=object,
-                    body={"model": MODEL, "messages": [{"role": "user", "content": "x"}]})
+        client.post(
+            "/v1/messages", cast_to=object, body={"model": MODEL, "messages": [{"role": "user", "content": "x"}]}
+        )
     assert err.value.type == "invalid_request_error" and "max_tokens" in err.value.api_message
     with pytest.raises(anthropic.BadRequestError):
         client.post("/v1/messages", cast_to=object, body={"model": MODEL, "max_tokens": 5, "messages": []})
@@ -350,6 +384,7 @@ def test_timeout_and_disconnect(sim) -> None:
 
 # --------------------------------------------------------------------------- latency and concurrency
 
+
 def test_latency_is_honoured(sim, client) -> None:
     sim.configure(latency="fixed:0.3")
     t0 = time.monotonic()
@@ -386,9 +421,12 @@ def test_many_concurrent_slow_requests(sim) -> None:
     async def run() -> float:
         async with anthropic.AsyncAnthropic(api_key="test", base_url=sim.base_url, max_retries=0, timeout=120) as c:
             t0 = time.monotonic()
-            msgs = await asyncio.gather(*[
-                c.messages.create(model=MODEL, max_tokens=16, messages=[{"role": "user", "content": f"q{i}"}])
-                for i in range(n)])
+            msgs = await asyncio.gather(
+                *[
+                    c.messages.create(model=MODEL, max_tokens=16, messages=[{"role": "user", "content": f"q{i}"}])
+                    for i in range(n)
+                ]
+            )
             assert all(m.stop_reason in ("end_turn", "max_tokens") for m in msgs)
             return time.monotonic() - t0
 
@@ -399,6 +437,7 @@ def test_many_concurrent_slow_requests(sim) -> None:
 
 
 # --------------------------------------------------------------------------- control surface and CLI
+
 
 def test_control_endpoints_over_http(sim, client) -> None:
     cfg = client.post("/_sim/config", cast_to=object, body={"rpm": 1, "fault_rate": "refusal=1"})
@@ -418,9 +457,27 @@ def test_control_endpoints_over_http(sim, client) -> None:
 def test_cli_starts_and_serves() -> None:
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agents.llm.simulator", "--port", "0", "--rpm", "600",
-         "--fault-rate", "529=0.05,500=0.05", "--seed", "1", "--latency", "none"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "agents.llm.simulator",
+            "--port",
+            "0",
+            "--rpm",
+            "600",
+            "--fault-rate",
+            "529=0.05,500=0.05",
+            "--seed",
+            "1",
+            "--latency",
+            "none",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
         assert "listening on" in line, proc.stderr.read() if proc.poll() is not None else line

@@ -1,4 +1,5 @@
 """evaluate(), format_report() and load_csv() on tiny hand-made cases."""
+
 from __future__ import annotations
 
 from pathlib import Path

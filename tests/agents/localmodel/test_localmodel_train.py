@@ -1,4 +1,5 @@
 """Training, thresholds and serialisation of the local intent model (pure, no database)."""
+
 from __future__ import annotations
 
 import json
@@ -39,7 +40,9 @@ def model(subset: tuple[list[str], list[str]]) -> IntentModel:
     """A model trained on the subset (3 folds keeps the test quick)."""
     texts, labels = subset
     calls: list[tuple[str, int, int]] = []
-    m = train_model(texts, labels, folds=3, min_threshold=MIN_T, max_threshold=MAX_T, progress=lambda *a: calls.append(a))
+    m = train_model(
+        texts, labels, folds=3, min_threshold=MIN_T, max_threshold=MAX_T, progress=lambda *a: calls.append(a)
+    )
     assert calls and calls[-1] == ("final fit", 1, 1)
     return m
 
