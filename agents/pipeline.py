@@ -620,8 +620,10 @@ def ticket_replay(*, ticket: Ticket) -> Ticket:
         stage = letter.stage if letter else "parse"
         new_status = STAGE_STATUS[stage]
         check_transition(locked.status, new_status)
-        locked.status, locked.stage_attempts = new_status, 0
-        locked.save(update_fields=["status", "stage_attempts", "updated_at"])
+        # The dead letter is no longer the outcome: a callback still due for it is dropped (the
+        # client is told the replay's outcome), or a drain would tell it of an in-flight state.
+        locked.status, locked.stage_attempts, locked.callback_due_at = new_status, 0, None
+        locked.save(update_fields=["status", "stage_attempts", "callback_due_at", "updated_at"])
         if letter:
             DeadLetter.objects.filter(pk=letter.pk).update(replayed_at=timezone.now())
         ticket_replayed.send(sender=Ticket, ticket=locked, stage=stage)

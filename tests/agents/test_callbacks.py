@@ -14,6 +14,7 @@ from datetime import timedelta
 
 import pytest
 from django.db import connections
+from django.test import TestCase
 from django.utils import timezone
 
 from agents import callbacks
@@ -107,6 +108,17 @@ def test_a_ticket_that_moved_on_while_its_callback_was_in_flight_keeps_the_next_
 
     callbacks_drain()
     assert [b["event"] for b in recorder.json_bodies()] == ["ticket.awaiting_review", "ticket.resolved"]
+    assert Ticket.objects.get(pk=ticket.pk).callback_due_at is None
+
+
+def test_a_replayed_dead_letter_drops_its_undelivered_callback(db, api, recorder):
+    from agents.pipeline import ticket_replay
+
+    _, client = api(callback_url=recorder.url)
+    ticket = ticket_make(client, status=Status.DEAD_LETTERED, callback_due_at=timezone.now())
+    with TestCase.captureOnCommitCallbacks():  # the replay's enqueue is not run
+        ticket_replay(ticket=ticket)
+    assert callbacks_drain() == 0 and not recorder.requests  # never "ticket.parsing"
     assert Ticket.objects.get(pk=ticket.pk).callback_due_at is None
 
 
