@@ -141,7 +141,13 @@ def stop() -> None:
             import pgserver
 
             pg_ctl = str(Path(pgserver.__file__).parent / "pginstall" / "bin" / "pg_ctl")
-        user = ["sudo", "-u", "pgserver"] if os.geteuid() == 0 and shutil.which("sudo") else []
+        # pg_ctl refuses to run as root: as root, run it as the server's own user (runuser is in
+        # util-linux, so on every Debian; sudo often is not installed).
+        user: list[str] = []
+        if os.geteuid() == 0 and shutil.which("runuser"):
+            user = ["runuser", "-u", "pgserver", "--"]
+        elif os.geteuid() == 0 and shutil.which("sudo"):
+            user = ["sudo", "-u", "pgserver"]
         subprocess.run([*user, pg_ctl or "pg_ctl", "-D", str(PG_DIR), "stop", "-m", "fast"], check=False)
 
 
