@@ -90,9 +90,8 @@ def callback_due() -> None:
     for all but the first ticket of a window). Never raises: the sweeper covers a missed drain."""
     window = max(1, int(_cfg("CALLBACK_BATCH_WINDOW_MS")))
     try:
-        first = redis_client().set(settings.BROKER_KEY_PREFIX + _DRAIN_FLAG, b"1", nx=True, px=window)
-        if first:
-            current_app.send_task("agents.deliver_callbacks", countdown=window / 1000)
+        if redis_client().set(settings.BROKER_KEY_PREFIX + _DRAIN_FLAG, b"1", nx=True, px=window):
+            drain_schedule(countdown=window / 1000)
     except Exception as exc:  # Redis or the broker away: the ticket's callback_due_at stays set
         _log.warning("callback drain not scheduled (the sweeper will send it): %s", exc)
 
@@ -108,6 +107,7 @@ _PAYLOAD_FIELDS = {
 }
 # In the model's order: `Model.from_db` maps a partial row by it.
 _CLAIM_FIELDS = [f.name for f in Ticket._meta.concrete_fields if f.name in _PAYLOAD_FIELDS]
+_CLAIM_ATTNAMES = [Ticket._meta.get_field(n).attname for n in _CLAIM_FIELDS]
 _T, _C = Ticket._meta, Client._meta
 
 
@@ -171,9 +171,6 @@ def _claim(limit: int) -> list[_Due]:
         key = f"{ticket.id}:callback:{ticket.status}"
         claimed.append(_Due(ticket=ticket, url=ticket.callback_url or client_url, secret=secret, key=key))
     return claimed
-
-
-_CLAIM_ATTNAMES = [_T.get_field(n).attname for n in _CLAIM_FIELDS]
 
 
 def _deliver(claimed: list[_Due]) -> int:
@@ -243,7 +240,7 @@ def _post(due: _Due) -> None:
         if not response.is_success:
             due.error = f"callback answered {response.status_code}"
     except httpx.HTTPError as exc:
-        due.error = f"{type(exc).__name__}: {exc}" or "HTTP error"
+        due.error = f"{type(exc).__name__}: {exc}"
 
 
 def _settle(dues: list[_Due], row_ids: list[int | None]) -> None:

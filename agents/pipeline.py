@@ -511,11 +511,12 @@ def _move_sql(names: tuple[str, ...]) -> str:
     cost = Ticket._meta.get_field("cost_usd")
     columns = ", ".join(f'"{f.column}"' for f in _TRACE_FIELDS)
     record = ", ".join(f'"{f.column}" {f.db_type(connection)}' for f in _TRACE_FIELDS)
+    values = ", ".join(f'v."{f.column}"' for f in _TRACE_FIELDS)
     return (
         f'WITH moved AS (UPDATE "{Ticket._meta.db_table}" SET {sets}, "{cost.column}" = "{cost.column}" + {cast(cost)} '
         f'WHERE "id" = %s AND "status" = %s AND "stage_attempts" = %s RETURNING "id") '
         f'INSERT INTO "{Trace._meta.db_table}" ("ticket_id", {columns}) '
-        f'SELECT moved."id", {", ".join(f"v.{c}" for c in columns.split(", "))} '
+        f'SELECT moved."id", {values} '
         f"FROM moved CROSS JOIN ROWS FROM (jsonb_to_recordset(CAST(%s AS jsonb)) AS ({record})) "
         f"WITH ORDINALITY AS v({columns}, n) "
         f'ORDER BY v.n RETURNING "id"'
