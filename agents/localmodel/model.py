@@ -7,11 +7,13 @@ import pickle
 import re
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 FORMAT_VERSION = 2  # 2: the vectorizer pickled apart, beside plain-data blocks for one text
+if TYPE_CHECKING:
+    from .ensemble import EncoderHead
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,9 @@ class Prediction:
     intent: str
     confidence: float
     alternatives: list[tuple[str, float]]
+    # The intents Claude is asked to choose among when the local tiers are unsure (conformal top-k).
+    candidates: tuple[str, ...] = ()
+    encoded: bool = False  # whether the sentence encoder ran (the cheap tier was unsure)
 
 
 def softmax_rows(scores: np.ndarray) -> np.ndarray:
@@ -150,6 +155,10 @@ class IntentModel:
     embedding: str | None = None
     embedding_weight: float = 1.0
     lean: list[dict[str, Any]] | None = None  # _lean_blocks(vectorizer); derived when not given
+    # Optional second tier (agents/localmodel/ensemble.py): a sentence encoder's head, run only where the
+    # cheap confidence is below its cascade threshold; and the size of the candidate set for Claude.
+    head: EncoderHead | None = None
+    candidates_k: int = 3
 
     def __post_init__(self) -> None:
         """Normalise array types and derive the version tag when none was given."""
@@ -204,42 +213,56 @@ class IntentModel:
             scores += dense @ self._coef_t[self._n_sparse :]
         return scores
 
-    def probabilities(self, texts: list[str]) -> np.ndarray:
-        """Calibrated probabilities (temperature-scaled softmax), one row per text."""
+    def cheap_probabilities(self, texts: list[str]) -> np.ndarray:
+        """The cheap tier's calibrated probabilities (temperature-scaled softmax), one row per text."""
         return softmax_rows(self.scores(texts) / self.temperature)
 
-    def _prediction(self, row: np.ndarray) -> Prediction:
-        """Turn one probability row into a Prediction with the top-3 alternatives."""
-        k = min(3, row.shape[0])
+    def probabilities(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated probabilities of the cascade, one row per text, and which rows were encoded."""
+        z = self.scores(texts) / self.temperature
+        probs = softmax_rows(z.copy())
+        band = np.zeros(len(texts), dtype=bool)
+        if self.head is not None:
+            from .encoder import get_encoder
+
+            band = probs.max(axis=1) < self.head.cascade_threshold
+            if band.any():
+                embedded = get_encoder().embed([t for t, b in zip(texts, band, strict=True) if b])
+                probs[band] = self.head.combine(z[band], embedded)
+        return probs, band
+
+    def _prediction(self, row: np.ndarray, encoded: bool = False) -> Prediction:
+        """Turn one probability row into a Prediction: top-3 alternatives and the candidate set."""
+        k = min(max(3, self.candidates_k), row.shape[0])
         top = np.argpartition(-row, k - 1)[:k]
         top = top[np.argsort(-row[top], kind="stable")]
         alternatives = [(self.intents[i], float(row[i])) for i in top]
-        return Prediction(intent=alternatives[0][0], confidence=alternatives[0][1], alternatives=alternatives)
+        return Prediction(
+            intent=alternatives[0][0],
+            confidence=alternatives[0][1],
+            alternatives=alternatives[:3],
+            candidates=tuple(name for name, _ in alternatives[: self.candidates_k]),
+            encoded=encoded,
+        )
 
     def predict(self, text: str) -> Prediction:
-        """Classify one request."""
+        """Classify one request: the cheap tier, then the encoder's ensemble where the cheap tier is unsure."""
         z = self.score_one(text) / self.temperature
-        z -= z.max()
-        np.exp(z, out=z)
-        z /= z.sum()
-        return self._prediction(z)
+        p = z - z.max()
+        np.exp(p, out=p)
+        p /= p.sum()
+        if self.head is not None and p.max() < self.head.cascade_threshold:
+            from .encoder import get_encoder
+
+            return self._prediction(self.head.combine(z[None, :], get_encoder().embed_one(text)[None, :])[0], True)
+        return self._prediction(p)
 
     def predict_many(self, texts: list[str]) -> list[Prediction]:
-        """Classify many requests in one vectorised pass."""
+        """Classify many requests in one vectorised pass (the encoder batched over the unsure ones)."""
         if not texts:
             return []
-        probs = self.probabilities(list(texts))
-        k = min(3, probs.shape[1])
-        top = np.argpartition(-probs, k - 1, axis=1)[:, :k]
-        top_p = np.take_along_axis(probs, top, axis=1)
-        order = np.argsort(-top_p, axis=1, kind="stable")
-        top = np.take_along_axis(top, order, axis=1)
-        top_p = np.take_along_axis(top_p, order, axis=1)
-        out: list[Prediction] = []
-        for idx_row, p_row in zip(top.tolist(), top_p.tolist(), strict=False):
-            alternatives = [(self.intents[i], p) for i, p in zip(idx_row, p_row, strict=False)]
-            out.append(Prediction(intent=alternatives[0][0], confidence=alternatives[0][1], alternatives=alternatives))
-        return out
+        probs, band = self.probabilities(list(texts))
+        return [self._prediction(row, bool(b)) for row, b in zip(probs, band, strict=True)]
 
     def threshold_for(self, intent: str) -> float:
         """Confidence needed to automate a prediction of this intent (per-intent, else global)."""
@@ -267,6 +290,10 @@ class IntentModel:
         }
         if self.embedding:  # only then, so models without one keep their version tags
             state.update(embedding=self.embedding, embedding_weight=float(self.embedding_weight))
+        if self.head is not None:
+            state["head"] = self.head.state()
+        if self.candidates_k != 3:
+            state["candidates_k"] = int(self.candidates_k)
         return state
 
     def _payload(self) -> bytes:
@@ -302,4 +329,15 @@ class IntentModel:
             version=state.get("version", ""),
             embedding=state.get("embedding"),
             embedding_weight=state.get("embedding_weight", 1.0),
+            head=_head_from(state.get("head")),
+            candidates_k=int(state.get("candidates_k", 3)),
         )
+
+
+def _head_from(state: dict[str, Any] | None) -> EncoderHead | None:
+    """The second tier from its stored state (None for models without one)."""
+    if state is None:
+        return None
+    from .ensemble import EncoderHead
+
+    return EncoderHead(**state)
