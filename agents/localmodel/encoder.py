@@ -67,9 +67,9 @@ class _Graph:
         return out
 
     def linear(self, x: str, p: str) -> str:
-        weight = np.ascontiguousarray(self.w[p + ".weight"].T)
+        weight = np.ascontiguousarray(self.w.pop(p + ".weight").T)  # popped: the source is freed as we go
         product = self.node("MatMul", [x, self.const(p + ".wT", weight)])
-        return self.node("Add", [product, self.const(p + ".b", self.w[p + ".bias"])])
+        return self.node("Add", [product, self.const(p + ".b", self.w.pop(p + ".bias"))])
 
     def norm(self, x: str, p: str) -> str:
         gamma, beta = self.const(p + ".g", self.w[p + ".weight"]), self.const(p + ".beta", self.w[p + ".bias"])
@@ -137,6 +137,8 @@ class _Graph:
         graph = self.h.make_graph(self.nodes, "encoder", inputs, output, self.inits)
         model = self.h.make_model(graph, opset_imports=[self.h.make_opsetid("", 17)])
         model.ir_version = 8
+        self.inits.clear()
+        del graph
         return model.SerializeToString()
 
 
@@ -153,8 +155,7 @@ class SentenceEncoder:
         with safe_open(str(folder / "model.safetensors"), framework="np") as fh:
             weights = {k: fh.get_tensor(k).astype(np.float32) for k in fh.keys() if "position_ids" not in k}
         self.words = weights.pop("embeddings.word_embeddings.weight").astype(np.float16)  # 23 MB, not 47
-        graph = _Graph(weights).build(config)
-        del weights
+        graph = _Graph(weights).build(config)  # empties `weights` as it goes
         options = ort.SessionOptions()
         options.intra_op_num_threads = options.inter_op_num_threads = 1  # a worker's request is one core's work
         options.enable_cpu_mem_arena = False  # an arena keeps the largest batch's buffers for good

@@ -36,13 +36,12 @@ class FoldModelTier:
     def __init__(self, model: IntentModel, tag: str = "cv") -> None:
         self.model = model
         self.tag = tag
-        self.last_encoded = False
+        self.last: Any = None  # the last Prediction, so scoring does not predict twice
 
     def classify(self, text: str, catalog: Mapping[str, Any]) -> Any:
         from agents.stages.types import TierAnswer
 
-        p = self.model.predict(text)
-        self.last_encoded = p.encoded
+        p = self.last = self.model.predict(text)
         alternatives = tuple((i, round(float(q), 4)) for i, q in p.candidates or p.alternatives)
         return TierAnswer(p.intent, p.confidence, self.name, f"local:{self.tag}", alternatives)
 
@@ -110,7 +109,7 @@ def run_stages(text: str, catalog: Mapping[str, Any], tiers: Sequence[Any]) -> d
 def score_system(
     texts: Sequence[str], labels: Sequence[str], catalog: Mapping[str, Any], model: IntentModel, tag: str = "cv"
 ) -> list[dict[str, Any]]:
-    """One row per request: what the deployed tiers (rules as evidence, then the model) and decide did."""
+    """One row per request: what the deployed tiers (the model, rules where it does not answer) and decide did."""
     from agents.tiers.rules import RulesTier
 
     local = FoldModelTier(model, tag)
@@ -118,8 +117,9 @@ def score_system(
     model.predict(texts[0] if texts else "warm up")  # load the encoder before the clock runs
     rows = []
     for text, label in zip(texts, labels, strict=True):
+        local.last = None
         row = run_stages(text, catalog, tiers)
-        p = model.predict(text)
+        p = local.last or model.predict(text)  # the tier was not asked when parse escalated
         row.update(label=label, model_intent=p.intent, model_automated=model.is_automated(p), encoded=p.encoded)
         rows.append(row)
     return rows

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
@@ -38,6 +39,7 @@ class Command(BaseCommand):
             if done >= total:
                 bar.close()
 
+        started = time.monotonic()
         version, activated, why = model_retrain(progress=progress, force=force)
         for bar in bars.values():
             bar.close()
@@ -45,6 +47,7 @@ class Command(BaseCommand):
         self.stdout.write(
             f"Model {version.version}: {version.n_examples} examples ({version.n_feedback} from reviewers); "
             f"CV accuracy {m.get('accuracy', 0):.4f}, macro-F1 {m.get('macro_f1', 0):.4f}, "
-            f"automated {m.get('automated_share', 0):.1%} at precision {m.get('automated_precision', 0):.2%}."
+            f"automated {m.get('automated_share', 0):.1%} at precision {m.get('automated_precision', 0):.2%}; "
+            f"trained in {time.monotonic() - started:.0f} s."
         )
         self.stdout.write(("Activated: " if activated else "Not activated: ") + why)

@@ -29,14 +29,16 @@ def ticket(**context: object) -> TicketInput:
     )
 
 
-def test_a_rule_does_not_override_the_model_where_the_model_answers():
+def test_the_rules_are_not_asked_where_the_model_answers():
     rules = Tier("rules", TierAnswer("lost_or_stolen_card", 0.99, "rules"))
-    model = Tier("local", TierAnswer("card_arrival", 0.6, "local", alternatives=(("card_arrival", 0.6),)))
+    alternatives = (("card_arrival", 0.6), ("card_delivery_estimate", 0.3))
+    model = Tier("local", TierAnswer("card_arrival", 0.6, "local", alternatives=alternatives))
 
     result = classify(ticket(parse={"text": "x"}), StageContext(catalog=CATALOG, tiers=[rules, model]))
 
     assert result.output["intent"] == "card_arrival" and result.confidence == 0.6 and result.tier == "local"
-    assert result.output["candidates"] == ["card_arrival", "lost_or_stolen_card"]  # the rule's intent joins the set
+    assert result.output["candidates"] == ["card_arrival", "card_delivery_estimate"]
+    assert rules.seen == [] and [t["tier"] for t in result.output["tiers"]] == ["local"]
 
 
 def test_the_rule_answers_when_no_model_does():
