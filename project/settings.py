@@ -145,6 +145,9 @@ BACKPRESSURE_RETRY_AFTER = int(os.environ.get("BACKPRESSURE_RETRY_AFTER", 5))
 MAX_REQUEST_BYTES = int(os.environ.get("MAX_REQUEST_BYTES", 64 * 1024))
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
 TICKET_BODY_MAX_CHARS = int(os.environ.get("TICKET_BODY_MAX_CHARS", 20_000))
+# Callbacks are never sent to loopback, private, link-local or metadata addresses (project/netguard.py)
+# except to these comma-separated `host[:port]` entries (a name or an address; no port: any port).
+CALLBACK_ALLOWED_HOSTS = tuple(h.strip() for h in os.environ.get("CALLBACK_ALLOWED_HOSTS", "").split(",") if h.strip())
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["tickets.auth.ClientTokenAuthentication"],

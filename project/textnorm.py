@@ -26,11 +26,17 @@ def _options() -> re2.Options:
 _LONG_MARK_RUN = re2.compile(r"[\p{M}\x{FF9E}\x{FF9F}]{" + str(MAX_COMBINING_RUN + 1) + ",}", _options())
 
 
+def _keep_first(match: re2._Match) -> bytes:
+    return match.group().decode("utf-8")[:MAX_COMBINING_RUN].encode("utf-8")
+
+
 def cut_mark_runs(text: str) -> str:
     """Keep the first `MAX_COMBINING_RUN` marks of each longer run of combining marks."""
     if text.isascii():
         return text
-    return _LONG_MARK_RUN.sub(lambda m: m.group()[:MAX_COMBINING_RUN], text)
+    # As bytes: a lone surrogate (which the API refuses later) must not make this raise.
+    data = text.encode("utf-8", "surrogatepass")
+    return _LONG_MARK_RUN.sub(_keep_first, data).decode("utf-8", "surrogatepass")
 
 
 def nfkc(text: str) -> str:

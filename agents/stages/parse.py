@@ -48,7 +48,9 @@ class _ShadowTable(dict[int, int]):
 
     def __missing__(self, cp: int) -> int:
         ch = chr(cp)
-        if ch.isspace() and ch not in " \t\n\r\f":
+        if 0xD800 <= cp <= 0xDFFF:
+            out = 0xFFFD  # a lone surrogate (log text): RE2 takes only valid UTF-8
+        elif ch.isspace() and ch not in " \t\n\r\f":
             out = ord("\f")  # \s for both; not the literal space some patterns spell out
         elif cp < 0x80:
             out = cp  # RE2's classes are Python's here
