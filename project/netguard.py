@@ -140,11 +140,14 @@ def blocked_reason(ip: IPAddress) -> str | None:
     return None
 
 
-def resolve(host: str, port: int) -> list[IPAddress]:
-    """The addresses `host` stands for: an IP literal as it is, a name through the system resolver."""
+def addresses_of(host: str, port: int, resolver: Resolver | None = None) -> list[IPAddress]:
+    """An IP literal as it is (in any spelling; never handed to a resolver), a name resolved."""
     ip = parse_ip(host)
-    if ip is not None:
-        return [ip]
+    return [ip] if ip is not None else list((resolver or resolve)(host, port))
+
+
+def resolve(host: str, port: int) -> list[IPAddress]:
+    """The system resolver's addresses for a name."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:
@@ -237,7 +240,7 @@ def check_url(url: str, *, resolver: Resolver | None = None) -> Target:
     if getattr(settings, "PRODUCTION", False) and target.scheme != "https" and not allowed:
         raise BlockedURL("the URL must be https")
     if not allowed:
-        check_addresses(target.host, target.port, (resolver or resolve)(target.host, target.port))
+        check_addresses(target.host, target.port, addresses_of(target.host, target.port, resolver))
     return target
 
 
@@ -286,11 +289,11 @@ class _GuardedBackend(httpcore.SyncBackend):
     """Resolves once, checks every address, connects to the checked one (by address, no DNS)."""
 
     def __init__(self, resolver: Resolver | None) -> None:
-        self._resolver = resolver or resolve
+        self._resolver = resolver
 
     def connect_tcp(self, host: str, port: int, timeout: float | None = None, **kwargs: Any) -> httpcore.NetworkStream:
         try:
-            addresses = list(self._resolver(host, port))
+            addresses = addresses_of(host, port, self._resolver)
             check_addresses(host, port, addresses)
         except BlockedURL as exc:
             raise OutboundBlocked(str(exc)) from exc
