@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+import ssl
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextvars import ContextVar
@@ -311,13 +312,18 @@ class GuardedTransport(httpx.HTTPTransport):
     """httpx's transport over the guarded backend, with a whole-request deadline and a size cap."""
 
     def __init__(
-        self, *, deadline: float, max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES, resolver: Resolver | None = None
+        self,
+        *,
+        deadline: float,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        resolver: Resolver | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         super().__init__(trust_env=False)
         self._pool.close()
         # httpx builds its pool without a network backend to choose: the one we need is ours.
         self._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False),
+            ssl_context=ssl_context or httpx.create_ssl_context(trust_env=False),
             max_connections=100,
             max_keepalive_connections=20,
             keepalive_expiry=5.0,
@@ -359,15 +365,22 @@ class GuardedTransport(httpx.HTTPTransport):
 
 
 def guarded_client(
-    *, timeout: float, max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES, resolver: Resolver | None = None
+    *,
+    timeout: float,
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    resolver: Resolver | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> httpx.Client:
     """An httpx.Client for URLs a tenant gave: public addresses only (or `CALLBACK_ALLOWED_HOSTS`),
     checked at connect time on the address connected to; no redirects, no proxies from the
     environment; each request done within `timeout` seconds in all, its answer cut at
-    `max_response_bytes`. Thread-safe: share one per process. Refusals raise OutboundBlocked, an
+    `max_response_bytes`; certificates checked for the URL's host (`ssl_context` for another CA
+    bundle). Thread-safe: share one per process. Refusals raise OutboundBlocked, an
     httpx.ConnectError; a deadline, httpx.TimeoutException; a long answer, ResponseTooLarge."""
     return httpx.Client(
-        transport=GuardedTransport(deadline=timeout, max_response_bytes=max_response_bytes, resolver=resolver),
+        transport=GuardedTransport(
+            deadline=timeout, max_response_bytes=max_response_bytes, resolver=resolver, ssl_context=ssl_context
+        ),
         timeout=timeout,
         follow_redirects=False,
         trust_env=False,

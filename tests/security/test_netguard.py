@@ -4,11 +4,15 @@ refusal is asserted without connecting anywhere."""
 
 from __future__ import annotations
 
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from ipaddress import ip_address
+from pathlib import Path
 
 import httpx
 import pytest
@@ -330,3 +334,48 @@ def test_an_oversized_answer_is_cut(settings, serve) -> None:
     for server in (declared, streamed):
         with pytest.raises(ResponseTooLarge):
             client.post(f"http://127.0.0.1:{server.port}/hook", content=b"x")
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> Path:
+    """A self-signed certificate (and key) for hooks.internal."""
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is not installed")
+    pem = tmp_path / "hooks.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=hooks.internal"]
+        + ["-addext", "subjectAltName=DNS:hooks.internal", "-keyout", str(pem), "-out", str(pem)],
+        check=True,
+        capture_output=True,
+    )
+    return pem
+
+
+def test_tls_goes_to_the_checked_address_with_the_names_sni_and_certificate(settings, certificate) -> None:
+    names: list[str | None] = []
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(certificate)
+    server_tls.sni_callback = lambda sock, name, ctx: names.append(name)
+
+    class TlsServer(Server):
+        def _one(self, conn: socket.socket) -> None:
+            try:
+                wrapped = server_tls.wrap_socket(conn, server_side=True)
+            except (ssl.SSLError, OSError):
+                return
+            super()._one(wrapped)
+
+    server = TlsServer(answer())
+    settings.CALLBACK_ALLOWED_HOSTS = "hooks.internal"
+    client = guarded_client(
+        timeout=5,
+        resolver=table({"hooks.internal": ["127.0.0.1"]}),
+        ssl_context=ssl.create_default_context(cafile=str(certificate)),
+    )
+    try:
+        assert client.post(f"https://hooks.internal:{server.port}/hook", content=b"x").status_code == 200
+    finally:
+        server.close()
+
+    assert names == ["hooks.internal"]
+    assert f"host: hooks.internal:{server.port}" in server.requests[0]["head"].lower()
