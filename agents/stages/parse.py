@@ -57,7 +57,7 @@ class _ShadowTable(dict[int, int]):
         elif ch.isdecimal():
             out = ord("0")  # \d (and \w)
         elif ch.isalnum():
-            out = ord("a")  # \w
+            out = ord("_")  # \w, and no letter a pattern spells out
         else:
             out = cp  # neither: RE2's \W and \S
         if len(self) < 65_536:  # the common characters; a text of rare ones just pays the lookups

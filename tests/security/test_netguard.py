@@ -320,6 +320,20 @@ def test_a_server_that_trickles_is_cut_at_the_whole_request_deadline(settings, s
     assert time.monotonic() - started < 3  # each read was quick: per-read timeouts never fire
 
 
+def test_a_slow_name_lookup_counts_against_the_deadline(settings) -> None:
+    def slow(host: str, port: int) -> Sequence[IPAddress]:
+        time.sleep(3)
+        return [ip_address("127.0.0.1")]
+
+    settings.CALLBACK_ALLOWED_HOSTS = "slow.internal"
+    started = time.monotonic()
+
+    with pytest.raises(httpx.ConnectTimeout):
+        guarded_client(timeout=1, resolver=slow).post("http://slow.internal:9/hook", content=b"x")
+
+    assert time.monotonic() - started < 2
+
+
 def test_an_oversized_answer_is_cut(settings, serve) -> None:
     def chunked(conn: socket.socket) -> None:
         conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
