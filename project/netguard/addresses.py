@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
 import socket
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 from django.conf import settings
 
+_log = logging.getLogger(__name__)
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Sequence[IPAddress]]
 
 MAX_URL_CHARS = 2_000
+SUBMIT_LOOKUP_SECONDS = 2.0
+# Name lookups run here so that a wait can be cut short (getaddrinfo itself cannot be).
+_LOOKUPS = ThreadPoolExecutor(16, thread_name_prefix="netguard-dns")
 
 # Cloud metadata and host-agent endpoints; most are in blocked ranges anyway, some are public.
 METADATA = frozenset(
@@ -60,6 +68,10 @@ _NUMBER = re.compile(r"0x[0-9a-f]*|0[0-7]*|[1-9][0-9]*", re.I)  # an inet_aton p
 
 class BlockedURL(ValueError):
     """The URL may not be called; the message says why, for the client's 400."""
+
+
+class LookupTimeout(BlockedURL):
+    """The name did not resolve in time."""
 
 
 # --- addresses ----------------------------------------------------------------------------------
@@ -114,10 +126,17 @@ def blocked_reason(ip: IPAddress) -> str | None:
     return None
 
 
-def addresses_of(host: str, port: int, resolver: Resolver | None = None) -> list[IPAddress]:
-    """An IP literal as it is (in any spelling; never handed to a resolver), a name resolved."""
-    ip = parse_ip(host)
-    return [ip] if ip is not None else list((resolver or resolve)(host, port))
+def addresses_of(host: str, port: int, resolver: Resolver | None = None, *, timeout: float) -> list[IPAddress]:
+    """An IP literal as it is (in any spelling; never handed to a resolver), a name resolved within
+    `timeout` seconds: a tenant's slow DNS server must not hold a web or callback thread."""
+    ip = parse_ip(host.rstrip("."))
+    if ip is not None:
+        return [ip]
+    lookup = _LOOKUPS.submit(resolver or resolve, host, port)
+    try:
+        return list(lookup.result(timeout=timeout))
+    except FutureTimeout as exc:
+        raise LookupTimeout(f"{host} did not resolve within {timeout:g}s") from exc
 
 
 def resolve(host: str, port: int) -> list[IPAddress]:
@@ -153,9 +172,11 @@ def allowed_hosts() -> set[tuple[str, int | None]]:
         entries = entries.split(",")
     allowed = set()
     for entry in (e.strip() for e in entries):
-        if entry:
+        try:
             url = httpx.URL(f"http://{entry}/")
             allowed.add((canonical_host(url.raw_host.decode("ascii")), url.port))
+        except (httpx.InvalidURL, BlockedURL, UnicodeError):
+            _log.warning("CALLBACK_ALLOWED_HOSTS entry %r is not host[:port]; ignored", entry)
     return allowed
 
 
@@ -214,5 +235,6 @@ def check_url(url: str, *, resolver: Resolver | None = None) -> Target:
     if getattr(settings, "PRODUCTION", False) and target.scheme != "https" and not allowed:
         raise BlockedURL("the URL must be https")
     if not allowed:
-        check_addresses(target.host, target.port, addresses_of(target.host, target.port, resolver))
+        addresses = addresses_of(target.host, target.port, resolver, timeout=SUBMIT_LOOKUP_SECONDS)
+        check_addresses(target.host, target.port, addresses)
     return target

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import ssl
 import time
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from contextvars import ContextVar
 from typing import Any
 
 import httpcore
 import httpx
 
-from project.netguard.addresses import BlockedURL, Resolver, addresses_of, check_addresses
+from project.netguard.addresses import (
+    SUBMIT_LOOKUP_SECONDS,
+    BlockedURL,
+    LookupTimeout,
+    Resolver,
+    addresses_of,
+    check_addresses,
+)
 
 DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024
 
@@ -66,9 +71,6 @@ class _DeadlineStream(httpcore.NetworkStream):
         return self._stream.get_extra_info(info)
 
 
-_LOOKUPS = ThreadPoolExecutor(8, thread_name_prefix="netguard-dns")
-
-
 class _GuardedBackend(httpcore.SyncBackend):
     """Resolves once, checks every address, connects to the checked one (by address, no DNS)."""
 
@@ -76,15 +78,16 @@ class _GuardedBackend(httpcore.SyncBackend):
         self._resolver = resolver
 
     def connect_tcp(self, host: str, port: int, timeout: float | None = None, **kwargs: Any) -> httpcore.NetworkStream:
-        # The lookup counts against the deadline too (the system resolver can block for long).
-        lookup = _LOOKUPS.submit(addresses_of, host, port, self._resolver)
+        left = _left(timeout, httpcore.ConnectTimeout)  # the lookup counts against the deadline too
         try:
-            addresses = lookup.result(timeout=_left(timeout, httpcore.ConnectTimeout))
+            addresses = addresses_of(
+                host, port, self._resolver, timeout=SUBMIT_LOOKUP_SECONDS if left is None else left
+            )
             check_addresses(host, port, addresses)
+        except LookupTimeout as exc:
+            raise httpcore.ConnectTimeout(str(exc)) from exc
         except BlockedURL as exc:
             raise OutboundBlocked(str(exc)) from exc
-        except FutureTimeout as exc:
-            raise httpcore.ConnectTimeout(f"resolving {host} took too long") from exc
         error: Exception = httpcore.ConnectError(f"{host} has no address")
         for ip in addresses:
             try:

@@ -170,6 +170,16 @@ def test_the_allow_list_opens_a_host_and_only_on_its_port(settings) -> None:
         check_url("http://127.0.0.1:6379/")
 
 
+def test_a_name_that_resolves_slowly_is_refused_without_holding_the_request(monkeypatch) -> None:
+    monkeypatch.setattr("project.netguard.addresses.SUBMIT_LOOKUP_SECONDS", 0.5)
+    started = time.monotonic()
+
+    with pytest.raises(BlockedURL, match="did not resolve within"):
+        check_url("https://slow.example/hook", resolver=lambda host, port: time.sleep(3) or [])
+
+    assert time.monotonic() - started < 1.5
+
+
 def test_create_client_refuses_a_callback_url_into_the_operators_network(db) -> None:
     with pytest.raises(CommandError, match="169.254.169.254"):
         call_command("create_client", "sneaky", "--callback-url", "http://169.254.169.254/latest/meta-data/")
