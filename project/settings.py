@@ -187,6 +187,9 @@ PIPELINE = {
     "CALLBACK_BATCH_WINDOW_MS": int(os.environ.get("CALLBACK_BATCH_WINDOW_MS", 100)),
     "CALLBACK_BATCH_SIZE": int(os.environ.get("CALLBACK_BATCH_SIZE", 64)),
     "CALLBACK_CONCURRENCY": int(os.environ.get("CALLBACK_CONCURRENCY", 16)),
+    # Stages run one after another in one hop: '+' joins a group, ',' separates groups, "" is one hop
+    # per stage; unset, every stage whose spec allows it (agents/pipeline/runner.py, docs/performance.md).
+    "FUSE": os.environ.get("PIPELINE_FUSE"),
     # How long a ticket waits before re-checking that its customer's older requests have settled.
     "CUSTOMER_WAIT_SECONDS": _env_float("PIPELINE_CUSTOMER_WAIT_SECONDS", 0.5),
     # The customer's last N interactions given to decide (and shown to reviewers).
@@ -197,9 +200,6 @@ PIPELINE = {
     ),
 }
 INTENT_PACK = os.environ.get("INTENT_PACK", str(BASE_DIR / "agents" / "packs" / "banking77.yaml"))
-# agents never imports reviews: escalation reaches the review queue through this hook.
-ESCALATION_HANDLER = os.environ.get("ESCALATION_HANDLER", "reviews.services.review_create_from_escalation")
-TICKET_REPLAY_HANDLER = "agents.pipeline.ticket_replay"
 CLASSIFIER_TIERS = [
     t
     for t in os.environ.get("CLASSIFIER_TIERS", "agents.tiers.rules.RulesTier,agents.tiers.local.LocalModelTier").split(

@@ -9,7 +9,7 @@ from typing import Any
 from django.db.models import Count, F, Min, Q, QuerySet
 
 from agents.models import Intent, Trace
-from agents.pipeline import ticket_input
+from agents.pipeline.context import ticket_input
 from agents.stages.decide import render_reply
 from reviews.models import LIVE, Decision, Feedback, Review, ReviewStatus
 from tickets.models import Ticket
