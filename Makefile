@@ -36,7 +36,7 @@ test: services  ## the whole suite, against real Postgres, Redis and Celery work
 	python -m pytest
 
 bench: install  ## the benchmark, on servers of its own: results under var/bench/ (docs/performance.md)
-	python -m bench $(BENCH_ARGS)
+	python -m tooling.bench $(BENCH_ARGS)
 
 lint:
 	ruff check . && ruff format --check .

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench import plan, report
-from bench.progress import Progress
-from bench.runner import Config
+from tooling.bench import plan, report
+from tooling.bench.progress import Progress
+from tooling.bench.runner import Config
 
 HEADLINE = {
     "baseline_chains_per_s",

@@ -19,7 +19,7 @@ import pytest
 from tests.reliability.audit import ROWS, TERMINAL, Row, audit, drain, knob
 from tests.reliability.load import KINDS, Load
 from tests.reliability.proxy import Claude
-from tests.reliability.system import ApiClient, System
+from tooling.system import ApiClient, System
 
 pytestmark = [pytest.mark.reliability]
 

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from agents.llm.config import merged
-from agents.llm.simulator import start_simulator
 from agents.llm.store import redis_client
 from agents.stages.types import IntentPolicy
+from tooling.llm_simulator import start_simulator
 
 HIGH_LIMITS = {"rpm": 60_000, "itpm": 100_000_000, "otpm": 100_000_000}
 

@@ -10,7 +10,7 @@ import yaml
 from agents.stages.parse import clean
 from agents.stages.types import IntentPolicy
 from agents.tiers.rules import RulesTier
-from bench.system import PACK, ROOT
+from tooling.bench.system import PACK, ROOT
 
 CORPUS = ROOT / "agents" / "data" / "banking77" / "train.csv"
 

@@ -7,7 +7,7 @@ sweeper (PIPELINE_STUCK_AFTER_SECONDS / SWEEP_EVERY_SECONDS). It also runs two H
 this process: the clients' callback endpoint and the downstream API of the webhook intents.
 Faults are methods: `kill(name)`, `redis_restart()`, `postgres_stop()` / `postgres_start()`.
 
-By hand: `python -m tests.reliability.system` starts it, prints the URLs and a token, and stops
+By hand: `python -m tooling.system` starts it, prints the URLs and a token, and stops
 it on Ctrl-C.
 """
 
@@ -34,7 +34,7 @@ import psycopg
 
 from tests.reliability.recorder import Recorder
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 BIN = ROOT / ".venv" / "bin" if (ROOT / ".venv" / "bin" / "celery").exists() else Path(sys.executable).parent
 PYTHON = str(BIN / "python")
 PACK = Path(__file__).with_name("pack.yaml")
@@ -352,7 +352,7 @@ class System:
 
 
 class SimulatorProcess:
-    """The Messages API simulator (agents/llm/simulator) as a process of its own."""
+    """The Messages API simulator (tooling/llm_simulator) as a process of its own."""
 
     def __init__(self, *args: str) -> None:
         self.args = args
@@ -361,7 +361,7 @@ class SimulatorProcess:
 
     def start(self) -> SimulatorProcess:
         self.proc = subprocess.Popen(
-            [PYTHON, "-m", "agents.llm.simulator", "--port", "0", "--seed", "1", *self.args],
+            [PYTHON, "-m", "tooling.llm_simulator", "--port", "0", "--seed", "1", *self.args],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )  # fmt: skip
         line = self.proc.stdout.readline() if self.proc.stdout else ""

@@ -10,7 +10,7 @@ plus a crude keyword overlap, nothing more.
 
 Quick start::
 
-    from agents.llm.simulator import start_simulator
+    from tooling.llm_simulator import start_simulator
     import anthropic
 
     with start_simulator(rpm=600, seed=1) as sim:
@@ -18,7 +18,7 @@ Quick start::
         client.messages.create(model="claude-sonnet-4-5", max_tokens=256,
                                messages=[{"role": "user", "content": "hello"}])
 
-CLI: ``python -m agents.llm.simulator --port 8765 --rpm 600 --fault-rate 529=0.05``.
+CLI: ``python -m tooling.llm_simulator --port 8765 --rpm 600 --fault-rate 529=0.05``.
 See docs/simulator.md.
 """
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import psycopg
 
-from bench.load import TERMINAL, Sent
+from tooling.bench.load import TERMINAL, Sent
 
 HANDED_OVER = ["parse_cpu", "classify_cpu", "decide_cpu", "execute_cpu"]
 TICKETS = """

@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import analyze, baseline, probe, seed
-from bench.corpus import corpus
-from bench.load import TERMINAL, Offer, Watcher
-from bench.progress import Progress
-from bench.sampler import Sampler, summarise
-from bench.system import BenchSystem
+from tooling.bench import analyze, baseline, probe, seed
+from tooling.bench.corpus import corpus
+from tooling.bench.load import TERMINAL, Offer, Watcher
+from tooling.bench.progress import Progress
+from tooling.bench.sampler import Sampler, summarise
+from tooling.bench.system import BenchSystem
 
 PIPELINE_LABELS = ("agents.parse", "agents.classify", "agents.decide", "agents.execute", "agents.escalate")
 PIPELINE_LABELS += ("agents.llm_stage", "agents.deliver_callback", "agents.deliver_callbacks", "api.submit")

@@ -10,20 +10,20 @@ from typing import Any
 def post_worker_init(worker: Any) -> None:
     from django.conf import settings
 
-    from bench import probe
+    from tooling.bench import probe
 
     if probe.enabled():
         probe.install(settings.REDIS_URL)
 
 
 def pre_request(worker: Any, req: Any) -> None:
-    from bench import probe
+    from tooling.bench import probe
 
     submit = req.method == "POST" and req.path.rstrip("/") == "/api/v1/tickets"
     probe.begin("api.submit" if submit else "api.other")
 
 
 def post_request(worker: Any, req: Any, environ: Any, resp: Any) -> None:
-    from bench import probe
+    from tooling.bench import probe
 
     probe.end()

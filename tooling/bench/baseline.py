@@ -13,8 +13,8 @@ from typing import Any
 
 from celery import Celery
 
-from bench.load import Counters
-from bench.noop_tasks import DONE_KEY
+from tooling.bench.load import Counters
+from tooling.bench.noop_tasks import DONE_KEY
 
 ROUTE = ("parse", "classify", "decide", "execute", "webhooks")
 
@@ -34,7 +34,7 @@ def run_chains(
     route_list = list(route)
 
     def send() -> None:
-        app.send_task("bench.noop", args=[uuid.uuid4().hex, time.time(), route_list, 0], queue=route_list[0])
+        app.send_task("tooling.bench.noop", args=[uuid.uuid4().hex, time.time(), route_list, 0], queue=route_list[0])
         counters.sent += 1
 
     deadline, in_flight, finished = time.monotonic() + seconds, 0, []

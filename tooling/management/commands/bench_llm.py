@@ -34,7 +34,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection
 from django.db.models import Count
 
-from agents.llm import bench
+from tooling import llm_bench as bench
 
 INNER = "BENCH_LLM_INNER"
 TERMINAL = ("resolved", "awaiting_review", "dead_lettered")

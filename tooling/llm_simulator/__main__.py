@@ -1,4 +1,4 @@
-"""CLI: ``python -m agents.llm.simulator --port 8765 --rpm 600 --fault-rate 529=0.05,500=0.05 --seed 1``."""
+"""CLI: ``python -m tooling.llm_simulator --port 8765 --rpm 600 --fault-rate 529=0.05,500=0.05 --seed 1``."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from .server import serve_forever
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m agents.llm.simulator",
+        prog="python -m tooling.llm_simulator",
         description="Local simulator of the Anthropic Messages API (answers say nothing about model quality).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="fault kinds: " + "; ".join(f"{k}: {v}" for k, v in FAULT_KINDS.items()),

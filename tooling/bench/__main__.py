@@ -1,4 +1,4 @@
-"""`python -m bench [options]` (what `make bench` runs): see docs/performance.md."""
+"""`python -m tooling.bench [options]` (what `make bench` runs): see docs/performance.md."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import sys
 import time
 from pathlib import Path
 
-from bench.progress import Progress
-from bench.runner import Config
-from bench.system import ROOT
+from tooling.bench.progress import Progress
+from tooling.bench.runner import Config
+from tooling.bench.system import ROOT
 
 
 def parse(argv: list[str]) -> tuple[Config, argparse.Namespace]:
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m tooling.bench", description=__doc__)
     p.add_argument("--out", type=Path, default=None, help="results directory (default var/bench/<time>)")
     p.add_argument("--seconds", type=float, default=30.0, help="length of each measured phase")
     p.add_argument("--concurrency", type=int, default=24, help="in flight, closed-loop (tickets and no-op chains)")
@@ -78,7 +78,7 @@ def wait_for_quiet(threshold: float, timeout: float, progress: Progress) -> None
 
 
 def main(argv: list[str]) -> int:
-    from bench import plan, report
+    from tooling.bench import plan, report
 
     cfg, args = parse(argv)
     progress = Progress().start()

@@ -1,6 +1,6 @@
 """The system under test: the reliability suite's launcher, configured as production runs.
 
-`tests.reliability.system.System` starts gunicorn, a worker per queue and beat from the Procfile's
+`tooling.system.System` starts gunicorn, a worker per queue and beat from the Procfile's
 own commands on embedded Postgres and Redis of its own. `BenchSystem` keeps all of that and
 changes what the fault suite changes for its faults back to production: the Banking77 pack, the
 default sweeper period and backoff, INFO logs, Prometheus's multi-process directory (as `make
@@ -16,7 +16,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from tests.reliability.system import PYTHON, ROOT, WORKERS, SimulatorProcess, System
+from tooling.system import PYTHON, ROOT, WORKERS, SimulatorProcess, System
 
 PACK = ROOT / "agents" / "packs" / "banking77.yaml"
 TIERS = {"rules": "agents.tiers.rules.RulesTier", "local": "agents.tiers.local.LocalModelTier"}
@@ -54,16 +54,16 @@ class BenchSystem(System):
     def command(self, name: str) -> list[str]:
         cmd = super().command(name)
         if name == "web":
-            return [cmd[0], "-c", "python:bench.gunicorn_conf", *cmd[1:]]
+            return [cmd[0], "-c", "python:tooling.bench.gunicorn_conf", *cmd[1:]]
         if name in (*WORKERS, "llm"):
-            return [*cmd, "--include", "bench.noop_tasks"]
+            return [*cmd, "--include", "tooling.bench.noop_tasks"]
         return cmd
 
     @property
     def env(self) -> dict[str, str]:
         env = super().env
         if self.llm_base_url:  # the Claude tier's limits match the simulator's (bench/claude_settings.py)
-            env["DJANGO_SETTINGS_MODULE"] = "bench.claude_settings"
+            env["DJANGO_SETTINGS_MODULE"] = "tooling.bench.claude_settings"
         return env
 
     def start(self) -> BenchSystem:

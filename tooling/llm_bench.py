@@ -140,7 +140,7 @@ def start_simulator(workdir: Path, port: int, rpm: int, latency: str) -> subproc
             [
                 sys.executable,
                 "-m",
-                "agents.llm.simulator",
+                "tooling.llm_simulator",
                 "--port",
                 str(port),
                 "--rpm",

@@ -11,12 +11,12 @@ from dataclasses import asdict
 from statistics import mean
 from typing import Any
 
-from bench.corpus import blends, rule_misses
-from bench.progress import Progress
-from bench.report import NON_CLAUDE, WORKER_PARTS
-from bench.runner import Config, Run
-from bench.sampler import rss_trend, summarise
-from bench.system import ROOT
+from tooling.bench.corpus import blends, rule_misses
+from tooling.bench.progress import Progress
+from tooling.bench.report import NON_CLAUDE, WORKER_PARTS
+from tooling.bench.runner import Config, Run
+from tooling.bench.sampler import rss_trend, summarise
+from tooling.bench.system import ROOT
 
 
 def execute(cfg: Config, progress: Progress) -> dict[str, Any]:
@@ -103,7 +103,7 @@ def _meta(cfg: Config, started: str, load_start: list[float], processes: dict[st
                            cwd=ROOT, capture_output=True, text=True)  # fmt: skip
     return {
         "started": started,
-        "command": " ".join(["python -m bench", *sys.argv[1:]]),
+        "command": " ".join(["python -m tooling.bench", *sys.argv[1:]]),
         "commit": commit.stdout.strip() + ("+changes" if dirty.stdout.strip() else ""),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),

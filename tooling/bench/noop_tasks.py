@@ -16,7 +16,7 @@ from celery import current_app, shared_task
 from celery.signals import task_postrun, task_prerun
 from django.conf import settings
 
-from bench import probe
+from tooling.bench import probe
 
 DONE_KEY = "bench:noop:done"
 _redis: Any = None
@@ -31,11 +31,11 @@ def _client() -> Any:
     return _redis
 
 
-@shared_task(name="bench.noop", ignore_result=True)
+@shared_task(name="tooling.bench.noop", ignore_result=True)
 def noop(chain_id: str, t0: float, route: list[str], step: int) -> None:
     """Hop `step` of a no-op chain: hand on to the next queue of `route`, or report the end."""
     if step + 1 < len(route):
-        current_app.send_task("bench.noop", args=[chain_id, t0, route, step + 1], queue=route[step + 1])
+        current_app.send_task("tooling.bench.noop", args=[chain_id, t0, route, step + 1], queue=route[step + 1])
     else:
         _client().rpush(DONE_KEY, f"{chain_id} {t0} {time.time()}")
 

@@ -9,7 +9,7 @@ import threading
 import time
 from typing import TextIO
 
-from bench.load import Counters
+from tooling.bench.load import Counters
 
 
 class Progress:
