@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = ROOT / ".venv" / "bin" if (ROOT / ".venv" / "bin" / "celery").exists() else Path(sys.executable).parent
 PYTHON = str(BIN / "python")
 PACK = Path(__file__).with_name("pack.yaml")
-WORKERS = ("parse", "classify", "decide", "execute", "escalate", "webhooks")
+WORKERS = ("cpu", "io", "maintenance")  # the Procfile's worker roles, besides llm
 # Variables of the test session that must not leak into the system's processes: PYTEST_VERSION
 # would switch settings into test mode (Redis db 15, per-process broker key prefixes).
 SCRUBBED = ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "PYTEST_VERSION", "TEST_RUN_ID", "REDIS_TEST_URL")
@@ -263,12 +263,19 @@ class System:
         self.spawn(name)
         self.wait_ready(name)
 
-    def held(self, queue: str) -> set[bytes]:
-        """Delivery tags of messages taken from `queue` and not yet acknowledged (kombu's Redis QoS)."""
+    def queues(self, name: str) -> tuple[str, ...]:
+        """The queues the Procfile's process `name` consumes (its `-Q`)."""
+        words = procfile()[name].split()
+        return tuple(words[words.index("-Q") + 1].split(",")) if "-Q" in words else ()
+
+    def held(self, name: str) -> set[bytes]:
+        """Delivery tags of messages taken from the queues of process `name` and not yet
+        acknowledged (kombu's Redis QoS)."""
+        queues = set(self.queues(name))
         held = set()
         for tag, raw in self.redis().hgetall("unacked").items():
             with contextlib.suppress(ValueError, IndexError):
-                if json.loads(raw)[2] == queue:
+                if json.loads(raw)[2] in queues:
                     held.add(tag)
         return held
 
