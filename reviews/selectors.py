@@ -37,14 +37,6 @@ def review_queue_stats(*, user: Any = None) -> dict[str, Any]:
     return stats
 
 
-def review_next_open(*, after: Review | None = None) -> Review | None:
-    """The next open review to look at (not `after`), in queue order."""
-    queue = review_queue(statuses=(ReviewStatus.OPEN,))
-    if after is not None:
-        queue = queue.exclude(pk=after.pk)
-    return queue.first()
-
-
 def review_intents() -> list[str]:
     """Suggested intents present in the live queue, for the intent filter."""
     rows = (

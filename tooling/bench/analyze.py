@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 import psycopg
 
+from agents.pipeline.spec import NAMES
 from tooling.bench.load import TERMINAL, Sent
 
-HANDED_OVER = ["parse_cpu", "classify_cpu", "decide_cpu", "execute_cpu"]
+HANDED_OVER = [f"{name}_cpu" for name in NAMES]  # a stage handed to Claude (agents.pipeline.spec.handed_over)
 TICKETS = """
 SELECT id::text, status, extract(epoch FROM created_at), context ?| %s, context->'classify'->>'tier'
 FROM tickets_ticket WHERE id = ANY(%s::uuid[])
