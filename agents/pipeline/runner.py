@@ -53,6 +53,10 @@ class _Attempt:
     started: datetime
     t0: float
 
+    @classmethod
+    def begin(cls, spec: StageSpec, ticket: Ticket) -> _Attempt:
+        return cls(spec, ticket.stage_attempts + 1, timezone.now(), time.perf_counter())
+
     def trace(self, ticket: Ticket, **fields: Any) -> Trace:
         duration_ms = (time.perf_counter() - self.t0) * 1000
         return Trace(
@@ -129,13 +133,8 @@ def _stage_once(ticket: Ticket, spec: StageSpec, variant: str, hop: Hop) -> Outc
     if HISTORY in spec.lends or spec.serial_per_customer:
         waiting, history = store.customer_recent(ticket, settings.PIPELINE["HISTORY_SIZE"])
         if waiting and spec.serial_per_customer:
-            # Decided only after every older request of the same customer has settled, so its
-            # history includes them and two replies never race. Not an attempt. Touched, so the
-            # sweeper sees a live wait loop and does not start a second one.
-            if not hop.touch(ticket):
-                return Outcome("duplicate")
-            return Outcome("waiting", retry_in=settings.PIPELINE["CUSTOMER_WAIT_SECONDS"])
-    attempt = _Attempt(spec, ticket.stage_attempts + 1, timezone.now(), time.perf_counter())
+            return _wait_for_customer(ticket, _Attempt.begin(spec, ticket), variant, hop)
+    attempt = _Attempt.begin(spec, ticket)
     ctx = stage_context(spec, ticket, attempt.number, variant, history)
     try:
         with ticket_scope(ctx.scope) if ctx.scope is not None else contextlib.nullcontext():
@@ -148,6 +147,22 @@ def _stage_once(ticket: Ticket, spec: StageSpec, variant: str, hop: Hop) -> Outc
         log.exception("stage %s crashed for ticket %s", spec.name, ticket.pk)
         return _fail(ticket, attempt, exc, hop)
     return _commit(ticket, attempt, result, variant, hop)
+
+
+def _wait_for_customer(ticket: Ticket, attempt: _Attempt, variant: str, hop: Hop) -> Outcome:
+    """Decided only after every older request of the same customer has settled, so its history
+    includes them and two replies never race. Waiting is not an attempt; the row is touched, so the
+    sweeper sees a live wait loop and does not start a second one. The interval grows with the wait;
+    past the deadline a person decides (the older request may be stuck for good)."""
+    cfg = settings.PIPELINE
+    waited = (timezone.now() - ticket.created_at).total_seconds()
+    if waited > cfg["CUSTOMER_WAIT_MAX_SECONDS"]:
+        problem = f"waited {waited:.0f} s for an earlier request of the same customer to settle"
+        return _commit(ticket, attempt, StageResult(output={"problem": problem}, escalate="stage_failed"), variant, hop)
+    if not hop.touch(ticket):
+        return Outcome("duplicate")
+    interval = min(cfg["CUSTOMER_WAIT_MAX_INTERVAL_SECONDS"], max(cfg["CUSTOMER_WAIT_SECONDS"], waited / 10))
+    return Outcome("waiting", retry_in=interval)
 
 
 def _claim(ticket: Ticket, spec: StageSpec, variant: str) -> bool:

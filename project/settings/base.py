@@ -162,6 +162,10 @@ PIPELINE = {
     "FUSE": env.str("PIPELINE_FUSE", default=None),
     # How long a ticket waits before re-checking that its customer's older requests have settled.
     "CUSTOMER_WAIT_SECONDS": env.float("PIPELINE_CUSTOMER_WAIT_SECONDS", default=0.5),
+    # ... the interval grows with the wait, up to this; past CUSTOMER_WAIT_MAX_SECONDS since the ticket
+    # arrived it waits no more and goes to a person (an older request stuck must not hold it forever).
+    "CUSTOMER_WAIT_MAX_INTERVAL_SECONDS": env.float("PIPELINE_CUSTOMER_WAIT_MAX_INTERVAL_SECONDS", default=5.0),
+    "CUSTOMER_WAIT_MAX_SECONDS": env.float("PIPELINE_CUSTOMER_WAIT_MAX_SECONDS", default=600.0),
     # The customer's last N interactions given to decide (and shown to reviewers).
     "HISTORY_SIZE": env.int("HISTORY_SIZE", default=8),
     "HOLDING_REPLY": env.str(

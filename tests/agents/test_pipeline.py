@@ -197,3 +197,16 @@ def test_a_customers_requests_are_decided_in_order_of_arrival(pipeline, api):
     assert ticket.status == Status.RESOLVED
     decided = Trace.objects.get(ticket_id=newer_id, stage="decide", status="ok")
     assert decided.started_at >= released  # decided only once the older request had settled
+
+
+def test_a_request_waits_for_its_customers_stuck_request_only_until_the_deadline(pipeline, api, settings):
+    settings.PIPELINE = {**settings.PIPELINE, "CUSTOMER_WAIT_MAX_SECONDS": 2.0}
+    http, client = api()
+    Ticket.objects.create(client=client, customer_ref="yann", body="first", status=Status.EXECUTING)  # stuck
+    newer_id = submit(http, body="My card still hasn't arrived", customer_ref="yann")
+
+    ticket = settled(newer_id)
+
+    assert ticket.status == Status.AWAITING_REVIEW
+    assert "earlier request of the same customer" in ticket.context["escalation"]["detail"]
+    assert Review.objects.get(ticket_id=newer_id).reason == "stage_failed"
