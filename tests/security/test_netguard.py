@@ -234,7 +234,8 @@ class Server:
 
 def answer(status: str = "200 OK", body: bytes = b"{}", extra: str = "") -> Callable[[socket.socket], None]:
     def respond(conn: socket.socket) -> None:
-        conn.sendall(f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\n{extra}\r\n".encode() + body)
+        head = f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n{extra}\r\n"
+        conn.sendall(head.encode() + body)  # one request a connection: the server closes it
 
     return respond
 
