@@ -6,6 +6,7 @@ default: `.env.example`. The servers (Postgres, Redis) are chosen by `developmen
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import dj_database_url
@@ -30,6 +31,7 @@ INSTALLED_APPS = [
     "tickets",
     "agents",
     "reviews",
+    "axes",
 ]
 
 MIDDLEWARE = [
@@ -43,8 +45,19 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
+# Admin logins are throttled (django-axes): after AXES_FAILURE_LIMIT failures for one username from
+# one address, that pair is locked out for AXES_COOLOFF_MINUTES; the API's bearer keys are not affected.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.float("AXES_COOLOFF_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# `/metrics` answers only these networks (the peer address) or a bearer METRICS_TOKEN (project/access.py).
+METRICS_ALLOWED_CIDRS = env.list("METRICS_ALLOWED_CIDRS", default=["127.0.0.0/8", "::1/128"])
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 
 ROOT_URLCONF = "project.urls"
 WSGI_APPLICATION = "project.wsgi.application"
