@@ -168,7 +168,16 @@ PIPELINE = {
     # Tickets sitting in a non-terminal state longer than this are re-enqueued by the sweeper.
     "STUCK_AFTER_SECONDS": env.int("PIPELINE_STUCK_AFTER_SECONDS", default=300),
     "WEBHOOK_TIMEOUT_SECONDS": env.float("WEBHOOK_TIMEOUT_SECONDS", default=10.0),
-    "CALLBACK_MAX_ATTEMPTS": env.int("CALLBACK_MAX_ATTEMPTS", default=8),
+    # A refused callback is tried again after each of these in turn (±10 %), the last one repeating:
+    # about three days in all, as Stripe does; then it is abandoned (counted, alerted, shown in the
+    # admin, and can be resent). CALLBACK_MAX_ATTEMPTS (default: one more than the schedule) caps it.
+    "CALLBACK_RETRY_SCHEDULE": env.list(
+        "CALLBACK_RETRY_SCHEDULE", default=["30s", "2m", "10m", "30m", "1h", "2h", "4h", "8h", "12h", "24h", "24h"]
+    ),
+    "CALLBACK_MAX_ATTEMPTS": env.int("CALLBACK_MAX_ATTEMPTS", default=0),
+    # One client's slow endpoint delays only that client: a drain takes at most this many of one
+    # client's due callbacks (each POST has WEBHOOK_TIMEOUT_SECONDS over the whole request).
+    "CALLBACK_PER_CLIENT": env.int("CALLBACK_PER_CLIENT", default=8),
     # Callbacks go out in batches (agents/callbacks.py): a drain starts at most this long after a
     # ticket settles, claims up to CALLBACK_BATCH_SIZE due callbacks at a time and POSTs them on
     # CALLBACK_CONCURRENCY threads.
