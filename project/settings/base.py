@@ -187,6 +187,10 @@ PIPELINE = {
     # Stages run one after another in one hop: '+' joins a group, ',' separates groups, "" is one hop
     # per stage; unset, every stage whose spec allows it (agents/pipeline/runner.py, docs/performance.md).
     "FUSE": env.str("PIPELINE_FUSE", default=None),
+    # A new ticket's first hop goes to one of this many lanes of the first stage's queue, chosen by
+    # its client; the cpu worker consumes the lanes in turn, so one client's flood waits in its own
+    # lane instead of ahead of everyone's tickets (docs/reliability.md). 1: one queue for all.
+    "LANES": env.int("PIPELINE_LANES", default=8),
     # How long a ticket waits before re-checking that its customer's older requests have settled.
     "CUSTOMER_WAIT_SECONDS": env.float("PIPELINE_CUSTOMER_WAIT_SECONDS", default=0.5),
     # ... the interval grows with the wait, up to this; past CUSTOMER_WAIT_MAX_SECONDS since the ticket
