@@ -12,9 +12,10 @@ from django.utils import timezone
 from agents.callbacks import SIGNATURE_HEADER, verify
 from agents.models import DeadLetter, Intent, SideEffect, Trace
 from agents.pipeline import dispatch, runner, sweeper
+from agents.pipeline.spec import lane_of
 from reviews.models import Review
 from tests.conftest import wait_for
-from tests.factories import ticket_payload
+from tests.factories import ticket_make, ticket_payload
 from tickets.models import Status, Ticket
 
 pytestmark = pytest.mark.pipeline
@@ -210,3 +211,19 @@ def test_a_request_waits_for_its_customers_stuck_request_only_until_the_deadline
     assert ticket.status == Status.AWAITING_REVIEW
     assert "earlier request of the same customer" in ticket.context["escalation"]["detail"]
     assert Review.objects.get(ticket_id=newer_id).reason == "stage_failed"
+
+
+def test_one_clients_flood_waits_in_its_own_lane_not_ahead_of_everyone(pipeline, api):
+    _, flood = api("flood")
+    _, quiet = api("quiet")
+    assert lane_of("parse", flood.pk) != lane_of("parse", quiet.pk)
+    flooded = [ticket_make(flood, body="My card still hasn't arrived", customer_ref=f"f{i}") for i in range(150)]
+    for ticket in flooded:
+        dispatch.stage_enqueue(ticket.pk, "parse", client_id=flood.pk)
+    mine = ticket_make(quiet, body="My card still hasn't arrived", customer_ref="q")
+    dispatch.stage_enqueue(mine.pk, "parse", client_id=quiet.pk)  # published after all 150
+
+    settled(str(mine.pk))
+
+    ahead = Ticket.objects.filter(client=flood, status__in=TERMINAL).count()
+    assert ahead < 50, f"{ahead} of the flood's tickets settled before the quiet client's one"
