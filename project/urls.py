@@ -5,6 +5,7 @@ from django.http import HttpRequest, JsonResponse
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from project.access import internal_only
 from project.metrics import metrics_view
 
 
@@ -22,6 +23,5 @@ urlpatterns = [
         name="swagger-ui",
     ),
     path("healthz", healthz),
-    path("metrics", metrics_view, name="prometheus-django-metrics"),
-    path("", include("django_prometheus.urls")),
+    path("metrics", internal_only(metrics_view), name="prometheus-django-metrics"),
 ]
