@@ -8,7 +8,7 @@ from .data import load_csv
 from .evaluate import evaluate, format_report
 from .model import IntentModel, Prediction
 
-_LAZY = {"cross_validate": ".train", "train_model": ".train"}
+_LAZY = {"cross_validate": ".crossval", "train_model": ".train"}
 
 
 def __getattr__(name: str) -> Any:

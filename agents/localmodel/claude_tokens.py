@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     texts, labels = load_csv(args.data)
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "agents.llm.simulator", "--port", str(port)])
+    server = subprocess.Popen([sys.executable, "-m", "tooling.llm_simulator", "--port", str(port)])
     try:
         time.sleep(2.0)
         result = measure(texts, labels, args.n, port)

@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 
 from . import train as train_module
+from .crossval import cross_validate
 from .data import load_csv
 from .evaluate import format_report
-from .train import cross_validate, train_model
+from .train import train_model
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / "data" / "banking77" / "train.csv"
 DEFAULT_PACK = Path(__file__).resolve().parents[1] / "packs" / "banking77.yaml"

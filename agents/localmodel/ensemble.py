@@ -15,9 +15,11 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from .candidates import coverage_of
 from .model import softmax_rows
 
 HEAD_C = 50.0  # inverse L2 strength of the head's logistic regression (unit-length inputs)
@@ -139,3 +141,39 @@ def cascade_threshold(conf: np.ndarray, correct: np.ndarray, lowest_threshold: o
     t = lowest_threshold(conf, correct, CASCADE_PRECISION, 0.0, 1.0)  # type: ignore[operator]
     budget = float(np.quantile(conf, MAX_ENCODED_SHARE)) if len(conf) else math.inf
     return min(float(t) if t is not None else math.inf, budget)
+
+
+def fit_cascade(
+    fits: Any, cal: np.ndarray, cheap_logits: np.ndarray, cheap: np.ndarray, y: np.ndarray
+) -> tuple[EncoderHead, np.ndarray]:
+    """Fit the second tier's constants on out-of-fold scores; return it and the cascade's probabilities."""
+    from .thresholds import fit_temperature, lowest_threshold
+
+    head_oof = fits.head_oof[cal]  # type: ignore[index]
+    t2, w, te = fit_ensemble(cheap_logits, head_oof, y, fit_temperature)
+    conf = cheap.max(axis=1)
+    threshold = cascade_threshold(conf, cheap.argmax(axis=1) == y, lowest_threshold)
+    coef, intercept = fits.head  # type: ignore[misc]
+    head = EncoderHead(coef, intercept, t2, w, te, threshold)
+    band = conf < threshold
+    probs = cheap.copy()
+    probs[band] = softmax_rows((w * cheap_logits[band] + (1 - w) * head_oof[band] / t2) / te)
+    return head, probs
+
+
+def cascade_metrics(
+    head: EncoderHead | None, cheap_logits: np.ndarray, probs: np.ndarray, y: np.ndarray, auto: np.ndarray, k: int
+) -> dict[str, Any]:
+    """What the cascade and the candidate sets did on the out-of-fold predictions."""
+    band = np.zeros(len(y), dtype=bool)
+    if head is not None:
+        band = softmax_rows(cheap_logits).max(axis=1) < head.cascade_threshold
+    return {
+        "encoded_share": float(band.mean()) if len(y) else 0.0,
+        "cheap_accuracy": float((cheap_logits.argmax(axis=1) == y).mean()) if len(y) else 0.0,
+        "candidates_k": k,
+        "candidates_coverage_unsure": coverage_of(probs[~auto], y[~auto], k),
+        "cascade": None
+        if head is None
+        else {k_: v for k_, v in head.state().items() if k_ not in ("coef", "intercept")},
+    }
