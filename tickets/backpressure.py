@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 
-from celery import current_app
 from django.conf import settings
 
 STAGE_QUEUES = ("parse", "classify", "decide", "execute", "escalate", "llm")
@@ -16,19 +15,11 @@ _state = {"checked": float("-inf"), "queued": 0}
 
 
 def queued_messages() -> int:
-    """Messages waiting in the stage queues, asked of the broker (Redis or AMQP alike)."""
-    total = 0
-    with current_app.connection_for_read() as conn:
-        channel = conn.default_channel
-        for name in STAGE_QUEUES:
-            if hasattr(channel, "_size"):  # kombu's Redis transport: LLEN of the queue's lists
-                total += channel._size(name)
-                continue
-            try:  # AMQP: a passive declare reports the depth
-                total += channel.queue_declare(queue=name, passive=True).message_count
-            except conn.channel_errors:  # a queue nobody declared yet holds nothing
-                continue
-    return total
+    """Messages waiting in the stage queues, asked of the broker (Redis or RabbitMQ alike)."""
+    from project.metrics import queue_depths
+
+    depths, _unacked = queue_depths(STAGE_QUEUES)
+    return sum(depths.values())
 
 
 def overloaded() -> bool:
