@@ -20,12 +20,13 @@ import os
 import socket
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from celery import bootsteps
 from django.db import DEFAULT_DB_ALIAS, connections
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from kombu.transport.native_delayed_delivery import _delay_prefix_re as _DELAY_BITS
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,24 @@ def readyz(request: HttpRequest) -> JsonResponse:
     if failed:
         return JsonResponse({"status": "unavailable", "failed": failed}, status=503)
     return JsonResponse({"status": "ok", "checks": sorted(checks)})
+
+
+class ProbeMiddleware:
+    """Answers the probes and the metrics scrape before Django checks the Host header: kubelet and
+    Prometheus address a pod by its IP, which no ALLOWED_HOSTS names. Everything else is untouched."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        view = _probe_views().get(request.path_info)
+        return view(request) if view else self.get_response(request)
+
+
+def _probe_views() -> dict[str, Callable[[HttpRequest], HttpResponse]]:
+    from project.metrics import metrics_view
+
+    return {"/healthz": healthz, "/readyz": readyz, "/metrics": metrics_view}
 
 
 def check_postgres() -> None:

@@ -118,12 +118,14 @@ if TESTING:
     REDIS_URL = os.environ.get("REDIS_TEST_URL") or urlsplit(REDIS_URL)._replace(path="/15").geturl()
     DATABASES["default"]["TEST"] = {"NAME": f"test_agents_{TEST_RUN_ID}"}
 CELERY_BROKER_URL = (not TESTING and os.environ.get("CELERY_BROKER_URL")) or REDIS_URL
-# --- The test broker (deploy, #14): TEST_BROKER_URL runs a test session on another broker, e.g.
+# --- Deploy (#14). The test broker: TEST_BROKER_URL runs a test session on another broker, e.g.
 # RabbitMQ: amqp://guest:guest@127.0.0.1:5672/<vhost>. Give each session a vhost of its own (.ci/run
 # makes one per run); on Redis the session's key prefix keeps sessions apart.
 if TESTING and os.environ.get("TEST_BROKER_URL"):
     CELERY_BROKER_URL = os.environ["TEST_BROKER_URL"]
-# --- end of the test broker ---
+# Probes and the scrape are answered before the Host check (kubelet and Prometheus use the pod's IP).
+MIDDLEWARE.insert(1, "project.health.ProbeMiddleware")
+# --- end of the deploy block ---
 CACHES = {
     "default": {
         "BACKEND": "project.cache.RedisCache",

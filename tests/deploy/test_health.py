@@ -113,3 +113,11 @@ def test_a_countdown_under_a_second_routes_through_rabbitmqs_delay_exchanges_und
     assert base.calculate_routing_key(0, "parse") == "0." * 28 + "parse"
     assert base.calculate_routing_key(0, "0." * 27 + "1.parse") == "0." * 28 + "parse"
     assert base.calculate_routing_key(3, "parse") == ndd.calculate_routing_key(3, "parse")
+
+
+def test_probes_and_the_scrape_answer_a_pods_ip_that_allowed_hosts_does_not_name(http, db, settings):
+    settings.ALLOWED_HOSTS = ["api.example.com"]
+    health._migrated.clear()
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert http.get(path, HTTP_HOST="10.244.1.7:8000").status_code == 200, path
+    assert http.get("/api/schema/", HTTP_HOST="10.244.1.7:8000").status_code == 400  # the rest still checks

