@@ -108,4 +108,3 @@ if broker_url.startswith(("amqp://", "amqps://", "pyamqp://")):
     broker_transport_options = {"confirm_publish": True}
     broker_heartbeat = 30
 # --- end of the broker options ---
-
