@@ -20,6 +20,7 @@ from django.db import connection
 from django.utils import timezone
 
 from agents.models import LedgerStatus, SideEffect
+from agents.pipeline.backoff import backoff_seconds
 from agents.tools import http_client
 from project.redisconn import redis_client
 from tickets.models import Client, Ticket
@@ -257,7 +258,6 @@ def _settle(dues: list[_Due], row_ids: list[int | None]) -> None:
 def _failed(due: _Due) -> None:
     """Counted in the ledger (one statement: a failure never overwrites a concurrent success); due
     again after a backoff, or given up after `CALLBACK_MAX_ATTEMPTS`."""
-    from agents.pipeline import backoff_seconds
 
     with connection.cursor() as cursor:
         cursor.execute(_FAILED_SQL, [LedgerStatus.FAILED.value, due.error[:4000], due.row_id, LedgerStatus.DONE.value])

@@ -7,7 +7,6 @@ from typing import Any
 
 from django.conf import settings
 from django.urls import reverse
-from django.utils.module_loading import import_string
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, inline_serializer
 from rest_framework import parsers, serializers, status
@@ -17,6 +16,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from agents.pipeline.human import ticket_replay
 from tickets.backpressure import overloaded
 from tickets.models import IllegalTransition, Priority, Status, Ticket
 from tickets.selectors import ticket_get, ticket_list, ticket_trace
@@ -298,7 +298,7 @@ class TicketReplayApi(APIView):
         if ticket is None:
             raise NotFound("no such ticket")
         try:
-            ticket = import_string(settings.TICKET_REPLAY_HANDLER)(ticket=ticket)
+            ticket = ticket_replay(ticket=ticket)
         except IllegalTransition as exc:
             return Response({"error": "not_replayable", "detail": str(exc)}, status=status.HTTP_409_CONFLICT)
         return Response(TicketOutputSerializer(ticket).data, status=status.HTTP_202_ACCEPTED)

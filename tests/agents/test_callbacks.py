@@ -112,7 +112,7 @@ def test_a_ticket_that_moved_on_while_its_callback_was_in_flight_keeps_the_next_
 
 
 def test_a_replayed_dead_letter_drops_its_undelivered_callback(db, api, recorder):
-    from agents.pipeline import ticket_replay
+    from agents.pipeline.human import ticket_replay
 
     _, client = api(callback_url=recorder.url)
     ticket = ticket_make(client, status=Status.DEAD_LETTERED, callback_due_at=timezone.now())

@@ -30,7 +30,7 @@ from tests.deploy.topology import ROLES
 from tests.network.hosts import SUBNET, Hosts
 from tests.reliability.audit import Row
 from tests.reliability.recorder import Recorder
-from tests.reliability.system import BIN, PACK, PYTHON, ROOT, SCRUBBED, ApiClient
+from tooling.system import BIN, PACK, PYTHON, ROOT, SCRUBBED, ApiClient
 
 HOSTS = ("db", "api", "w1", "w2", "client")
 WORKER_HOSTS = ("w1", "w2")
