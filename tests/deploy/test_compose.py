@@ -92,3 +92,10 @@ def test_secrets_come_from_the_environment_never_from_the_file():
     text = (ROOT / "compose.yaml").read_text()
     for secret in ("SECRET_KEY", "POSTGRES_PASSWORD", "RABBITMQ_PASSWORD", "FLOWER_PASSWORD", "GRAFANA_PASSWORD"):
         assert f"${{{secret}:?" in text, secret
+
+
+def test_the_procfile_runs_the_same_worker_roles():
+    lines = (ROOT / "Procfile").read_text().splitlines()
+    procfile = dict(line.split(": ", 1) for line in lines if line.strip() and not line.startswith("#"))
+    consumed = {name: worker_queues(cmd) for name, cmd in procfile.items() if worker_queues(cmd)}
+    assert consumed == ROLES

@@ -1,6 +1,6 @@
 """The deployment's topology, stated once for the checks: which queues each worker role consumes.
 
-Compose, the Helm chart and (once it names these roles) the Procfile must run exactly these, and
+The Procfile, compose and the Helm chart must run exactly these, and
 together they must serve every queue celeryconfig declares.
 """
 
