@@ -95,9 +95,11 @@ def check_migrations() -> None:
 
 def check_broker(timeout: float = 3.0) -> None:
     """A new broker connection, and a channel (kombu's Redis channel PINGs when it opens)."""
+    from django.conf import settings
+
     from project.celery import app
 
-    with app.connection_for_write(connect_timeout=timeout) as conn:
+    with app.connection_for_write(settings.CELERY_BROKER_URL, connect_timeout=timeout) as conn:
         conn.ensure_connection(max_retries=1, timeout=timeout)
         conn.default_channel  # noqa: B018 - opening it is the check
 

@@ -36,15 +36,12 @@ def test_readyz_is_ok_when_postgres_the_broker_and_the_migrations_are(http, db):
     assert response.json()["checks"] == ["broker", "migrations", "postgres"]
 
 
-def test_readyz_is_503_naming_the_broker_when_the_broker_does_not_answer(http, db):
-    from project.celery import app
-
-    url = app.conf.broker_url
-    app.conf.broker_url = "redis://127.0.0.1:1/0" if url.startswith("redis") else "amqp://guest:guest@127.0.0.1:1//"
-    try:
-        response = http.get("/readyz")
-    finally:
-        app.conf.broker_url = url
+def test_readyz_is_503_naming_the_broker_when_the_broker_does_not_answer(http, db, settings):
+    url = settings.CELERY_BROKER_URL
+    settings.CELERY_BROKER_URL = (
+        "redis://127.0.0.1:1/0" if url.startswith("redis") else "amqp://guest:guest@127.0.0.1:1//"
+    )
+    response = http.get("/readyz")
     assert response.status_code == 503
     assert set(response.json()["failed"]) == {"broker"}
 
