@@ -51,6 +51,14 @@ task_time_limit = 90
 WEBHOOKS_QUEUE, MAINTENANCE_QUEUE = "webhooks", "maintenance"
 task_queues = [Queue(name) for name in (*QUEUES, LLM_QUEUE, WEBHOOKS_QUEUE, MAINTENANCE_QUEUE)]
 task_default_queue = MAINTENANCE_QUEUE
+# The stage tasks get the pipeline's own, short limits (enforced by the prefork pool of `cpu`).
+task_annotations = {
+    spec.task: {
+        "soft_time_limit": settings.PIPELINE["STAGE_SOFT_TIME_LIMIT_SECONDS"],
+        "time_limit": settings.PIPELINE["STAGE_TIME_LIMIT_SECONDS"],
+    }
+    for spec in STAGES
+}
 task_routes = {
     **{spec.task: {"queue": spec.queue_name} for spec in STAGES},
     LLM_TASK: {"queue": LLM_QUEUE},

@@ -6,6 +6,7 @@ import contextlib
 from typing import Any
 
 from celery import Task, shared_task
+from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import task_postrun, task_prerun, worker_init
 from django.db import close_old_connections, connections
 
@@ -47,8 +48,17 @@ def _close_connections_when_stopped(sender: Any, **_: Any) -> None:
     sender.on_stopped = on_stopped  # read by the worker's blueprint, built right after this signal
 
 
+class StageTask(Task):
+    """A stage's task: a hop stopped by the soft time limit fails its attempt (retried once, then
+    dead-lettered), wherever in the hop the limit fired."""
+
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        if isinstance(exc, SoftTimeLimitExceeded) and args:
+            runner.stage_stopped(str(args[0]), self.name.removeprefix("agents."))
+
+
 def _make_stage_task(spec: StageSpec) -> Task:
-    @shared_task(name=spec.task, bind=True, max_retries=None)
+    @shared_task(name=spec.task, bind=True, base=StageTask, max_retries=None)
     def run(self: Task, ticket_id: str) -> str:
         outcome = runner.stage_run(ticket_id=ticket_id, stage=spec.name)
         if outcome.retry_in is not None:

@@ -17,8 +17,9 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from agents.llm.scope import ticket_scope
@@ -26,7 +27,7 @@ from agents.models import Trace, TraceStatus
 from agents.pipeline import store
 from agents.pipeline.backoff import backoff_seconds
 from agents.pipeline.context import stage_context, ticket_input
-from agents.pipeline.dispatch import after_commit
+from agents.pipeline.dispatch import after_commit, stage_enqueue
 from agents.pipeline.events import announce
 from agents.pipeline.spec import HISTORY, SPEC, StageSpec, handed_over
 from agents.stages.escalate import review_suggestion
@@ -126,6 +127,26 @@ def stage_run(*, ticket_id: str, stage: str, variant: str = "cpu") -> Outcome:
         spec, variant = SPEC.by_name[outcome.next_stage], "cpu"
 
 
+def stage_stopped(ticket_id: str, stage: str) -> Outcome:
+    """The soft time limit fired in a hop (in a stage, a read or a write; the task's `on_failure`
+    calls this): the attempt fails from what Postgres holds — retried once, then dead-lettered with
+    the reason; nothing else of the hop is written. The connection may have been cut mid-statement:
+    an unusable one is replaced."""
+    if not connection.in_atomic_block:
+        connection.close_if_unusable_or_obsolete()
+    ticket = store.ticket_load(ticket_id)
+    spec = SPEC.by_status.get(ticket.status) if ticket else None
+    if ticket is None or spec is None:
+        return Outcome("skipped")
+    limit = settings.PIPELINE["STAGE_SOFT_TIME_LIMIT_SECONDS"]
+    attempt = _Attempt.begin(spec, ticket)
+    error = StageError(f"{stage}: stopped by the time limit ({limit:g} s)", permanent=attempt.number >= 2)
+    outcome = _fail(ticket, attempt, error, Hop(ticket))
+    if outcome.retry_in is not None:
+        stage_enqueue(ticket.pk, spec.name, context=ticket.context, countdown=outcome.retry_in)
+    return outcome
+
+
 def _stage_once(ticket: Ticket, spec: StageSpec, variant: str, hop: Hop) -> Outcome:
     if not _claim(ticket, spec, variant):
         return Outcome("skipped")  # (nothing pending: a fused next stage is always claimable)
@@ -135,6 +156,11 @@ def _stage_once(ticket: Ticket, spec: StageSpec, variant: str, hop: Hop) -> Outc
         if waiting and spec.serial_per_customer:
             return _wait_for_customer(ticket, _Attempt.begin(spec, ticket), variant, hop)
     attempt = _Attempt.begin(spec, ticket)
+    if ticket.stage_attempts >= settings.PIPELINE["MAX_ATTEMPTS"]:
+        # Attempts that never reached a failure of their own: killed by the time limit, or lost and
+        # swept again (the sweeper counts those) — no more of them.
+        error = StageError(f"gave up after {ticket.stage_attempts} attempts that never finished", permanent=True)
+        return _fail(ticket, attempt, error, hop)
     ctx = stage_context(spec, ticket, attempt.number, variant, history)
     try:
         with ticket_scope(ctx.scope) if ctx.scope is not None else contextlib.nullcontext():
@@ -143,6 +169,8 @@ def _stage_once(ticket: Ticket, spec: StageSpec, variant: str, hop: Hop) -> Outc
         if exc.deferred and not _deferred_too_long(ticket):
             return _defer(ticket, hop, exc)
         return _fail(ticket, attempt, exc, hop)
+    except SoftTimeLimitExceeded:
+        raise  # the whole hop is stopped (stage_stopped)
     except Exception as exc:  # a bug or an outage we did not foresee: retried, then dead-lettered
         log.exception("stage %s crashed for ticket %s", spec.name, ticket.pk)
         return _fail(ticket, attempt, exc, hop)

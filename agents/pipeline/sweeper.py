@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.db.models import F
 from django.utils import timezone
 
 from agents.callbacks import drain_schedule
@@ -28,8 +29,11 @@ def tickets_sweep_stuck(*, older_than_seconds: int | None = None, limit: int = 1
         .values_list("pk", "status", "context")[:limit]
     )
     for pk, status, context in stuck:
-        # Touch first, so the next sweep leaves it alone for another period.
-        Ticket.objects.filter(pk=pk, status=status).update(updated_at=timezone.now())
+        # Touch first, so the next sweep leaves it alone for another period; and count an attempt:
+        # a hop that never finishes (killed by the time limit again and again) must end, not loop.
+        Ticket.objects.filter(pk=pk, status=status).update(
+            updated_at=timezone.now(), stage_attempts=F("stage_attempts") + 1
+        )
         stage_enqueue(pk, SPEC.by_status[status].name, context=context)
     return len(stuck) + callbacks_sweep_lost(cutoff=cutoff, limit=limit)
 

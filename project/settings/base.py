@@ -143,6 +143,11 @@ SPECTACULAR_SETTINGS = {
 PIPELINE = {
     # How many attempts a stage gets before its ticket is dead-lettered.
     "MAX_ATTEMPTS": env.int("PIPELINE_MAX_ATTEMPTS", default=5),
+    # A stage task (a whole fused hop) running longer than this is stopped (Celery's soft limit, then
+    # the hard one kills the process; the `cpu` worker's prefork pool enforces both): retried once,
+    # then dead-lettered with the reason. A hop takes milliseconds; these bound a pathological one.
+    "STAGE_SOFT_TIME_LIMIT_SECONDS": env.float("PIPELINE_STAGE_SOFT_TIME_LIMIT_SECONDS", default=10.0),
+    "STAGE_TIME_LIMIT_SECONDS": env.float("PIPELINE_STAGE_TIME_LIMIT_SECONDS", default=15.0),
     # A ticket put off by the shared rate limit (not a failure, not an attempt) pays attempts again
     # once it is this old.
     "DEFER_MAX_SECONDS": env.int("PIPELINE_DEFER_MAX_SECONDS", default=3600),

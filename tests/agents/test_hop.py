@@ -11,6 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -18,8 +19,9 @@ from django.utils import timezone
 
 from agents.catalog import get_catalog
 from agents.llm.base import LimiterBusy
-from agents.models import SideEffect, Trace
+from agents.models import DeadLetter, SideEffect, Trace
 from agents.pipeline import runner as pipeline
+from agents.pipeline import sweeper
 from agents.pipeline.spec import SPEC
 from agents.stages.types import StageError
 from tests.factories import client_with_token, ticket_make
@@ -189,3 +191,37 @@ def test_a_ticket_put_off_for_too_long_pays_attempts_again(fused, ticket, monkey
     assert pipeline.stage_run(ticket_id=str(ticket.pk), stage="parse").kind == "retry"
     ticket.refresh_from_db()
     assert ticket.stage_attempts == 1 and stages_of(ticket)[-1] == ("classify", "retry")
+
+
+def test_a_hop_stopped_by_the_time_limit_is_retried_once_then_dead_lettered(fused, ticket, stage_spec):
+    def runaway(t: Any, ctx: Any) -> Any:
+        raise SoftTimeLimitExceeded()  # what Celery raises in the task when the soft limit fires
+
+    replace_stage(stage_spec, "classify", runaway)
+
+    with pytest.raises(SoftTimeLimitExceeded):  # out of the task: its on_failure calls stage_stopped
+        pipeline.stage_run(ticket_id=str(ticket.pk), stage="parse")
+    first = pipeline.stage_stopped(str(ticket.pk), "classify")
+    assert first.kind == "retry"  # the hop is cut short: nothing of it written but the failed attempt
+    assert stages_of(ticket) == [("parse", "retry")]
+    with pytest.raises(SoftTimeLimitExceeded):
+        pipeline.stage_run(ticket_id=str(ticket.pk), stage="parse")
+    assert pipeline.stage_stopped(str(ticket.pk), "classify").kind == "dead_lettered"
+
+    ticket.refresh_from_db()
+    assert ticket.status == Status.DEAD_LETTERED
+    letter = DeadLetter.objects.get(ticket=ticket)
+    assert letter.stage == "parse" and letter.attempts == 2
+    assert "classify: stopped by the time limit" in letter.last_error
+
+
+def test_a_hop_that_never_finishes_ends_once_the_sweeper_has_counted_its_attempts(intents, ticket, settings):
+    # Killed by the hard limit (or lost) again and again: each sweep counts an attempt, and the
+    # runner gives up when they are spent, instead of looping every sweep for ever.
+    Ticket.objects.filter(pk=ticket.pk).update(status=Status.CLASSIFYING, context={"parse": {"text": "card"}})
+    for _ in range(settings.PIPELINE["MAX_ATTEMPTS"]):
+        Ticket.objects.filter(pk=ticket.pk).update(updated_at=timezone.now() - timedelta(hours=1))
+        assert sweeper.tickets_sweep_stuck(older_than_seconds=60) >= 1
+
+    assert pipeline.stage_run(ticket_id=str(ticket.pk), stage="classify").kind == "dead_lettered"
+    assert "never finished" in DeadLetter.objects.get(ticket=ticket).last_error
