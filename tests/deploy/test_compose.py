@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,7 +17,7 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.deploy.topology import ROLES, ROOT, declared_queues, task_time_limit, worker_queues
+from tests.deploy.topology import ROLES, ROOT, declared_queues, procfile, task_time_limit, worker_queues
 
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
 SERVICES: dict[str, dict] = COMPOSE["services"]
@@ -95,7 +96,10 @@ def test_secrets_come_from_the_environment_never_from_the_file():
 
 
 def test_the_procfile_runs_the_same_worker_roles():
-    lines = (ROOT / "Procfile").read_text().splitlines()
-    procfile = dict(line.split(": ", 1) for line in lines if line.strip() and not line.startswith("#"))
-    consumed = {name: worker_queues(cmd) for name, cmd in procfile.items() if worker_queues(cmd)}
+    consumed = {name: worker_queues(cmd) for name, cmd in procfile().items() if worker_queues(cmd)}
     assert consumed == ROLES
+
+
+def test_every_worker_role_runs_the_procfiles_command():
+    for role in ROLES:
+        assert SERVICES[role]["command"] == shlex.split(procfile()[role]), role

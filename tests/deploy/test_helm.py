@@ -6,6 +6,7 @@ trigger's PromQL (promtool) and that it reads only metrics the product exports."
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.deploy.topology import ROLES, ROOT, declared_queues, task_time_limit, worker_queues
+from tests.deploy.topology import ROLES, ROOT, declared_queues, procfile, task_time_limit, worker_queues
 
 helm = pytest.importorskip("helm_python", reason="helm-python-sdk is not installed (the dev lock has it)")
 CHART = ROOT / "deploy" / "helm" / "agent-pipeline"
@@ -76,6 +77,11 @@ def test_a_deployment_per_worker_role_consumes_the_topologys_queues_and_together
     assert consumed == ROLES
     assert frozenset().union(*consumed.values()) == declared_queues()
     assert len({c["image"] for d in kind("Deployment") + kind("Job") for c in containers(d)}) == 1
+
+
+def test_every_worker_role_runs_the_procfiles_command():
+    for role, doc in workers().items():
+        assert doc["spec"]["template"]["spec"]["containers"][0]["command"] == shlex.split(procfile()[role]), role
 
 
 def test_workers_get_longer_than_the_longest_task_time_limit_to_shut_down():

@@ -27,6 +27,12 @@ def worker_queues(command: list[str] | str) -> frozenset[str] | None:
     return frozenset(args[args.index("-Q") + 1].split(","))
 
 
+def procfile() -> dict[str, str]:
+    """The Procfile's process types and their commands."""
+    lines = (ROOT / "Procfile").read_text().splitlines()
+    return dict(line.split(": ", 1) for line in lines if line.strip() and not line.startswith("#"))
+
+
 def declared_queues() -> frozenset[str]:
     """Every queue the Celery app declares (celeryconfig)."""
     from project.celery import app

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -26,7 +27,7 @@ from typing import Any
 
 import psycopg
 
-from tests.deploy.topology import ROLES
+from tests.deploy.topology import procfile
 from tests.network.hosts import SUBNET, Hosts
 from tests.reliability.audit import Row
 from tests.reliability.recorder import Recorder
@@ -36,11 +37,6 @@ HOSTS = ("db", "api", "w1", "w2", "client")
 WORKER_HOSTS = ("w1", "w2")
 WORKER_ROLES = ("cpu", "io")  # every pipeline queue (llm: no Claude tier here)
 ROWS: list[Row] = []  # the network table, printed at the end of the session (conftest.py)
-POOLS = {
-    "cpu": ["--pool", "prefork", "--concurrency", "2"],
-    "io": ["--pool", "threads", "--concurrency", "8"],
-    "maintenance": ["--pool", "solo"],
-}
 
 
 class HostRecorder(Recorder):
@@ -226,9 +222,8 @@ class NetSystem:
                 "--workers", "2", "--threads", "4", "--log-level", "warning"]  # fmt: skip
 
     def worker_command(self, role: str, host: str) -> list[str]:
-        queues = ",".join(sorted(ROLES[role]))
-        return ["celery", "-A", "project", "worker", "-E", "-Q", queues, *POOLS[role], "-n", f"{role}@{host}",
-                "--loglevel", "INFO"]  # fmt: skip
+        """The Procfile's command for the role, its node named after the host."""
+        return [part.replace("%h", host) for part in shlex.split(procfile()[role])]
 
     def manage(self, *args: str) -> str:
         done = subprocess.run([*self.hosts.exec_prefix("api"), PYTHON, "manage.py", *args], cwd=ROOT,
