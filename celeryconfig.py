@@ -11,7 +11,7 @@ from datetime import timedelta
 from django.conf import settings
 from kombu import Queue
 
-from agents.pipeline.spec import LLM_QUEUE, LLM_TASK, QUEUES, STAGES
+from agents.pipeline.spec import LLM_QUEUE, LLM_TASK, QUEUES, STAGES, lane_queues
 
 broker_url = settings.CELERY_BROKER_URL
 # acks_late: a task is acknowledged after it ran, so a worker that dies mid-stage hands it back.
@@ -49,7 +49,9 @@ task_time_limit = 90
 # the network and are served by thread pools; `maintenance` (the sweeper, retraining, archiving) has
 # a worker of its own. Which worker serves which queue: the Procfile and docs/architecture.md.
 WEBHOOKS_QUEUE, MAINTENANCE_QUEUE = "webhooks", "maintenance"
-task_queues = [Queue(name) for name in (*QUEUES, LLM_QUEUE, WEBHOOKS_QUEUE, MAINTENANCE_QUEUE)]
+# New tickets' first hops go to their client's lane of the first queue (agents/pipeline/dispatch.py).
+LANES = lane_queues(QUEUES[0])
+task_queues = [Queue(name) for name in dict.fromkeys((*LANES, *QUEUES, LLM_QUEUE, WEBHOOKS_QUEUE, MAINTENANCE_QUEUE))]
 task_default_queue = MAINTENANCE_QUEUE
 # The stage tasks get the pipeline's own, short limits (enforced by the prefork pool of `cpu`).
 task_annotations = {

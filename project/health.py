@@ -70,9 +70,11 @@ class ProbeMiddleware:
 
 
 def _probe_views() -> dict[str, Callable[[HttpRequest], HttpResponse]]:
+    from project.access import internal_only
     from project.metrics import metrics_view
 
-    return {"/healthz": healthz, "/readyz": readyz, "/metrics": metrics_view}
+    # /metrics keeps its guard: only METRICS_ALLOWED_CIDRS or the bearer METRICS_TOKEN (project/access.py).
+    return {"/healthz": healthz, "/readyz": readyz, "/metrics": internal_only(metrics_view)}
 
 
 def check_postgres() -> None:

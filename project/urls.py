@@ -5,6 +5,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from project import health
+from project.access import internal_only
 from project.metrics import metrics_view
 
 urlpatterns = [
@@ -18,6 +19,5 @@ urlpatterns = [
     ),
     path("healthz", health.healthz),
     path("readyz", health.readyz),
-    path("metrics", metrics_view, name="prometheus-django-metrics"),
-    path("", include("django_prometheus.urls")),
+    path("metrics", internal_only(metrics_view), name="prometheus-django-metrics"),
 ]

@@ -33,6 +33,13 @@ def wait_for(
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+@pytest.fixture(autouse=True)
+def callback_hosts_allowed(settings: Any) -> None:
+    """Tests' callbacks go to local recorders: let loopback through the outbound guard
+    (project/netguard/). example.com is what API tests submit; the test machine has no DNS."""
+    settings.CALLBACK_ALLOWED_HOSTS = ("127.0.0.1", "localhost", "example.com")
+
+
 @pytest.fixture
 def api(db: Any) -> Callable[..., tuple[APIClient, Any]]:
     """Make an authenticated API client: `http, client = api("acme")`."""
@@ -104,6 +111,7 @@ class Recorder:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
         self.statuses: list[int] = []  # consumed one per request; 200 once empty
+        self.delay = 0.0  # seconds before each answer (a slow endpoint)
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
@@ -115,6 +123,7 @@ class Recorder:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                time.sleep(recorder.delay)
                 with recorder.lock:
                     status = recorder.statuses.pop(0) if recorder.statuses else 200
                     recorder.requests.append({"headers": dict(self.headers), "body": body, "status": status})

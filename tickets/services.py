@@ -71,7 +71,7 @@ def ticket_create(
     # a transaction): a worker never sees a ticket that isn't there. robust: a broker outage after
     # the commit must not turn a stored ticket into a 500 (a client would retry and get two); the
     # sweeper starts it from Postgres instead.
-    transaction.on_commit(lambda: stage_enqueue(ticket.id, SPEC.first.name), robust=True)
+    transaction.on_commit(lambda: stage_enqueue(ticket.id, SPEC.first.name, client_id=ticket.client_id), robust=True)
     return ticket, True
 
 

@@ -10,18 +10,26 @@ from celery import current_app
 from django.db import transaction
 
 from agents.callbacks import callback_due
-from agents.pipeline.spec import LLM_TASK, SPEC, handed_over
+from agents.pipeline.spec import LLM_TASK, SPEC, handed_over, lane_of
 from tickets.models import TERMINAL
 
 
 def stage_enqueue(
-    ticket_id: Any, stage: str, *, context: Mapping[str, Any] | None = None, countdown: float | None = None
+    ticket_id: Any,
+    stage: str,
+    *,
+    context: Mapping[str, Any] | None = None,
+    countdown: float | None = None,
+    client_id: int | None = None,
 ) -> None:
-    """Publish the stage's task (its queue from the spec); its Claude variant when handed over."""
+    """Publish the stage's task (its queue from the spec; a new ticket's in its client's lane); its
+    Claude variant when handed over."""
     if context is not None and handed_over(context, stage):
         current_app.send_task(LLM_TASK, args=[str(ticket_id), stage], countdown=countdown)
-    else:
-        current_app.send_task(SPEC.by_name[stage].task, args=[str(ticket_id)], countdown=countdown)
+        return
+    spec = SPEC.by_name[stage]
+    queue = lane_of(spec.queue_name, client_id) if client_id is not None else None
+    current_app.send_task(spec.task, args=[str(ticket_id)], countdown=countdown, queue=queue)
 
 
 def after_commit(ticket_id: Any, new_status: str, context: Mapping[str, Any] | None = None) -> None:

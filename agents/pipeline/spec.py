@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.utils import timezone
 
 from agents.stages import classify, decide, escalate, execute, parse
@@ -139,3 +140,14 @@ LLM_TASK = "agents.llm_stage"
 def handed_over(context: Mapping[str, Any], stage: str) -> bool:
     """Whether the stage's cheap variant already ran and handed the ticket to the llm queue."""
     return f"{stage}_cpu" in context
+
+
+def lane_queues(queue: str) -> list[str]:
+    """The queue and its lanes: `parse`, `parse.1`, ... `parse.<LANES-1>` (celeryconfig, the Procfile)."""
+    return [queue, *(f"{queue}.{lane}" for lane in range(1, settings.PIPELINE["LANES"]))]
+
+
+def lane_of(queue: str, client_id: int) -> str:
+    """The lane of `queue` a client's new tickets go to."""
+    lane = client_id % max(1, settings.PIPELINE["LANES"])
+    return f"{queue}.{lane}" if lane else queue

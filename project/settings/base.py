@@ -6,6 +6,7 @@ default: `.env.example`. The servers (Postgres, Redis) are chosen by `developmen
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import dj_database_url
@@ -30,6 +31,7 @@ INSTALLED_APPS = [
     "tickets",
     "agents",
     "reviews",
+    "axes",
 ]
 
 MIDDLEWARE = [
@@ -45,8 +47,19 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
+# Admin logins are throttled (django-axes): after AXES_FAILURE_LIMIT failures for one username from
+# one address, that pair is locked out for AXES_COOLOFF_MINUTES; the API's bearer keys are not affected.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.float("AXES_COOLOFF_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# `/metrics` answers only these networks (the peer address) or a bearer METRICS_TOKEN (project/access.py).
+METRICS_ALLOWED_CIDRS = env.list("METRICS_ALLOWED_CIDRS", default=["127.0.0.0/8", "::1/128"])
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 
 ROOT_URLCONF = "project.urls"
 WSGI_APPLICATION = "project.wsgi.application"
@@ -117,6 +130,9 @@ BACKPRESSURE_RETRY_AFTER = env.int("BACKPRESSURE_RETRY_AFTER", default=5)
 MAX_REQUEST_BYTES = env.int("MAX_REQUEST_BYTES", default=64 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
 TICKET_BODY_MAX_CHARS = env.int("TICKET_BODY_MAX_CHARS", default=20_000)
+# Callbacks are never sent to loopback, private, link-local or metadata addresses (project/netguard/)
+# except to these comma-separated `host[:port]` entries (a name or an address; no port: any port).
+CALLBACK_ALLOWED_HOSTS: list[str] = env.list("CALLBACK_ALLOWED_HOSTS", default=[])
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["tickets.auth.ClientTokenAuthentication"],
@@ -157,7 +173,16 @@ PIPELINE = {
     # Tickets sitting in a non-terminal state longer than this are re-enqueued by the sweeper.
     "STUCK_AFTER_SECONDS": env.int("PIPELINE_STUCK_AFTER_SECONDS", default=300),
     "WEBHOOK_TIMEOUT_SECONDS": env.float("WEBHOOK_TIMEOUT_SECONDS", default=10.0),
-    "CALLBACK_MAX_ATTEMPTS": env.int("CALLBACK_MAX_ATTEMPTS", default=8),
+    # A refused callback is tried again after each of these in turn (±10 %), the last one repeating:
+    # about three days in all, as Stripe does; then it is abandoned (counted, alerted, shown in the
+    # admin, and can be resent). CALLBACK_MAX_ATTEMPTS (default: one more than the schedule) caps it.
+    "CALLBACK_RETRY_SCHEDULE": env.list(
+        "CALLBACK_RETRY_SCHEDULE", default=["30s", "2m", "10m", "30m", "1h", "2h", "4h", "8h", "12h", "24h", "24h"]
+    ),
+    "CALLBACK_MAX_ATTEMPTS": env.int("CALLBACK_MAX_ATTEMPTS", default=0),
+    # One client's slow endpoint delays only that client: a drain takes at most this many of one
+    # client's due callbacks (each POST has WEBHOOK_TIMEOUT_SECONDS over the whole request).
+    "CALLBACK_PER_CLIENT": env.int("CALLBACK_PER_CLIENT", default=8),
     # Callbacks go out in batches (agents/callbacks.py): a drain starts at most this long after a
     # ticket settles, claims up to CALLBACK_BATCH_SIZE due callbacks at a time and POSTs them on
     # CALLBACK_CONCURRENCY threads.
@@ -167,6 +192,10 @@ PIPELINE = {
     # Stages run one after another in one hop: '+' joins a group, ',' separates groups, "" is one hop
     # per stage; unset, every stage whose spec allows it (agents/pipeline/runner.py, docs/performance.md).
     "FUSE": env.str("PIPELINE_FUSE", default=None),
+    # A new ticket's first hop goes to one of this many lanes of the first stage's queue, chosen by
+    # its client; the cpu worker consumes the lanes in turn, so one client's flood waits in its own
+    # lane instead of ahead of everyone's tickets (docs/reliability.md). 1: one queue for all.
+    "LANES": env.int("PIPELINE_LANES", default=8),
     # How long a ticket waits before re-checking that its customer's older requests have settled.
     "CUSTOMER_WAIT_SECONDS": env.float("PIPELINE_CUSTOMER_WAIT_SECONDS", default=0.5),
     # ... the interval grows with the wait, up to this; past CUSTOMER_WAIT_MAX_SECONDS since the ticket

@@ -15,7 +15,7 @@ PRODUCTION = True
 
 def _required(name: str) -> str:
     value = env.str(name, default="")
-    if not value:
+    if not value or (name == "SECRET_KEY" and (len(value) < 50 or value.startswith("dev-only"))):
         raise ImproperlyConfigured(
             f"{name} is required when DJANGO_ENV=production (the embedded servers are for development)"
         )
@@ -25,6 +25,17 @@ def _required(name: str) -> str:
 SECRET_KEY = _required("SECRET_KEY")
 DEBUG = env.bool("DEBUG", default=False)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[])
+# HTTPS only (`manage.py check --deploy` is clean): behind a proxy that terminates TLS, it sets
+# X-Forwarded-Proto and SECURE_PROXY_SSL_HEADER says so; the probes' paths stay reachable over HTTP.
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31_536_000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=True)
+SESSION_COOKIE_SECURE = True
+CSRF_COOKIE_SECURE = True
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 globals().update(
     servers(
         database_from_url(_required("DATABASE_URL")),

