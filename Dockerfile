@@ -23,8 +23,10 @@ COPY requirements/runtime.txt /tmp/runtime.txt
 RUN /opt/venv/bin/pip install --require-hashes --no-deps -r /tmp/runtime.txt
 WORKDIR /app
 COPY . .
-# Settings need a database and broker URL to import; nothing connects while collecting.
-RUN DJANGO_ENV=production SECRET_KEY=collectstatic-only ALLOWED_HOSTS=localhost \
+# Production settings need a key (50+ characters), a database and a Redis URL to import; nothing
+# connects while collecting, and this key exists only in this build step.
+RUN DJANGO_ENV=production SECRET_KEY=collectstatic-only-build-step-key-never-used-to-sign-anything \
+    ALLOWED_HOSTS=localhost \
     DATABASE_URL=postgres://build@127.0.0.1:1/build REDIS_URL=redis://127.0.0.1:1/0 \
     /opt/venv/bin/python manage.py collectstatic --noinput -v0
 

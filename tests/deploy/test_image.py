@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata
+import os
 import re
 import shutil
 import subprocess
@@ -124,3 +125,12 @@ def test_the_init_step_and_the_worker_probe_are_executable_scripts():
         assert path.stat().st_mode & 0o111, name
         assert path.read_text().startswith("#!/bin/sh")
     assert "retrain --if-missing" in (ROOT / "deploy" / "init").read_text()
+
+
+def test_the_images_collectstatic_step_runs_with_the_production_settings():
+    """The build stage's RUN line, as written, with this interpreter in place of the image's venv."""
+    (run,) = [i["value"] for i in stages()[0] if i["instruction"] == "RUN" and "collectstatic" in i["value"]]
+    command = run.replace("/opt/venv/bin/python", sys.executable)
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")}  # nothing of this session's
+    done = subprocess.run(["sh", "-c", command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
