@@ -97,7 +97,9 @@ class NetSystem:
             PIPELINE_CUSTOMER_WAIT_SECONDS="0.5",
             WEBHOOK_TIMEOUT_SECONDS="3",
             CALLBACK_MAX_ATTEMPTS="30",
-            CALLBACK_ALLOWED_HOSTS=self.hosts.address["client"],
+            CALLBACK_ALLOWED_HOSTS=",".join(  # the recorders' ports on the client host, nothing else
+                f"{self.hosts.address['client']}:{r.port}" for r in (self.callbacks, self.downstream) if r
+            ),
             INTENT_PACK=str(PACK),
             WORKER_HEARTBEAT_FILE=str(self.var / f"{process}.alive"),
         )
