@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 import psycopg
 
-from tests.reliability.recorder import Recorder
+from tooling.recorder import Recorder
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = ROOT / ".venv" / "bin" if (ROOT / ".venv" / "bin" / "celery").exists() else Path(sys.executable).parent

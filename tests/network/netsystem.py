@@ -30,7 +30,7 @@ import psycopg
 from tests.deploy.topology import procfile
 from tests.network.hosts import SUBNET, Hosts
 from tests.reliability.audit import Row
-from tests.reliability.recorder import Recorder
+from tooling.recorder import Recorder
 from tooling.system import BIN, PACK, PYTHON, ROOT, SCRUBBED, ApiClient
 
 HOSTS = ("db", "api", "w1", "w2", "client")
