@@ -10,6 +10,7 @@ and L2 normalisation, as sentence-transformers does for this model.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -38,8 +39,9 @@ def model_dir() -> Path:
     return path
 
 
+@functools.cache
 def available() -> bool:
-    """Whether the encoder's weights and runtime are installed."""
+    """Whether the encoder's weights and runtime are installed (asked once per process)."""
     try:
         model_dir()
     except FileNotFoundError:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import logging
 import pickle
 import re
 import zlib
@@ -11,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+log = logging.getLogger(__name__)
 FORMAT_VERSION = 2  # 2: the vectorizer pickled apart, beside plain-data blocks for one text
 if TYPE_CHECKING:
     from .ensemble import EncoderHead
@@ -222,12 +225,11 @@ class IntentModel:
         z = self.scores(texts) / self.temperature
         probs = softmax_rows(z.copy())
         band = np.zeros(len(texts), dtype=bool)
-        if self.head is not None:
-            from .encoder import get_encoder
-
+        encoder = _encoder() if self.head is not None else None
+        if self.head is not None and encoder is not None:
             band = probs.max(axis=1) < self.head.cascade_threshold
             if band.any():
-                embedded = get_encoder().embed([t for t, b in zip(texts, band, strict=True) if b])
+                embedded = encoder.embed([t for t, b in zip(texts, band, strict=True) if b])
                 probs[band] = self.head.combine(z[band], embedded)
         return probs, band
 
@@ -251,10 +253,8 @@ class IntentModel:
         p = z - z.max()
         np.exp(p, out=p)
         p /= p.sum()
-        if self.head is not None and p.max() < self.head.cascade_threshold:
-            from .encoder import get_encoder
-
-            return self._prediction(self.head.combine(z[None, :], get_encoder().embed_one(text)[None, :])[0], True)
+        if self.head is not None and p.max() < self.head.cascade_threshold and (encoder := _encoder()) is not None:
+            return self._prediction(self.head.combine(z[None, :], encoder.embed_one(text)[None, :])[0], True)
         return self._prediction(p)
 
     def predict_many(self, texts: list[str]) -> list[Prediction]:
@@ -332,6 +332,21 @@ class IntentModel:
             head=_head_from(state.get("head")),
             candidates_k=int(state.get("candidates_k", 3)),
         )
+
+
+def _encoder() -> Any:
+    """The process's sentence encoder, or None where its package is not installed (the cheap answer stands)."""
+    from .encoder import available, get_encoder
+
+    if not available():
+        _warn_once()
+        return None
+    return get_encoder()
+
+
+@functools.cache
+def _warn_once() -> None:
+    log.warning("the sentence encoder is not installed (requirements-encoder.txt): cheap tier only")
 
 
 def _head_from(state: dict[str, Any] | None) -> EncoderHead | None:
