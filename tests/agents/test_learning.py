@@ -302,6 +302,7 @@ def test_the_evaluate_command_scores_the_whole_local_decision_with_the_threshold
     from agents.catalog import clear_cache
 
     learning.model_retrain()
+    Intent.objects.update(reply_template="We are on it.")  # decide automates only an intent with a reply
     data = tmp_path / "eval.csv"
     with data.open("w", newline="") as fh:
         writer = csv.writer(fh)
