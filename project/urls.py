@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.http import HttpRequest, JsonResponse
-from django.urls import include, path
+from django.urls import include, path, re_path
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from project.metrics import metrics_view
@@ -10,6 +11,13 @@ from project.metrics import metrics_view
 
 def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
+
+
+@csrf_exempt
+def api_not_found(request: HttpRequest, rest: str = "") -> JsonResponse:
+    """Any other path under /api/: the API's JSON error, not Django's HTML page."""
+    hint = " (API paths end with a slash)" if not request.path.endswith("/") else ""
+    return JsonResponse({"error": "not_found", "detail": f"no such API path: {request.path}{hint}"}, status=404)
 
 
 urlpatterns = [
@@ -21,6 +29,7 @@ urlpatterns = [
         SpectacularSwaggerView.as_view(url_name="schema", authentication_classes=[], permission_classes=[]),
         name="swagger-ui",
     ),
+    re_path(r"^api/(?P<rest>.*)$", api_not_found),
     path("healthz", healthz),
     path("metrics", metrics_view, name="prometheus-django-metrics"),
     path("", include("django_prometheus.urls")),

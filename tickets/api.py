@@ -9,7 +9,13 @@ from django.conf import settings
 from django.urls import reverse
 from django.utils.module_loading import import_string
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_field,
+    inline_serializer,
+)
 from rest_framework import parsers, serializers, status
 from rest_framework.exceptions import NotFound, ParseError, ValidationError
 from rest_framework.pagination import CursorPagination
@@ -190,7 +196,35 @@ class TicketFilterSerializer(StrictSerializer):
     page_size = serializers.IntegerField(required=False, min_value=1, max_value=200)
 
 
-ERROR = inline_serializer("Error", {"error": serializers.CharField(), "detail": serializers.JSONField()})
+ERROR = inline_serializer(
+    "Error",
+    {
+        "error": serializers.CharField(help_text="A stable code: validation_error, not_found, throttled, ..."),
+        "detail": serializers.JSONField(help_text="A message, or the field errors by field name."),
+    },
+)
+_ERROR_TEXT = {
+    400: "Bad input; `detail` names each field.",
+    401: "No API key, or an invalid, expired or revoked one.",
+    404: "No such ticket (or another client's).",
+    405: "Method not allowed.",
+    406: "Only `application/json` answers are offered.",
+    409: "Conflict (see `error`).",
+    413: "The request body is over the limit.",
+    415: "Send `Content-Type: application/json`.",
+    429: "Over the client's rate; see `Retry-After` and `RateLimit`.",
+    503: "Overloaded or a backing service is down; see `Retry-After`.",
+}
+
+
+def errors(*codes: int) -> dict[int, OpenApiResponse]:
+    """The error answers an operation can give, each in the one error shape (every operation can
+    answer 401, 406, 429 and 503)."""
+    return {
+        code: OpenApiResponse(ERROR, description=_ERROR_TEXT[code]) for code in sorted({*codes, 401, 406, 429, 503})
+    }
+
+
 # What TicketCursorPagination answers (an APIView's pagination is invisible to drf-spectacular).
 TICKET_PAGE = inline_serializer(
     "PaginatedTicketList",
@@ -212,30 +246,57 @@ class JSONParser(parsers.JSONParser):
             raise ParseError("JSON parse error - nested too deeply") from exc
 
 
-class TicketListCreateApi(APIView):
+class ClientApi(APIView):
+    """An API view whose every answer to a client tells its rate limit."""
+
+    def finalize_response(self, request: Request, response: Response, *args: Any, **kwargs: Any) -> Response:
+        response = super().finalize_response(request, response, *args, **kwargs)
+        limit = getattr(request, "ratelimit", None)
+        if limit is not None:
+            for name, value in limit.headers().items():
+                response[name] = value
+        return response
+
+
+class TicketListCreateApi(ClientApi):
     """Submit a request; list your requests."""
 
     parser_classes = [JSONParser]
 
     @extend_schema(
+        operation_id="tickets_create",
+        summary="Submit a request",
         request=TicketInputSerializer,
         parameters=[
             OpenApiParameter(
                 "Idempotency-Key",
                 OpenApiTypes.STR,
                 OpenApiParameter.HEADER,
-                description="Retries with the same key return the same ticket.",
-            )
+                description="Retries with the same key return the same ticket (200); the same key with "
+                "another body is a 409. At most 255 printable characters.",
+            ),
+            OpenApiParameter(
+                "Location",
+                OpenApiTypes.STR,
+                OpenApiParameter.HEADER,
+                response=[200, 202],
+                required=True,
+                description="The ticket's URL.",
+            ),
+            OpenApiParameter(
+                "Idempotent-Replayed",
+                OpenApiTypes.STR,
+                OpenApiParameter.HEADER,
+                response=[200],
+                enum=["true"],
+                required=True,
+                description="This is the ticket an earlier request with the key made.",
+            ),
         ],
         responses={
-            200: TicketOutputSerializer,
-            202: TicketOutputSerializer,
-            400: ERROR,
-            401: ERROR,
-            409: ERROR,
-            413: ERROR,
-            429: ERROR,
-            503: ERROR,
+            200: OpenApiResponse(TicketOutputSerializer, description="A retry: the ticket the key made before."),
+            202: OpenApiResponse(TicketOutputSerializer, description="Accepted: the pipeline starts on it."),
+            **errors(400, 409, 413, 415),
         },
     )
     def post(self, request: Request) -> Response:
@@ -263,8 +324,10 @@ class TicketListCreateApi(APIView):
         return Response(body, status=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK, headers=headers)
 
     @extend_schema(
+        operation_id="tickets_list",
+        summary="List your requests",
         parameters=[TicketFilterSerializer],
-        responses={200: TICKET_PAGE, 400: ERROR, 401: ERROR, 429: ERROR},
+        responses={200: TICKET_PAGE, **errors(400)},
     )
     def get(self, request: Request) -> Response:
         filters = TicketFilterSerializer(data=request.query_params.dict())
@@ -278,10 +341,14 @@ class TicketListCreateApi(APIView):
         return paginator.get_paginated_response(TicketOutputSerializer(page, many=True).data)
 
 
-class TicketDetailApi(APIView):
+class TicketDetailApi(ClientApi):
     """A ticket's status, resolution and ordered trace."""
 
-    @extend_schema(responses={200: TicketDetailSerializer, 401: ERROR, 404: ERROR})
+    @extend_schema(
+        operation_id="tickets_retrieve",
+        summary="A request's outcome",
+        responses={200: TicketDetailSerializer, **errors(404)},
+    )
     def get(self, request: Request, ticket_id: str) -> Response:
         ticket = ticket_get(client=request.user, ticket_id=ticket_id)
         if ticket is None:
@@ -289,10 +356,15 @@ class TicketDetailApi(APIView):
         return Response(TicketDetailSerializer(ticket).data)
 
 
-class TicketReplayApi(APIView):
+class TicketReplayApi(ClientApi):
     """Re-run a dead-lettered ticket from the stage that failed."""
 
-    @extend_schema(request=None, responses={202: TicketOutputSerializer, 401: ERROR, 404: ERROR, 409: ERROR})
+    @extend_schema(
+        operation_id="tickets_replay",
+        summary="Replay a dead letter",
+        request=None,
+        responses={202: TicketOutputSerializer, **errors(404, 409)},
+    )
     def post(self, request: Request, ticket_id: str) -> Response:
         ticket = ticket_get(client=request.user, ticket_id=ticket_id)
         if ticket is None:
