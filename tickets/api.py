@@ -76,12 +76,59 @@ class StrictSerializer(serializers.Serializer):
         return super().to_internal_value(data)
 
 
+class InvalidCursor(NotFound):
+    default_detail = "no such page: pass `cursor` as the `next` or `previous` link gave it"
+    default_code = "invalid_cursor"
+
+
+# The schema states what the checks below accept, so a request valid by the schema is accepted.
+NO_NUL = r"^[^\x00]*$"
+NOT_BLANK = r"^[^\x00]*[^\s\x00][^\x00]*$"  # trimmed, something is left
+HOST_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+CALLBACK_URL = (
+    rf"^(?:https?://{HOST_LABEL}(?:\.{HOST_LABEL})*\.[a-z]{{2,63}}(?::[1-9][0-9]{{0,3}})?(?:/[A-Za-z0-9._~/-]*)?)?$"
+)
+
+
+def _json_value(depth: int) -> dict[str, Any]:
+    """A metadata value at `depth` (the object itself is depth 0): containers below the limit."""
+    scalars = [{"type": "string", "pattern": NO_NUL}, {"type": ["number", "boolean", "null"]}]
+    if depth >= METADATA_MAX_DEPTH:
+        return {"anyOf": [*scalars, {"type": "array", "maxItems": 0}, {"type": "object", "maxProperties": 0}]}
+    inner = _json_value(depth + 1)
+    return {
+        "anyOf": [
+            *scalars,
+            {"type": "array", "items": inner},
+            {"type": "object", "additionalProperties": inner, "propertyNames": {"pattern": NO_NUL}},
+        ]
+    }
+
+
+@extend_schema_field(
+    {
+        "type": "object",
+        "description": f"Your own data, returned as given: at most {METADATA_MAX_BYTES} bytes as JSON, nested at "
+        f"most {METADATA_MAX_DEPTH} levels, no NUL characters.",
+        "additionalProperties": _json_value(1),
+        "propertyNames": {"pattern": NO_NUL},
+    }
+)
+class MetadataField(serializers.DictField):
+    pass
+
+
+# What the schema adds to TicketInputSerializer's fields: patterns its validation enforces
+# (tickets/schema.py puts them in; the request object also takes no other property).
+INPUT_PATTERNS = {"customer_ref": NO_NUL, "subject": NO_NUL, "body": NOT_BLANK, "callback_url": CALLBACK_URL}
+
+
 class TicketInputSerializer(StrictSerializer):
     customer_ref = serializers.CharField(max_length=255, required=False, allow_blank=True, default="")
     channel = serializers.RegexField(r"^[a-z0-9_-]{1,32}$", required=False, default="api")
     subject = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
     body = serializers.CharField(max_length=settings.TICKET_BODY_MAX_CHARS, trim_whitespace=True)
-    metadata = serializers.DictField(required=False, default=dict)
+    metadata = MetadataField(required=False, default=dict)
     priority = serializers.ChoiceField(
         choices=[label for _, label in Priority.choices], required=False, default="normal"
     )
@@ -206,7 +253,7 @@ ERROR = inline_serializer(
 _ERROR_TEXT = {
     400: "Bad input; `detail` names each field.",
     401: "No API key, or an invalid, expired or revoked one.",
-    404: "No such ticket (or another client's).",
+    404: "No such ticket (or another client's), or a `cursor` this API did not give.",
     405: "Method not allowed.",
     406: "Only `application/json` answers are offered.",
     409: "Conflict (see `error`).",
@@ -327,7 +374,7 @@ class TicketListCreateApi(ClientApi):
         operation_id="tickets_list",
         summary="List your requests",
         parameters=[TicketFilterSerializer],
-        responses={200: TICKET_PAGE, **errors(400)},
+        responses={200: TICKET_PAGE, **errors(400, 404)},
     )
     def get(self, request: Request) -> Response:
         filters = TicketFilterSerializer(data=request.query_params.dict())
@@ -336,8 +383,8 @@ class TicketListCreateApi(ClientApi):
         paginator = TicketCursorPagination()
         try:
             page = paginator.paginate_queryset(ticket_list(client=request.user, **params), request, view=self)
-        except NotFound as exc:  # DRF's answer to a cursor it cannot decode: a bad parameter, not a 404
-            raise ValidationError({"cursor": "invalid cursor"}) from exc
+        except NotFound as exc:  # a cursor this API did not give: no such page (any string is a valid cursor)
+            raise InvalidCursor from exc
         return paginator.get_paginated_response(TicketOutputSerializer(page, many=True).data)
 
 

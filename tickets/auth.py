@@ -26,9 +26,12 @@ _CLIENT_COLUMNS = ", ".join(f'c."{f.column}"' for f in _C.concrete_fields)
 _KEY_SQL = (
     f'SELECT k."id", k."last_used_at", {_CLIENT_COLUMNS} FROM "{_K.db_table}" AS k '
     f'JOIN "{_C.db_table}" AS c ON c."id" = k."client_id" WHERE k."key_hash" = %s AND c."is_active" '
-    'AND (k."revoked_at" IS NULL OR k."revoked_at" > now()) AND (k."expires_at" IS NULL OR k."expires_at" > now())'
+    'AND (k."revoked_at" IS NULL OR k."revoked_at" > %s) AND (k."expires_at" IS NULL OR k."expires_at" > %s)'
 )
-_TOUCH_SQL = f'UPDATE "{_K.db_table}" SET "last_used_at" = now() WHERE "id" = %s AND "last_used_at" IS DISTINCT FROM %s'
+# Only if nobody wrote it since we read it: of several processes that saw the same stale time, one writes.
+_TOUCH_SQL = (
+    f'UPDATE "{_K.db_table}" SET "last_used_at" = %s WHERE "id" = %s AND "last_used_at" IS NOT DISTINCT FROM %s'
+)
 LAST_USED_EVERY = timedelta(minutes=1)
 _touched: dict[int, datetime] = {}  # key id -> when this process last wrote its last_used_at
 
@@ -38,7 +41,8 @@ def client_by_key(key: str) -> tuple[Client, int] | None:
     request (a revoked key stops at once). SQL written once: the ORM spent more CPU building this
     read than Postgres spends answering it."""
     with connection.cursor() as cursor:
-        cursor.execute(_KEY_SQL, [hash_token(key)])
+        now = timezone.now()  # not SQL's now(), the start of a transaction that may be older
+        cursor.execute(_KEY_SQL, [hash_token(key), now, now])
         row = cursor.fetchone()
     if row is None:
         return None
@@ -48,15 +52,15 @@ def client_by_key(key: str) -> tuple[Client, int] | None:
 
 
 def _touch(key_id: int, last_used: datetime | None) -> None:
-    """Record the key's use at most once a minute: not a write per request on the hot path. The
-    conditional update lets one of several processes that saw the same stale time write it."""
+    """Record the key's use at most once a minute (per key, and per process): not a write per
+    request on the hot path."""
     now = timezone.now()
     seen = max(filter(None, (last_used, _touched.get(key_id))), default=None)
     if seen is not None and now - seen < LAST_USED_EVERY:
         return
     _touched[key_id] = now
     with connection.cursor() as cursor:
-        cursor.execute(_TOUCH_SQL, [key_id, last_used])
+        cursor.execute(_TOUCH_SQL, [now, key_id, last_used])
 
 
 class ClientTokenAuthentication(authentication.BaseAuthentication):

@@ -10,6 +10,7 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import OpenApiResponse, OpenApiWebhook, extend_schema, inline_serializer
 from rest_framework import serializers
 
+from tickets.api import INPUT_PATTERNS
 from tickets.models import SETTLED_STATUSES
 from tickets.webhooks import ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER
 
@@ -104,6 +105,10 @@ def postprocess(result: dict[str, Any], generator: Any, request: Any, public: bo
                     headers["Retry-After"] = _header("Seconds to wait before trying again.", required=True)
                 if code in ("200", "202") and operation["operationId"] in ("tickets_create", "tickets_replay"):
                     response["links"] = _LINKS
+    request_body = result["components"]["schemas"]["TicketInputRequest"]
+    request_body["additionalProperties"] = False
+    for name, pattern in INPUT_PATTERNS.items():
+        request_body["properties"][name]["pattern"] = pattern
     for item in result.get("webhooks", {}).values():
         item["post"]["parameters"] = [
             {"in": "header", "name": name, "required": True, "schema": {"type": "string"}, "description": text}
