@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from django.conf import settings
@@ -10,6 +11,7 @@ from django.urls import reverse
 from django.utils.module_loading import import_string
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
+    OpenApiExample,
     OpenApiParameter,
     OpenApiResponse,
     extend_schema,
@@ -30,6 +32,7 @@ from tickets.services import IdempotencyConflict, ticket_create
 
 METADATA_MAX_BYTES = 8 * 1024
 METADATA_MAX_DEPTH = 5
+IDEMPOTENCY_KEY = re.compile(r"^[\x20-\x7e]{0,255}$")  # empty: no key
 
 
 def _check_text(value: Any, path: str = "value") -> None:
@@ -234,12 +237,20 @@ class TicketCursorPagination(CursorPagination):
     max_page_size = 200
 
 
+@extend_schema_field({"type": "string", "pattern": NO_NUL})
+class QueryText(serializers.CharField):
+    """Query text taken as given: blank filters nothing, whitespace is not trimmed away into an error."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(required=False, allow_blank=True, trim_whitespace=False, **kwargs)
+
+
 class TicketFilterSerializer(StrictSerializer):
     status = serializers.ChoiceField(choices=Status.values, required=False)
-    intent = serializers.CharField(max_length=100, required=False)
+    intent = QueryText()
     created_after = serializers.DateTimeField(required=False)
     created_before = serializers.DateTimeField(required=False)
-    cursor = serializers.CharField(required=False)
+    cursor = QueryText()
     page_size = serializers.IntegerField(required=False, min_value=1, max_value=200)
 
 
@@ -314,13 +325,27 @@ class TicketListCreateApi(ClientApi):
         operation_id="tickets_create",
         summary="Submit a request",
         request=TicketInputSerializer,
+        examples=[
+            OpenApiExample(
+                "A card that has not arrived",
+                request_only=True,
+                value={
+                    "body": "My new card still has not arrived, it has been two weeks.",
+                    "customer_ref": "cust-1042",
+                    "channel": "email",
+                    "priority": "normal",
+                    "metadata": {"locale": "en-GB"},
+                    "callback_url": "https://hooks.example.com/tickets",
+                },
+            ),
+        ],
         parameters=[
             OpenApiParameter(
                 "Idempotency-Key",
-                OpenApiTypes.STR,
+                {"type": "string", "pattern": IDEMPOTENCY_KEY.pattern},
                 OpenApiParameter.HEADER,
                 description="Retries with the same key return the same ticket (200); the same key with "
-                "another body is a 409. At most 255 printable characters.",
+                "another body is a 409. Up to 255 printable ASCII characters (a UUID is a good key); empty is none.",
             ),
             OpenApiParameter(
                 "Location",
@@ -350,8 +375,8 @@ class TicketListCreateApi(ClientApi):
         if not isinstance(request.data, dict):
             raise ValidationError({"non_field_errors": "the body must be a JSON object"})
         key = request.headers.get("Idempotency-Key") or None
-        if key is not None and (len(key) > 255 or not key.isprintable()):
-            raise ValidationError({"Idempotency-Key": "at most 255 printable characters"})
+        if key is not None and not IDEMPOTENCY_KEY.fullmatch(key):
+            raise ValidationError({"Idempotency-Key": "at most 255 printable ASCII characters"})
         serializer = TicketInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         if overloaded():
