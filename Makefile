@@ -1,5 +1,9 @@
 # Two commands for a fresh machine with Python 3.11: `make run` and `make test`.
 # With DATABASE_URL / REDIS_URL unset, an embedded Postgres and Redis start under var/.
+# `.env`, when present, is read by every target as by every command (project/settings/env.py): the
+# embedded servers start only where DATABASE_URL / REDIS_URL are unset in both.
+-include .env
+export $(shell sed -n 's/^\([A-Za-z_][A-Za-z0-9_]*\)=.*/\1/p' .env 2>/dev/null)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(abspath $(VENV))/bin
@@ -36,7 +40,7 @@ test: services  ## the whole suite, against real Postgres, Redis and Celery work
 	python -m pytest
 
 bench: install  ## the benchmark, on servers of its own: results under var/bench/ (docs/performance.md)
-	python -m bench $(BENCH_ARGS)
+	python -m tooling.bench $(BENCH_ARGS)
 
 lint:
 	ruff check . && ruff format --check .

@@ -11,6 +11,8 @@ from datetime import timedelta
 from django.conf import settings
 from kombu import Queue
 
+from agents.pipeline.spec import LLM_QUEUE, LLM_TASK, QUEUES, STAGES, lane_queues
+
 broker_url = settings.CELERY_BROKER_URL
 # acks_late: a task is acknowledged after it ran, so a worker that dies mid-stage hands it back.
 task_acks_late = True
@@ -41,34 +43,34 @@ if settings.BROKER_KEY_PREFIX:  # test sessions keep their queues apart
 task_soft_time_limit = 60
 task_time_limit = 90
 
-# One queue per stage, so each agent scales on its own. `llm` and `webhooks` wait on the network
-# and are served by thread-pool workers; the stage queues are CPU work for prefork workers.
-STAGE_QUEUES = ("parse", "classify", "decide", "execute", "escalate")
-IO_QUEUES = ("llm", "webhooks", "maintenance")
-task_queues = [Queue(name) for name in (*STAGE_QUEUES, *IO_QUEUES)]
-# Stages that run one after another in the same hop (the task of the first of them) instead of each
-# being published to its own queue: '+' joins the stages of a group, ',' separates groups, "" means
-# one hop per stage. Each stage still claims, commits its own transaction and trace, and the next is
-# still chosen from what Postgres holds; an execute whose plan calls a downstream API is never fused
-# (it waits on the network: the execute queue's thread pool). The per-stage queues stay in use for the
-# sweeper, replays, reviewers' decisions and the llm hand-over. Trade-offs: docs/performance.md.
-PIPELINE_FUSE = os.environ.get("PIPELINE_FUSE", "parse+classify+decide+execute+escalate")
-task_default_queue = "maintenance"
+# A queue per stage, from the stage spec (agents/pipeline/spec.py); the cheap stages run fused in
+# one hop on the first one's queue (settings.PIPELINE["FUSE"]), the others are used by the sweeper,
+# replays, reviewers' decisions and executes that call downstream APIs. `llm` and `webhooks` wait on
+# the network and are served by thread pools; `maintenance` (the sweeper, retraining, archiving) has
+# a worker of its own. Which worker serves which queue: the Procfile and docs/architecture.md.
+WEBHOOKS_QUEUE, MAINTENANCE_QUEUE = "webhooks", "maintenance"
+# New tickets' first hops go to their client's lane of the first queue (agents/pipeline/dispatch.py).
+LANES = lane_queues(QUEUES[0])
+task_queues = [Queue(name) for name in dict.fromkeys((*LANES, *QUEUES, LLM_QUEUE, WEBHOOKS_QUEUE, MAINTENANCE_QUEUE))]
+task_default_queue = MAINTENANCE_QUEUE
+# The stage tasks get the pipeline's own, short limits (enforced by the prefork pool of `cpu`).
+task_annotations = {
+    spec.task: {
+        "soft_time_limit": settings.PIPELINE["STAGE_SOFT_TIME_LIMIT_SECONDS"],
+        "time_limit": settings.PIPELINE["STAGE_TIME_LIMIT_SECONDS"],
+    }
+    for spec in STAGES
+}
 task_routes = {
-    "agents.parse": {"queue": "parse"},
-    "agents.classify": {"queue": "classify"},
-    "agents.decide": {"queue": "decide"},
-    "agents.execute": {"queue": "execute"},
-    "agents.escalate": {"queue": "escalate"},
-    "agents.llm_stage": {"queue": "llm"},
-    "agents.llm_batch_submit": {"queue": "llm"},
-    "agents.llm_batch_poll": {"queue": "llm"},
-    "agents.deliver_callback": {"queue": "webhooks"},
-    "agents.deliver_callbacks": {"queue": "webhooks"},
-    "agents.sweep_stuck_tickets": {"queue": "maintenance"},
-    "agents.retrain_local_model": {"queue": "maintenance"},
-    "agents.archive_traces": {"queue": "maintenance"},
-    "agents.thresholds_follow_reviewers": {"queue": "maintenance"},
+    **{spec.task: {"queue": spec.queue_name} for spec in STAGES},
+    LLM_TASK: {"queue": LLM_QUEUE},
+    "agents.llm_batch_submit": {"queue": LLM_QUEUE},
+    "agents.llm_batch_poll": {"queue": LLM_QUEUE},
+    "agents.deliver_callbacks": {"queue": WEBHOOKS_QUEUE},
+    "agents.sweep_stuck_tickets": {"queue": MAINTENANCE_QUEUE},
+    "agents.retrain_local_model": {"queue": MAINTENANCE_QUEUE},
+    "agents.archive_traces": {"queue": MAINTENANCE_QUEUE},
+    "agents.thresholds_follow_reviewers": {"queue": MAINTENANCE_QUEUE},
 }
 
 beat_schedule = {

@@ -6,9 +6,10 @@ import hashlib
 import hmac
 import json
 import logging
+import random
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -19,10 +20,11 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
+from agents.metrics import CALLBACKS_ABANDONED
 from agents.models import LedgerStatus, SideEffect
 from agents.tools import http_client
 from project.redisconn import redis_client
-from tickets.models import Client, Ticket
+from tickets.models import TERMINAL, Client, Ticket
 from tickets.webhooks import webhook_headers
 
 _log = logging.getLogger(__name__)
@@ -86,6 +88,28 @@ def _cfg(name: str) -> Any:
     return settings.PIPELINE[name]
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _seconds(spec: str) -> float:
+    """'30s', '2m', '1h', '1d' or plain seconds."""
+    spec = spec.strip().lower()
+    return float(spec[:-1]) * _UNITS[spec[-1]] if spec[-1:] in _UNITS else float(spec)
+
+
+def max_attempts() -> int:
+    """Attempts before a callback is abandoned: CALLBACK_MAX_ATTEMPTS, else one more than the schedule."""
+    return int(_cfg("CALLBACK_MAX_ATTEMPTS")) or len(_cfg("CALLBACK_RETRY_SCHEDULE")) + 1
+
+
+def retry_delay(attempts: int) -> float:
+    """How long after its `attempts`-th failure a callback is due again: the schedule's entry (the
+    last one repeats), ±10 % so a client's backlog does not come back all at once."""
+    schedule = _cfg("CALLBACK_RETRY_SCHEDULE") or ["30s"]
+    base = _seconds(schedule[min(attempts, len(schedule)) - 1])
+    return base * random.uniform(0.9, 1.1)
+
+
 def callback_due() -> None:
     """After a terminal commit: a drain runs within `CALLBACK_BATCH_WINDOW_MS` (one Redis round trip
     for all but the first ticket of a window). Never raises: the sweeper covers a missed drain."""
@@ -97,6 +121,21 @@ def callback_due() -> None:
         _log.warning("callback drain not scheduled (the sweeper will send it): %s", exc)
 
 
+def callback_resend(*, ticket: Ticket) -> bool:
+    """Send the settled ticket's callback again (an abandoned one, or one the client lost), under the
+    same delivery key — the client can tell it is the same event — with a fresh retry schedule.
+    False when the ticket is not settled (its callback comes when it is)."""
+    ticket = Ticket.objects.get(pk=ticket.pk)
+    if ticket.status not in TERMINAL:
+        return False
+    SideEffect.objects.filter(idempotency_key=callback_key(ticket)).update(
+        status=LedgerStatus.STARTED, attempts=0, last_error="", finished_at=None
+    )
+    Ticket.objects.filter(pk=ticket.pk, status=ticket.status).update(callback_due_at=timezone.now())
+    drain_schedule()
+    return True
+
+
 def drain_schedule(countdown: float | None = None) -> None:
     """Start a drain (the sweeper, a failed callback's backoff, a replay by hand)."""
     current_app.send_task("agents.deliver_callbacks", countdown=countdown)
@@ -104,7 +143,7 @@ def drain_schedule(countdown: float | None = None) -> None:
 
 _PAYLOAD_FIELDS = {
     *("id", "status", "idempotency_key", "customer_ref", "intent", "confidence", "action", "reply"),
-    *("resolved_at", "callback_url"),
+    *("resolved_at", "callback_url", "updated_at"),
 }
 # In the model's order: `Model.from_db` maps a partial row by it.
 _CLAIM_FIELDS = [f.name for f in Ticket._meta.concrete_fields if f.name in _PAYLOAD_FIELDS]
@@ -117,11 +156,16 @@ def _col(model_meta: Any, name: str) -> str:
 
 
 _RETURNING = ", ".join(f't."{_col(_T, n)}"' for n in _CLAIM_FIELDS)
+# The oldest due callbacks, at most `per_client` of any one client (a slow or flooded client's
+# backlog never fills a batch), moved to a lease so concurrent drains never share a row.
+_CLIENT_COL = _col(_T, "client")
 _CLAIM_SQL = (
-    f'UPDATE "{_T.db_table}" AS t SET "callback_due_at" = %s '
-    f'FROM (SELECT "id" FROM "{_T.db_table}" WHERE "callback_due_at" <= %s '
-    f'ORDER BY "callback_due_at" LIMIT %s FOR UPDATE SKIP LOCKED) AS due, "{_C.db_table}" AS c '
-    f'WHERE t."id" = due."id" AND c."id" = t."{_col(_T, "client")}" '
+    f'WITH candidates AS (SELECT "id", "{_CLIENT_COL}" AS client, "callback_due_at" AS due_at '
+    f'FROM "{_T.db_table}" WHERE "callback_due_at" <= %s ORDER BY "callback_due_at" LIMIT %s FOR UPDATE SKIP LOCKED), '
+    'chosen AS (SELECT "id" FROM (SELECT "id", due_at, row_number() OVER (PARTITION BY client ORDER BY due_at) AS n '
+    "FROM candidates) ranked WHERE n <= %s ORDER BY due_at LIMIT %s) "
+    f'UPDATE "{_T.db_table}" AS t SET "callback_due_at" = %s FROM chosen, "{_C.db_table}" AS c '
+    f'WHERE t."id" = chosen."id" AND c."id" = t."{_CLIENT_COL}" '
     f'RETURNING {_RETURNING}, c."callback_url", c."webhook_secret"'
 )
 # Delivered (or nothing to send): the ledger rows done and the tickets off the list, in one
@@ -149,11 +193,17 @@ def callbacks_drain(*, batch: int | None = None) -> int:
     """Send every callback that is due, a batch at a time; returns how many were delivered."""
     batch = batch or int(_cfg("CALLBACK_BATCH_SIZE"))
     sent = 0
-    while True:
-        claimed = _claim(batch)
+    while claimed := _claim(batch):
         sent += _deliver(claimed)
-        if len(claimed) < batch:
-            return sent
+    return sent
+
+
+def callback_key(ticket: Ticket) -> str:
+    """The delivery key of the ticket's current state change (the ledger's idempotency key, and the
+    webhook's id): one per move into a terminal state — a replayed dead letter that dead-letters
+    again, or a second `awaiting_review`, is a new state change with a callback of its own. A
+    settled ticket's `updated_at` is the moment it entered that state (nothing else writes it)."""
+    return f"{ticket.id}:callback:{ticket.status}:{int(ticket.updated_at.timestamp() * 1_000_000)}"
 
 
 def _claim(limit: int) -> list[_Due]:
@@ -162,14 +212,15 @@ def _claim(limit: int) -> list[_Due]:
     now = timezone.now()
     rounds = -(-limit // max(1, int(_cfg("CALLBACK_CONCURRENCY")))) + 1
     lease = now + timedelta(seconds=rounds * float(_cfg("WEBHOOK_TIMEOUT_SECONDS")) + 5)
+    per_client = max(1, int(_cfg("CALLBACK_PER_CLIENT")))
     with connection.cursor() as cursor:
-        cursor.execute(_CLAIM_SQL, [lease, now, limit])
+        cursor.execute(_CLAIM_SQL, [now, limit * 4, per_client, limit, lease])
         rows = cursor.fetchall()
     claimed = []
     for row in rows:
         ticket = Ticket.from_db(connection.alias, _CLAIM_ATTNAMES, row[: len(_CLAIM_FIELDS)])
         client_url, secret = row[len(_CLAIM_FIELDS) :]
-        key = f"{ticket.id}:callback:{ticket.status}"
+        key = callback_key(ticket)
         claimed.append(_Due(ticket=ticket, url=ticket.callback_url or client_url, secret=secret, key=key))
     return claimed
 
@@ -181,13 +232,26 @@ def _deliver(claimed: list[_Due]) -> int:
         if due.row_id is None:
             continue  # written by a delivery this statement could not see: its lease brings it back
         (settled if due.done else to_send).append(due)
+    _settle(settled, [])
     if len(to_send) == 1:
         _post(to_send[0])
-    elif to_send:
-        list(_pool().map(_post, to_send))
-    delivered = [d for d in to_send if not d.error]
-    _settle(settled + delivered, [d.row_id for d in delivered])
-    for due in to_send:
+        return _record([to_send[0]])
+    # Settled as they come back, so a slow endpoint holds only its own callbacks (each POST has a
+    # deadline over the whole request), never the batch.
+    futures = [_pool().submit(_post, due) for due in to_send]
+    pending = {future: due for future, due in zip(futures, to_send, strict=True)}
+    delivered = 0
+    for future in as_completed(futures):
+        future.result()
+        delivered += _record([pending[future]])
+    return delivered
+
+
+def _record(dues: list[_Due]) -> int:
+    """Settle the delivered, schedule the failed again; how many were delivered."""
+    delivered = [d for d in dues if not d.error]
+    _settle(delivered, [d.row_id for d in delivered])
+    for due in dues:
         if due.error:
             _failed(due)
     return len(delivered)
@@ -258,7 +322,6 @@ def _settle(dues: list[_Due], row_ids: list[int | None]) -> None:
 def _failed(due: _Due) -> None:
     """Counted in the ledger (one statement: a failure never overwrites a concurrent success); due
     again after a backoff, or given up after `CALLBACK_MAX_ATTEMPTS`."""
-    from agents.pipeline import backoff_seconds
 
     with connection.cursor() as cursor:
         cursor.execute(_FAILED_SQL, [LedgerStatus.FAILED.value, due.error[:4000], due.row_id, LedgerStatus.DONE.value])
@@ -267,11 +330,12 @@ def _failed(due: _Due) -> None:
         return  # a concurrent delivery succeeded
     attempts = row[0]
     tickets = Ticket.objects.filter(pk=due.ticket.id, status=due.ticket.status, callback_due_at__isnull=False)
-    if attempts >= _cfg("CALLBACK_MAX_ATTEMPTS"):
-        _log.warning("callback for %s given up after %d attempts: %s", due.key, attempts, due.error)
-        tickets.update(callback_due_at=None)
+    if attempts >= max_attempts():
+        _log.warning("callback for %s abandoned after %d attempts: %s", due.key, attempts, due.error)
+        if tickets.update(callback_due_at=None):
+            CALLBACKS_ABANDONED.labels(str(due.ticket.client_id)).inc()
         return
-    delay = backoff_seconds(attempts)
+    delay = retry_delay(attempts)
     tickets.update(callback_due_at=timezone.now() + timedelta(seconds=delay))
     try:
         drain_schedule(countdown=delay)

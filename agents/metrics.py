@@ -49,6 +49,11 @@ END_TO_END = Histogram(
 ESCALATIONS = Counter("pipeline_escalations_total", "Tickets sent to a person, by the stage that sent them.", ["stage"])
 FALLBACKS = Counter("pipeline_tier_fallbacks_total", "Stages the cheap tiers handed over to the llm queue.", ["stage"])
 DEAD_LETTERS = Counter("pipeline_dead_letters_total", "Tickets dead-lettered, by the stage that failed.", ["stage"])
+CALLBACKS_ABANDONED = Counter(
+    "pipeline_callbacks_abandoned_total",
+    "Callbacks given up after the last attempt of the retry schedule, by client id.",
+    ["client"],
+)
 CONFIDENCE = Histogram(
     "pipeline_confidence",
     "Confidence a stage reported, by stage and tier.",
@@ -100,9 +105,9 @@ def limiter_wait(model: str) -> Iterator[None]:
 
 def _handed_over(stage: str, outcome: str, new_status: str) -> bool:
     # A hand-over commits the attempt but leaves the ticket in the same stage's status.
-    from agents.pipeline import STAGE_STATUS
+    from agents.pipeline.spec import SPEC
 
-    return outcome == "ok" and STAGE_STATUS.get(stage) == new_status
+    return outcome == "ok" and stage in SPEC.by_name and SPEC.by_name[stage].status == new_status
 
 
 def record_stage(
@@ -176,6 +181,6 @@ def _on_stage_finished(sender: Any, **kwargs: Any) -> None:
 
 def connect() -> None:
     """Subscribe to the pipeline's `stage_finished` (idempotent; called from `AgentsConfig.ready`)."""
-    from agents.pipeline import stage_finished  # here, so the model client may import the helpers above
+    from agents.pipeline.events import stage_finished  # here, so the model client may import the helpers above
 
     stage_finished.connect(_on_stage_finished, dispatch_uid="agents.metrics.stage_finished")

@@ -6,11 +6,14 @@ import contextlib
 from typing import Any
 
 from celery import Task, shared_task
+from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import task_postrun, task_prerun, worker_init
 from django.db import close_old_connections, connections
 
-from agents import callbacks, obs_tasks, pipeline  # noqa: F401 - obs_tasks: archive beat, exporter, log context
+from agents import callbacks, obs_tasks  # noqa: F401 - obs_tasks: archive beat, exporter, log context
 from agents.llm import tasks as llm_tasks  # noqa: F401 - the batch beat tasks
+from agents.pipeline import runner, sweeper
+from agents.pipeline.spec import LLM_TASK, STAGES, StageSpec
 
 # Every thread's connection objects that ran a task (as many as the pool has threads), closed when
 # the worker stops: a thread pool's threads outlive their last task, and an in-process worker (the
@@ -45,30 +48,36 @@ def _close_connections_when_stopped(sender: Any, **_: Any) -> None:
     sender.on_stopped = on_stopped  # read by the worker's blueprint, built right after this signal
 
 
-def _make_stage_task(stage: str) -> Task:
-    @shared_task(name=f"agents.{stage}", bind=True, max_retries=None)
+class StageTask(Task):
+    """A stage's task: a hop stopped by the soft time limit fails its attempt (retried once, then
+    dead-lettered), wherever in the hop the limit fired."""
+
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        if isinstance(exc, SoftTimeLimitExceeded) and args:
+            runner.stage_stopped(str(args[0]), self.name.removeprefix("agents."))
+
+
+def _make_stage_task(spec: StageSpec) -> Task:
+    @shared_task(name=spec.task, bind=True, base=StageTask, max_retries=None)
     def run(self: Task, ticket_id: str) -> str:
-        outcome = pipeline.stage_run(ticket_id=ticket_id, stage=stage)
+        outcome = runner.stage_run(ticket_id=ticket_id, stage=spec.name)
         if outcome.retry_in is not None:
             # The attempt count lives in Postgres; Celery's own counter is not the budget.
             raise self.retry(countdown=outcome.retry_in, max_retries=None)
         return outcome.kind
 
-    run.__doc__ = f"Run the {stage} stage for one ticket."
+    run.__doc__ = f"Run the {spec.name} stage for one ticket."
     return run
 
 
-parse = _make_stage_task("parse")
-classify = _make_stage_task("classify")
-decide = _make_stage_task("decide")
-execute = _make_stage_task("execute")
-escalate = _make_stage_task("escalate")
+# One task per stage, named and routed from the spec (celeryconfig).
+STAGE_TASKS: dict[str, Task] = {spec.name: _make_stage_task(spec) for spec in STAGES}
 
 
-@shared_task(name="agents.llm_stage", bind=True, max_retries=None)
+@shared_task(name=LLM_TASK, bind=True, max_retries=None)
 def llm_stage(self: Task, ticket_id: str, stage: str) -> str:
     """Run a stage's network-bound variant (Claude) on the llm queue's thread pool."""
-    outcome = pipeline.stage_run(ticket_id=ticket_id, stage=stage, variant="llm")
+    outcome = runner.stage_run(ticket_id=ticket_id, stage=stage, variant="llm")
     if outcome.retry_in is not None:
         raise self.retry(countdown=outcome.retry_in, max_retries=None)
     return outcome.kind
@@ -80,17 +89,10 @@ def deliver_callbacks() -> int:
     return callbacks.callbacks_drain()
 
 
-@shared_task(name="agents.deliver_callback")
-def deliver_callback(ticket_id: str = "", status: str = "") -> int:
-    """The one-callback-per-task name of earlier releases: messages still queued from before an
-    upgrade start a drain, which sends that callback with every other one due."""
-    return callbacks.callbacks_drain()
-
-
 @shared_task(name="agents.sweep_stuck_tickets")
 def sweep_stuck_tickets(**kwargs: Any) -> int:
     """Beat: re-enqueue tickets whose message the broker may have lost."""
-    return pipeline.tickets_sweep_stuck(**kwargs)
+    return sweeper.tickets_sweep_stuck(**kwargs)
 
 
 @shared_task(name="agents.retrain_local_model", soft_time_limit=1800, time_limit=2000)

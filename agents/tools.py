@@ -12,7 +12,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from agents.models import LedgerStatus, SideEffect
-from agents.stages.types import ToolResult
+from agents.stages.types import OFFLINE_TOOLS, ToolResult
 
 
 class ToolError(Exception):
@@ -66,10 +66,6 @@ TOOLS: dict[str, Callable[[Mapping[str, Any], str], dict[str, Any]]] = {
     "reply": tool_reply,
     "webhook": tool_webhook,
 }
-# Tools whose effect is the ledger row itself (nothing leaves the process until the ticket's own
-# commit and callback): recorded in one statement, and the stage that runs them may be fused.
-OFFLINE_TOOLS = frozenset({"reply"})
-
 _INSERT_SQL = (
     'INSERT INTO "{table}" ("ticket_id", "idempotency_key", "tool", "arguments", "status", "attempts", "result", '
     '"last_error", "created_at", "finished_at") VALUES (%s, %s, %s, %s, %s, %s, %s, \'\', %s, %s) '

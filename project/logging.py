@@ -132,6 +132,8 @@ class MaskingFormatter(logging.Formatter):
 def _bind_task(task_id: str | None = None, task: Any = None, args: Any = None, **_: Any) -> None:
     # Pipeline tasks take (ticket_id) or, on the llm queue, (ticket_id, stage).
     clear()
+    from agents.pipeline.spec import NAMES  # here: settings import this module before the apps load
+
     name = getattr(task, "name", "") or ""
     fields: dict[str, Any] = {"task": name, "task_id": task_id}
     if name.startswith("agents.") and args:
@@ -139,7 +141,7 @@ def _bind_task(task_id: str | None = None, task: Any = None, args: Any = None, *
         stage = name.removeprefix("agents.")
         if stage == "llm_stage" and len(args) > 1:
             stage = str(args[1])
-        if stage in ("parse", "classify", "decide", "execute", "escalate"):
+        if stage in NAMES:
             fields["stage"] = stage
     bind(**fields)
 

@@ -6,6 +6,7 @@ from django.urls import include, path, re_path
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from project.access import internal_only
 from project.metrics import metrics_view
 
 
@@ -31,6 +32,5 @@ urlpatterns = [
     ),
     re_path(r"^api/(?P<rest>.*)$", api_not_found),
     path("healthz", healthz),
-    path("metrics", metrics_view, name="prometheus-django-metrics"),
-    path("", include("django_prometheus.urls")),
+    path("metrics", internal_only(metrics_view), name="prometheus-django-metrics"),
 ]

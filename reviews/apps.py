@@ -16,7 +16,5 @@ class ReviewsConfig(AppConfig):
     name = "reviews"
 
     def ready(self) -> None:
-        from reviews import signals  # noqa: F401  (connects the receivers)
-
         # After every migrate (and every test-database flush): permissions exist by then.
         post_migrate.connect(_sync_reviewers_group, sender=self, dispatch_uid="reviews.reviewers_group")

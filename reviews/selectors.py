@@ -9,7 +9,7 @@ from typing import Any
 from django.db.models import Count, F, Min, Q, QuerySet
 
 from agents.models import Intent, Trace
-from agents.pipeline import ticket_input
+from agents.pipeline.context import ticket_input
 from agents.stages.decide import render_reply
 from reviews.models import LIVE, Decision, Feedback, Review, ReviewStatus
 from tickets.models import Ticket
@@ -35,14 +35,6 @@ def review_queue_stats(*, user: Any = None) -> dict[str, Any]:
         oldest_open=Min("created_at", filter=Q(status=ReviewStatus.OPEN)),
     )
     return stats
-
-
-def review_next_open(*, after: Review | None = None) -> Review | None:
-    """The next open review to look at (not `after`), in queue order."""
-    queue = review_queue(statuses=(ReviewStatus.OPEN,))
-    if after is not None:
-        queue = queue.exclude(pk=after.pk)
-    return queue.first()
 
 
 def review_intents() -> list[str]:

@@ -19,8 +19,9 @@ from django.db.models import Q
 from django.utils import timezone
 
 from agents.models import Intent
-from agents.pipeline import ticket_dismiss, ticket_replay, ticket_resume
-from reviews.models import Decision, Feedback, Reason, Review, ReviewStatus
+from agents.pipeline.human import ticket_dismiss, ticket_replay, ticket_resume
+from reviews.escalations import review_create_from_escalation  # noqa: F401 - part of this module's API
+from reviews.models import Decision, Feedback, Review, ReviewStatus
 from tickets.models import IllegalTransition, Ticket
 
 
@@ -34,24 +35,6 @@ class ReviewTaken(ReviewError):
 
 class ReviewInvalid(ReviewError):
     """The decision itself is wrong (unknown intent, a reply the intent may not send, no reason)."""
-
-
-def review_create_from_escalation(*, ticket: Ticket, reason: str, suggestion: dict[str, Any]) -> Review:
-    """Open a review for an escalated ticket (idempotent: one live review per ticket)."""
-    live = Review.objects.filter(ticket=ticket, status__in=[ReviewStatus.OPEN, ReviewStatus.CLAIMED])
-    existing = live.first()
-    if existing is not None:
-        return existing
-    return Review.objects.create(
-        ticket=ticket,
-        reason=reason if reason in Reason.values else Reason.STAGE_FAILED,
-        detail=str(suggestion.get("detail", ""))[:2000],
-        suggested_intent=suggestion.get("intent") or "",
-        suggested_plan=suggestion.get("plan") or [],
-        suggested_reply=suggestion.get("reply") or "",
-        suggested_confidence=suggestion.get("confidence"),
-        suggested_tier=suggestion.get("tier") or "",
-    )
 
 
 def _why_not(review_id: int, reviewer: AbstractBaseUser) -> ReviewTaken:

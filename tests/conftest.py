@@ -18,7 +18,6 @@ from agents.intents import intent_pack_load
 from tests.factories import client_with_token
 
 TEST_PACK = Path(__file__).parent / "data" / "pack.yaml"
-ALL_QUEUES = ("parse", "classify", "decide", "execute", "escalate", "llm", "webhooks", "maintenance")
 
 
 def wait_for(
@@ -52,14 +51,24 @@ def intents(db: Any) -> Iterator[None]:
     """The small test pack, loaded; catalogue caches cleared before and after, and the process's
     classifier tiers rebuilt: the local tier checks the active model every few seconds, so a model
     an earlier test activated (its rows since flushed) could otherwise still classify here."""
-    from agents import pipeline
+    from agents.pipeline.context import parts
 
     clear_cache()
-    pipeline._tiers = None
+    parts.reset()
     intent_pack_load(TEST_PACK)
     yield
     clear_cache()
-    pipeline._tiers = None
+    parts.reset()
+
+
+@pytest.fixture
+def stage_spec() -> Iterator[Any]:
+    """The stage spec the runner reads, for a test to swap stages in (a toy stage, a stage that
+    fails); the product's stages are back after the test."""
+    from agents.pipeline.spec import SPEC, STAGES
+
+    yield SPEC
+    SPEC.load(STAGES)
 
 
 @pytest.fixture(scope="session")
@@ -69,10 +78,11 @@ def celery_worker(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Any]
 
     from project.celery import app
 
+    queues = [queue.name for queue in app.conf.task_queues]
     with django_db_blocker.unblock():
         app.control.purge()
         with start_worker(
-            app, pool="threads", concurrency=4, perform_ping_check=False, queues=list(ALL_QUEUES), shutdown_timeout=30
+            app, pool="threads", concurrency=4, perform_ping_check=False, queues=queues, shutdown_timeout=30
         ) as worker:
             yield worker
 
@@ -94,6 +104,7 @@ class Recorder:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
         self.statuses: list[int] = []  # consumed one per request; 200 once empty
+        self.delay = 0.0  # seconds before each answer (a slow endpoint)
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
@@ -105,6 +116,7 @@ class Recorder:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                time.sleep(recorder.delay)
                 with recorder.lock:
                     status = recorder.statuses.pop(0) if recorder.statuses else 200
                     recorder.requests.append({"headers": dict(self.headers), "body": body, "status": status})

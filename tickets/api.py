@@ -8,7 +8,6 @@ from typing import Any
 
 from django.conf import settings
 from django.urls import reverse
-from django.utils.module_loading import import_string
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiExample,
@@ -25,8 +24,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from agents.pipeline.human import ticket_replay
 from tickets.backpressure import overloaded
 from tickets.models import IllegalTransition, Priority, Status, Ticket
+from tickets.schema import NO_NUL, errors
 from tickets.selectors import ticket_get, ticket_list, ticket_trace
 from tickets.services import IdempotencyConflict, ticket_create
 
@@ -84,15 +85,6 @@ class InvalidCursor(NotFound):
     default_code = "invalid_cursor"
 
 
-# The schema states what the checks below accept, so a request valid by the schema is accepted.
-NO_NUL = r"^[^\x00]*$"
-NOT_BLANK = r"^[^\x00]*[^\s\x00][^\x00]*$"  # trimmed, something is left
-HOST_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-CALLBACK_URL = (
-    rf"^(?:https?://{HOST_LABEL}(?:\.{HOST_LABEL})*\.[a-z]{{2,63}}(?::[1-9][0-9]{{0,3}})?(?:/[A-Za-z0-9._~/-]*)?)?$"
-)
-
-
 @extend_schema_field(
     {
         "type": "object",
@@ -104,11 +96,6 @@ CALLBACK_URL = (
 )
 class MetadataField(serializers.DictField):
     pass
-
-
-# What the schema adds to TicketInputSerializer's fields: patterns its validation enforces
-# (tickets/schema.py puts them in; the request object also takes no other property).
-INPUT_PATTERNS = {"customer_ref": NO_NUL, "subject": NO_NUL, "body": NOT_BLANK, "callback_url": CALLBACK_URL}
 
 
 class TicketInputSerializer(StrictSerializer):
@@ -237,35 +224,6 @@ class TicketFilterSerializer(StrictSerializer):
     created_before = serializers.DateTimeField(required=False)
     cursor = QueryText()
     page_size = serializers.IntegerField(required=False, min_value=1, max_value=200)
-
-
-ERROR = inline_serializer(
-    "Error",
-    {
-        "error": serializers.CharField(help_text="A stable code: validation_error, not_found, throttled, ..."),
-        "detail": serializers.JSONField(help_text="A message, or the field errors by field name."),
-    },
-)
-_ERROR_TEXT = {
-    400: "Bad input; `detail` names each field.",
-    401: "No API key, or an invalid, expired or revoked one.",
-    404: "No such ticket (or another client's), or a `cursor` this API did not give.",
-    405: "Method not allowed.",
-    406: "Only `application/json` answers are offered.",
-    409: "Conflict (see `error`).",
-    413: "The request body is over the limit.",
-    415: "Send `Content-Type: application/json`.",
-    429: "Over the client's rate; see `Retry-After` and `RateLimit`.",
-    503: "Overloaded or a backing service is down; see `Retry-After`.",
-}
-
-
-def errors(*codes: int) -> dict[int, OpenApiResponse]:
-    """The error answers an operation can give, each in the one error shape (every operation can
-    answer 401, 406, 429 and 503)."""
-    return {
-        code: OpenApiResponse(ERROR, description=_ERROR_TEXT[code]) for code in sorted({*codes, 401, 406, 429, 503})
-    }
 
 
 # What TicketCursorPagination answers (an APIView's pagination is invisible to drf-spectacular).
@@ -427,7 +385,7 @@ class TicketReplayApi(ClientApi):
         if ticket is None:
             raise NotFound("no such ticket")
         try:
-            ticket = import_string(settings.TICKET_REPLAY_HANDLER)(ticket=ticket)
+            ticket = ticket_replay(ticket=ticket)
         except IllegalTransition as exc:
             return Response({"error": "not_replayable", "detail": str(exc)}, status=status.HTTP_409_CONFLICT)
         return Response(TicketOutputSerializer(ticket).data, status=status.HTTP_202_ACCEPTED)

@@ -11,6 +11,14 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from tickets.states import (  # noqa: F401 - re-exported: the states belong with the ticket
+    IN_FLIGHT,
+    SETTLED_STATUSES,
+    TERMINAL,
+    IllegalTransition,
+    Status,
+)
+
 
 def hash_token(token: str) -> str:
     """API keys are stored as SHA-256: they are long random strings, so no slow hash is needed (a
@@ -68,54 +76,6 @@ class ApiKey(models.Model):
     def is_usable(self) -> bool:
         now = timezone.now()
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
-
-
-class Status(models.TextChoices):
-    RECEIVED = "received"
-    PARSING = "parsing"
-    CLASSIFYING = "classifying"
-    DECIDING = "deciding"
-    EXECUTING = "executing"
-    ESCALATING = "escalating"
-    RESOLVED = "resolved"
-    AWAITING_REVIEW = "awaiting_review"
-    DEAD_LETTERED = "dead_lettered"
-
-
-# The terminal states as a list in a fixed order: the partial index `ticket_in_flight` is defined with
-# it, and the sweeper's query must spell its condition the same way for Postgres to use the index.
-SETTLED_STATUSES = [Status.RESOLVED.value, Status.AWAITING_REVIEW.value, Status.DEAD_LETTERED.value]
-TERMINAL = frozenset(SETTLED_STATUSES)
-IN_FLIGHT = frozenset(set(Status) - TERMINAL)
-
-# The state machine: every legal move. Anything in flight may be escalated or dead-lettered;
-# a reviewer resumes an awaiting ticket at execute; replay restarts a dead letter at its stage.
-TRANSITIONS: dict[str, frozenset[str]] = {
-    Status.RECEIVED: frozenset({Status.PARSING}),
-    Status.PARSING: frozenset({Status.CLASSIFYING}),
-    Status.CLASSIFYING: frozenset({Status.DECIDING}),
-    Status.DECIDING: frozenset({Status.EXECUTING}),
-    Status.EXECUTING: frozenset({Status.RESOLVED}),
-    Status.ESCALATING: frozenset({Status.AWAITING_REVIEW}),
-    Status.AWAITING_REVIEW: frozenset({Status.EXECUTING, Status.RESOLVED}),
-    Status.DEAD_LETTERED: frozenset(
-        {Status.PARSING, Status.CLASSIFYING, Status.DECIDING, Status.EXECUTING, Status.ESCALATING, Status.RESOLVED}
-    ),
-    Status.RESOLVED: frozenset(),
-}
-for _s in IN_FLIGHT - {Status.ESCALATING}:
-    TRANSITIONS[_s] = TRANSITIONS[_s] | {Status.ESCALATING, Status.DEAD_LETTERED}
-TRANSITIONS[Status.ESCALATING] = TRANSITIONS[Status.ESCALATING] | {Status.DEAD_LETTERED}
-
-
-class IllegalTransition(Exception):
-    """A status change the state machine does not allow."""
-
-
-def check_transition(current: str, new: str) -> None:
-    """Raise IllegalTransition unless `current -> new` is a legal move."""
-    if new not in TRANSITIONS.get(current, frozenset()):
-        raise IllegalTransition(f"illegal ticket transition {current} -> {new}")
 
 
 class Priority(models.IntegerChoices):

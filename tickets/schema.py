@@ -1,4 +1,4 @@
-"""What drf-spectacular cannot infer: the bearer scheme, the callback as webhooks (one per event,
+"""What drf-spectacular cannot infer: the error answers, the input patterns, the bearer scheme, the callback as webhooks (one per event,
 with its Standard Webhooks headers), the rate-limit headers of every answer, and links between
 operations (a submitted ticket's id opens its detail and its replay)."""
 
@@ -10,9 +10,51 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import OpenApiResponse, OpenApiWebhook, extend_schema, inline_serializer
 from rest_framework import serializers
 
-from tickets.api import INPUT_PATTERNS
 from tickets.models import SETTLED_STATUSES
 from tickets.webhooks import ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER
+
+# What tickets/api.py's validation accepts, stated in the schema, so a request valid by the schema
+# is accepted.
+NO_NUL = r"^[^\x00]*$"
+NOT_BLANK = r"^[^\x00]*[^\s\x00][^\x00]*$"  # trimmed, something is left
+HOST_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+CALLBACK_URL = (
+    rf"^(?:https?://{HOST_LABEL}(?:\.{HOST_LABEL})*\.[a-z]{{2,63}}(?::[1-9][0-9]{{0,3}})?(?:/[A-Za-z0-9._~/-]*)?)?$"
+)
+
+
+# What the schema adds to TicketInputSerializer's fields: patterns its validation enforces
+# (`postprocess` puts them in; the request object also takes no other property).
+INPUT_PATTERNS = {"customer_ref": NO_NUL, "subject": NO_NUL, "body": NOT_BLANK, "callback_url": CALLBACK_URL}
+
+
+ERROR = inline_serializer(
+    "Error",
+    {
+        "error": serializers.CharField(help_text="A stable code: validation_error, not_found, throttled, ..."),
+        "detail": serializers.JSONField(help_text="A message, or the field errors by field name."),
+    },
+)
+_ERROR_TEXT = {
+    400: "Bad input; `detail` names each field.",
+    401: "No API key, or an invalid, expired or revoked one.",
+    404: "No such ticket (or another client's), or a `cursor` this API did not give.",
+    405: "Method not allowed.",
+    406: "Only `application/json` answers are offered.",
+    409: "Conflict (see `error`).",
+    413: "The request body is over the limit.",
+    415: "Send `Content-Type: application/json`.",
+    429: "Over the client's rate; see `Retry-After` and `RateLimit`.",
+    503: "Overloaded or a backing service is down; see `Retry-After`.",
+}
+
+
+def errors(*codes: int) -> dict[int, OpenApiResponse]:
+    """The error answers an operation can give, each in the one error shape (every operation can
+    answer 401, 406, 429 and 503)."""
+    return {
+        code: OpenApiResponse(ERROR, description=_ERROR_TEXT[code]) for code in sorted({*codes, 401, 406, 429, 503})
+    }
 
 
 class ClientKeyScheme(OpenApiAuthenticationExtension):

@@ -9,10 +9,11 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Any
 
-from celery import current_app
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
+from agents.pipeline.dispatch import stage_enqueue
+from agents.pipeline.spec import SPEC
 from tickets.models import ApiKey, Client, Ticket, hash_token
 
 
@@ -72,7 +73,7 @@ def ticket_create(
     # a transaction): a worker never sees a ticket that isn't there. robust: a broker outage after
     # the commit must not turn a stored ticket into a 500 (a client would retry and get two); the
     # sweeper starts it from Postgres instead.
-    transaction.on_commit(lambda: current_app.send_task("agents.parse", args=[str(ticket.id)]), robust=True)
+    transaction.on_commit(lambda: stage_enqueue(ticket.id, SPEC.first.name, client_id=ticket.client_id), robust=True)
     return ticket, True
 
 

@@ -23,9 +23,10 @@ def normalise(text: str) -> str:
     return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
-def cache_key(model: str, system: str, text: str) -> str:
-    """The cache key for one question to one model."""
-    raw = json.dumps([model, system, normalise(text)], ensure_ascii=False).encode()
+def cache_key(model: str, system: str, text: str, *, tenant: int | None) -> str:
+    """The cache key for one question of one tenant to one model. Tenant-scoped: a hit (`cache_hit`
+    in the trace) must never tell one client what another asked."""
+    raw = json.dumps([tenant, model, system, normalise(text)], ensure_ascii=False).encode()
     return hashlib.sha256(raw).hexdigest()
 
 

@@ -9,9 +9,9 @@ from agents.llm.base import ModelClient
 
 
 def _client() -> ModelClient | None:
-    from agents.pipeline import llm_parts  # the per-process client the tier uses
+    from agents.pipeline.context import parts  # the per-process client the tier uses
 
-    return llm_parts().get("client")
+    return parts.llm().get("client")
 
 
 @shared_task(name="agents.llm_batch_submit")

@@ -91,7 +91,7 @@ class ClaudeTier:
             # A ticket put off for over PIPELINE_DEFER_MAX_SECONDS pays attempts; its last one waits
             # for the limiter instead.
             request = dataclasses.replace(request, max_wait=LAST_ATTEMPT_WAIT)
-        digest = cache_key(request.model, request.system, text)
+        digest = cache_key(request.model, request.system, text, tenant=scope.client_id)
         hit = self.cache.get(digest)
         if hit is not None and hit.get("intent") in catalog:  # free, so even over budget
             return TierAnswer(hit["intent"], float(hit["confidence"]), self.name, request.model, cache_hit=True)

@@ -1,22 +1,12 @@
-"""The five agent stages, each a pure function `(TicketInput, StageContext) -> StageResult`."""
+"""The agent stages, each a pure function `(TicketInput, StageContext) -> StageResult`; which runs
+when, and what it may touch, is declared once in `agents/pipeline/spec.py`."""
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 from agents.stages.classify import classify
 from agents.stages.decide import decide
 from agents.stages.escalate import escalate
 from agents.stages.execute import execute
 from agents.stages.parse import parse
-from agents.stages.types import StageContext, StageResult, TicketInput
 
-StageFn = Callable[[TicketInput, StageContext], StageResult]
-
-STAGES: dict[str, StageFn] = {
-    "parse": parse,
-    "classify": classify,
-    "decide": decide,
-    "execute": execute,
-    "escalate": escalate,
-}
+__all__ = ["classify", "decide", "escalate", "execute", "parse"]

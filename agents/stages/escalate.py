@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from agents.stages.types import StageContext, StageError, StageResult, TicketInput
 
 
@@ -11,7 +14,6 @@ def escalate(ticket: TicketInput, ctx: StageContext) -> StageResult:
         raise StageError("no tool runner configured", permanent=True)
     escalation = ticket.context.get("escalation", {})
     classified = ticket.context.get("classify", {})
-    decided = ticket.context.get("decide", {})
     result = ctx.tools.run(
         "reply", {"text": ctx.holding_reply, "kind": "holding"}, idempotency_key=f"{ticket.id}:holding:reply"
     )
@@ -20,17 +22,24 @@ def escalate(ticket: TicketInput, ctx: StageContext) -> StageResult:
             f"holding reply failed: {result.data.get('error', 'unknown error')}",
             permanent=bool(result.data.get("permanent")),
         )
-    suggestion = {
-        "intent": classified.get("intent", ""),
-        "confidence": classified.get("confidence"),
-        "tier": classified.get("tier", ""),
-        "plan": decided.get("plan", []),
-        "reply": decided.get("reply", ""),
-        "detail": escalation.get("detail", ""),
-    }
+    suggestion = review_suggestion(ticket.context, escalation.get("detail", ""))
     output = {
         "reason": escalation.get("reason", "low_confidence"),
         "suggestion": suggestion,
         "holding_reply": ctx.holding_reply,
     }
     return StageResult(output=output, confidence=classified.get("confidence"))
+
+
+def review_suggestion(context: Mapping[str, Any], detail: str) -> dict[str, Any]:
+    """What the agents would have done, for the person who decides: the earlier stages' outputs."""
+    classified = context.get("classify", {})
+    decided = context.get("decide", {})
+    return {
+        "intent": classified.get("intent", ""),
+        "confidence": classified.get("confidence"),
+        "tier": classified.get("tier", ""),
+        "plan": decided.get("plan", []),
+        "reply": decided.get("reply", ""),
+        "detail": detail,
+    }

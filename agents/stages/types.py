@@ -6,13 +6,15 @@ no Celery. Whatever it needs from outside (model tiers, tools) arrives in `ctx`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 
 class StageError(Exception):
     """A stage could not finish. Transient errors are retried; permanent ones dead-letter."""
+
+    deferred = False  # True when nothing failed: the call was only put off (not an attempt)
 
     def __init__(self, message: str, *, permanent: bool = False, retry_after: float | None = None):
         super().__init__(message)
@@ -83,6 +85,11 @@ class ToolResult:
     replayed: bool = False
 
 
+# Tools that never leave the process (a reply is recorded in the ledger and sent from there): an
+# execute whose plan uses only these may run in the same hop as the cheap stages.
+OFFLINE_TOOLS = frozenset({"reply"})
+
+
 class ToolRunner(Protocol):
     """Runs a side effect at most once per idempotency key."""
 
@@ -104,6 +111,7 @@ class StageContext:
     variant: str = "cpu"
     can_handoff: bool = False
     llm: Any = None  # the model client (agents/llm) when variant == "llm"
+    scope: Any = None  # the ticket as the Claude tier may know it (agents.llm.scope.TicketScope), llm variant
 
 
 @dataclass
@@ -120,3 +128,6 @@ class StageResult:
     output_tokens: int = 0
     cost_usd: float = 0.0
     cache_hit: bool = False
+
+
+StageFn = Callable[[TicketInput, StageContext], StageResult]

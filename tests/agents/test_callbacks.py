@@ -20,7 +20,7 @@ from django.utils import timezone
 from agents import callbacks
 from agents.callbacks import callback_due, callbacks_drain
 from agents.models import LedgerStatus, SideEffect
-from tests.conftest import verified
+from tests.conftest import verified, wait_for
 from tests.factories import ticket_make
 from tickets.models import Status, Ticket
 
@@ -64,7 +64,7 @@ def test_a_callback_the_ledger_says_was_delivered_is_taken_off_the_list_without_
     _, client = api(callback_url=recorder.url)
     (ticket,) = _settled_tickets(client, 1)
     SideEffect.objects.create(
-        ticket=ticket, idempotency_key=f"{ticket.id}:callback:resolved", tool="callback", status=LedgerStatus.DONE
+        ticket=ticket, idempotency_key=callbacks.callback_key(ticket), tool="callback", status=LedgerStatus.DONE
     )
     assert callbacks_drain() == 0
     assert not recorder.requests and Ticket.objects.get(pk=ticket.pk).callback_due_at is None
@@ -73,7 +73,7 @@ def test_a_callback_the_ledger_says_was_delivered_is_taken_off_the_list_without_
 def test_a_refused_callback_is_due_again_after_a_backoff_and_given_up_after_the_last_attempt(
     db, api, recorder, settings
 ):
-    settings.PIPELINE = {**settings.PIPELINE, "CALLBACK_MAX_ATTEMPTS": 2, "BACKOFF_BASE_SECONDS": 30}
+    settings.PIPELINE = {**settings.PIPELINE, "CALLBACK_MAX_ATTEMPTS": 2, "CALLBACK_RETRY_SCHEDULE": ["30s"]}
     _, client = api(callback_url=recorder.url)
     (ticket,) = _settled_tickets(client, 1)
     recorder.statuses = [503, 503]
@@ -82,7 +82,7 @@ def test_a_refused_callback_is_due_again_after_a_backoff_and_given_up_after_the_
     ticket.refresh_from_db()
     row = SideEffect.objects.get(tool="callback")
     assert (row.status, row.attempts, row.last_error) == (LedgerStatus.FAILED, 1, "callback answered 503")
-    assert ticket.callback_due_at > timezone.now() + timedelta(seconds=10)  # 15–30 s of backoff
+    assert ticket.callback_due_at > timezone.now() + timedelta(seconds=25)  # 27–33 s: the schedule's first
     assert callbacks_drain() == 0 and len(recorder.requests) == 1  # not due yet: not sent again
 
     Ticket.objects.filter(pk=ticket.pk).update(callback_due_at=timezone.now())  # the backoff is over
@@ -102,7 +102,7 @@ def test_a_ticket_that_moved_on_while_its_callback_was_in_flight_keeps_the_next_
         Ticket.objects.filter(pk=ticket.pk).update(status=Status.RESOLVED, callback_due_at=timezone.now())
 
     monkeypatch.setattr(callbacks, "_post", post_then_reviewer_resolves)
-    callbacks_drain()
+    assert callbacks._deliver(callbacks._claim(64)) == 1
     monkeypatch.setattr(callbacks, "_post", post)
     ticket.refresh_from_db()
     assert ticket.callback_due_at is not None  # the resolution is still to be told
@@ -113,7 +113,7 @@ def test_a_ticket_that_moved_on_while_its_callback_was_in_flight_keeps_the_next_
 
 
 def test_a_replayed_dead_letter_drops_its_undelivered_callback(db, api, recorder):
-    from agents.pipeline import ticket_replay
+    from agents.pipeline.human import ticket_replay
 
     _, client = api(callback_url=recorder.url)
     ticket = ticket_make(client, status=Status.DEAD_LETTERED, callback_due_at=timezone.now())
@@ -190,3 +190,87 @@ def test_callbacks_of_a_burst_arrive_once_each_through_the_worker(pipeline, api,
     time.sleep(0.3)
     assert Counter(b["ticket"]["id"] for b in recorder.json_bodies()) == Counter({i: 1 for i in ids})
     assert not Ticket.objects.filter(callback_due_at__isnull=False).exists()
+
+
+def test_by_default_a_refused_callback_is_tried_for_about_three_days(settings):
+    schedule = settings.PIPELINE["CALLBACK_RETRY_SCHEDULE"]
+    assert callbacks.max_attempts() == len(schedule) + 1 == 12
+    assert sum(callbacks._seconds(step) for step in schedule) >= 3 * 86400
+    assert 27 <= callbacks.retry_delay(1) <= 33  # the first, ±10 %
+    assert 21.6 * 3600 <= callbacks.retry_delay(40) <= 26.4 * 3600  # past the end: the last repeats
+
+
+def test_an_abandoned_callback_is_counted_and_can_be_resent_under_the_same_key(db, api, recorder, settings):
+    from agents.metrics import CALLBACKS_ABANDONED
+
+    settings.PIPELINE = {**settings.PIPELINE, "CALLBACK_MAX_ATTEMPTS": 1}
+    _, client = api(callback_url=recorder.url)
+    (ticket,) = _settled_tickets(client, 1)
+    abandoned = CALLBACKS_ABANDONED.labels(str(client.pk))
+    before = abandoned._value.get()
+    recorder.statuses = [503]
+
+    assert callbacks_drain() == 0
+    ticket.refresh_from_db()
+    assert ticket.callback_due_at is None  # abandoned
+    assert abandoned._value.get() == before + 1
+
+    assert callbacks.callback_resend(ticket=ticket)
+    assert callbacks_drain() == 1
+    first, again = recorder.requests
+    assert again["headers"]["Idempotency-Key"] == first["headers"]["Idempotency-Key"]  # the same event
+    ticket.refresh_from_db()
+    assert ticket.callback_due_at is None and SideEffect.objects.get(tool="callback").status == LedgerStatus.DONE
+
+
+def test_each_move_into_a_terminal_state_gets_a_callback_of_its_own(db, api, recorder):
+    # A replayed dead letter that dead-letters again is a new state change: before, its key was the
+    # same as the first dead letter's and the ledger marked it delivered without a POST.
+    _, client = api(callback_url=recorder.url)
+    ticket = ticket_make(client, status=Status.DEAD_LETTERED, callback_due_at=timezone.now())
+    assert callbacks_drain() == 1
+    later = timezone.now() + timedelta(seconds=1)  # replayed, and dead-lettered again
+    Ticket.objects.filter(pk=ticket.pk).update(updated_at=later, callback_due_at=timezone.now())
+
+    assert callbacks_drain() == 1
+    first, second = recorder.requests
+    assert first["headers"]["Idempotency-Key"] != second["headers"]["Idempotency-Key"]
+    assert SideEffect.objects.filter(tool="callback", status=LedgerStatus.DONE).count() == 2
+
+
+def test_one_clients_backlog_never_fills_a_drain_batch(db, api, recorder, settings):
+    settings.PIPELINE = {**settings.PIPELINE, "CALLBACK_PER_CLIENT": 3}
+    _, flood = api("flood", callback_url=recorder.url)
+    _, quiet = api("quiet", callback_url=recorder.url)
+    _settled_tickets(flood, 20)
+    _settled_tickets(quiet, 2)
+
+    claimed = callbacks._claim(10)
+
+    by_client = Counter(due.ticket.client_id for due in claimed)
+    assert by_client == {flood.pk: 3, quiet.pk: 2}
+
+
+def test_a_slow_endpoint_delays_only_its_own_client(transactional_db, api, recorder_factory, settings):
+    settings.PIPELINE = {**settings.PIPELINE, "CALLBACK_CONCURRENCY": 8}
+    slow, fast = recorder_factory(), recorder_factory()
+    slow.delay = 3.0
+    _, slow_client = api("slow", callback_url=slow.url)
+    _, fast_client = api("fast", callback_url=fast.url)
+    slow_tickets = _settled_tickets(slow_client, 2)
+    fast_tickets = _settled_tickets(fast_client, 4)
+
+    drain = threading.Thread(target=lambda: (callbacks_drain(), connections.close_all()))
+    started = time.monotonic()
+    drain.start()
+    wait_for(
+        lambda: not Ticket.objects.filter(pk__in=[t.pk for t in fast_tickets], callback_due_at__isnull=False).exists(),
+        timeout=10,
+        what="the fast client's callbacks to be delivered and settled",
+    )
+    fast_settled_after = time.monotonic() - started
+    drain.join(timeout=30)
+
+    assert fast_settled_after < slow.delay  # settled while the slow client's POSTs were still open
+    assert len(fast.requests) == 4 and len(slow.requests) == 2
+    assert not Ticket.objects.filter(pk__in=[t.pk for t in slow_tickets], callback_due_at__isnull=False).exists()

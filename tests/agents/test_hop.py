@@ -6,20 +6,23 @@ stage would enqueue is published only on commit, and these tests never commit).
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from celery import current_app
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from agents import pipeline
 from agents.catalog import get_catalog
 from agents.llm.base import LimiterBusy
-from agents.models import SideEffect, Trace
-from agents.stages import STAGES
+from agents.models import DeadLetter, SideEffect, Trace
+from agents.pipeline import runner as pipeline
+from agents.pipeline import sweeper
+from agents.pipeline.spec import SPEC
 from agents.stages.types import StageError
 from tests.factories import client_with_token, ticket_make
 from tickets.models import Status, Ticket
@@ -29,7 +32,7 @@ ALL_FUSED = "parse+classify+decide+execute+escalate"
 
 @pytest.fixture
 def fused(intents: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(current_app.conf, "PIPELINE_FUSE", ALL_FUSED)
+    monkeypatch.setitem(settings.PIPELINE, "FUSE", ALL_FUSED)
 
 
 @pytest.fixture
@@ -42,20 +45,22 @@ def stages_of(ticket: Ticket) -> list[tuple[str, str]]:
     return list(Trace.objects.filter(ticket=ticket).order_by("started_at", "id").values_list("stage", "status"))
 
 
-def replace_stage(monkeypatch: pytest.MonkeyPatch, stage: str, fn: Any) -> None:
-    monkeypatch.setitem(STAGES, stage, fn)
+def replace_stage(spec: Any, stage: str, fn: Any) -> None:
+    """Run `fn` in place of the stage's function: the spec the runner reads names it (the
+    `stage_spec` fixture puts the real stages back after the test)."""
+    spec.load(tuple(dataclasses.replace(s, fn=fn) if s.name == stage else s for s in spec.stages))
 
 
 def test_the_trace_rows_hold_exactly_what_the_hop_computed(fused, ticket, monkeypatch):
     # The rows go to Postgres as one JSON document: every type must come back as it was.
     written: list[Trace] = []
-    add = pipeline._Hop.add
+    add = pipeline.Hop.add
 
     def keep(self, trace, *args, **kwargs):
         written.append(trace)
         return add(self, trace, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline._Hop, "add", keep)
+    monkeypatch.setattr(pipeline.Hop, "add", keep)
     pipeline.stage_run(ticket_id=str(ticket.pk), stage="parse")
 
     fields = [f.attname for f in Trace._meta.concrete_fields]
@@ -84,14 +89,14 @@ def test_a_resolved_hop_is_one_write_with_a_trace_row_per_stage(fused, ticket):
     # also look for a newly activated model version, every few seconds: not per ticket)
 
 
-def test_a_hop_that_loses_the_race_writes_nothing(fused, ticket, monkeypatch):
-    decide = STAGES["decide"]
+def test_a_hop_that_loses_the_race_writes_nothing(fused, ticket, monkeypatch, stage_spec):
+    decide = SPEC.by_name["decide"].fn
 
     def decide_while_another_delivery_finishes(t: Any, ctx: Any) -> Any:
         Ticket.objects.filter(pk=t.id).update(status=Status.RESOLVED, reply="the other delivery's")
         return decide(t, ctx)
 
-    replace_stage(monkeypatch, "decide", decide_while_another_delivery_finishes)
+    replace_stage(stage_spec, "decide", decide_while_another_delivery_finishes)
 
     outcome = pipeline.stage_run(ticket_id=str(ticket.pk), stage="parse")
 
@@ -101,13 +106,15 @@ def test_a_hop_that_loses_the_race_writes_nothing(fused, ticket, monkeypatch):
     assert stages_of(ticket) == []  # neither parse's nor classify's trace: the hop wrote nothing
 
 
-def test_a_failure_mid_hop_writes_the_stages_before_it_then_the_retry_carries_on(fused, ticket, monkeypatch):
-    decide = STAGES["decide"]
+def test_a_failure_mid_hop_writes_the_stages_before_it_then_the_retry_carries_on(
+    fused, ticket, monkeypatch, stage_spec
+):
+    decide = SPEC.by_name["decide"].fn
 
     def flaky(t: Any, ctx: Any) -> Any:
         raise StageError("the history service timed out")
 
-    replace_stage(monkeypatch, "decide", flaky)
+    replace_stage(stage_spec, "decide", flaky)
     outcome = pipeline.stage_run(ticket_id=str(ticket.pk), stage="parse")
 
     assert outcome.kind == "retry" and outcome.retry_in is not None
@@ -115,21 +122,23 @@ def test_a_failure_mid_hop_writes_the_stages_before_it_then_the_retry_carries_on
     assert ticket.status == Status.DECIDING and ticket.stage_attempts == 1
     assert stages_of(ticket) == [("parse", "ok"), ("classify", "ok"), ("decide", "retry")]
 
-    replace_stage(monkeypatch, "decide", decide)
+    replace_stage(stage_spec, "decide", decide)
     assert pipeline.stage_run(ticket_id=str(ticket.pk), stage="decide").kind == "committed"
     ticket.refresh_from_db()
     assert ticket.status == Status.RESOLVED and ticket.stage_attempts == 0
     assert stages_of(ticket)[-2:] == [("decide", "ok"), ("execute", "ok")]
 
 
-def test_a_worker_killed_mid_hop_leaves_the_row_as_read_and_the_redelivery_replies_once(fused, ticket, monkeypatch):
-    execute = STAGES["execute"]
+def test_a_worker_killed_mid_hop_leaves_the_row_as_read_and_the_redelivery_replies_once(
+    fused, ticket, monkeypatch, stage_spec
+):
+    execute = SPEC.by_name["execute"].fn
 
     def execute_then_die(t: Any, ctx: Any) -> Any:
         execute(t, ctx)  # the reply is recorded in the ledger ...
         raise KeyboardInterrupt  # ... and the process dies before the hop is written
 
-    replace_stage(monkeypatch, "execute", execute_then_die)
+    replace_stage(stage_spec, "execute", execute_then_die)
     with pytest.raises(KeyboardInterrupt):
         pipeline.stage_run(ticket_id=str(ticket.pk), stage="parse")
 
@@ -137,7 +146,7 @@ def test_a_worker_killed_mid_hop_leaves_the_row_as_read_and_the_redelivery_repli
     assert ticket.status == Status.RECEIVED and stages_of(ticket) == []
     assert SideEffect.objects.filter(ticket=ticket, tool="reply").count() == 1
 
-    replace_stage(monkeypatch, "execute", execute)
+    replace_stage(stage_spec, "execute", execute)
     assert pipeline.stage_run(ticket_id=str(ticket.pk), stage="parse").kind == "committed"  # acks_late
     ticket.refresh_from_db()
     assert ticket.status == Status.RESOLVED
@@ -148,7 +157,7 @@ def test_a_worker_killed_mid_hop_leaves_the_row_as_read_and_the_redelivery_repli
 
 
 def test_without_fusion_each_stage_is_its_own_write(intents, ticket, monkeypatch):
-    monkeypatch.setitem(current_app.conf, "PIPELINE_FUSE", "")
+    monkeypatch.setitem(settings.PIPELINE, "FUSE", "")
 
     assert pipeline.stage_run(ticket_id=str(ticket.pk), stage="parse").kind == "committed"
 
@@ -156,11 +165,11 @@ def test_without_fusion_each_stage_is_its_own_write(intents, ticket, monkeypatch
     assert ticket.status == Status.CLASSIFYING and stages_of(ticket) == [("parse", "ok")]
 
 
-def test_a_call_put_off_by_the_rate_limit_is_not_an_attempt(fused, ticket, monkeypatch):
+def test_a_call_put_off_by_the_rate_limit_is_not_an_attempt(fused, ticket, monkeypatch, stage_spec):
     def busy(t: Any, ctx: Any) -> Any:
         raise LimiterBusy("no room in the shared limit", retry_after=0.7)
 
-    replace_stage(monkeypatch, "classify", busy)
+    replace_stage(stage_spec, "classify", busy)
 
     outcome = pipeline.stage_run(ticket_id=str(ticket.pk), stage="parse")
 
@@ -170,15 +179,49 @@ def test_a_call_put_off_by_the_rate_limit_is_not_an_attempt(fused, ticket, monke
     assert stages_of(ticket) == [("parse", "ok")]  # parse is written; the wait leaves no row
 
 
-def test_a_ticket_put_off_for_too_long_pays_attempts_again(fused, ticket, monkeypatch, settings):
+def test_a_ticket_put_off_for_too_long_pays_attempts_again(fused, ticket, monkeypatch, settings, stage_spec):
     settings.PIPELINE = {**settings.PIPELINE, "DEFER_MAX_SECONDS": 60}
     Ticket.objects.filter(pk=ticket.pk).update(created_at=timezone.now() - timedelta(seconds=61))
 
     def busy(t: Any, ctx: Any) -> Any:
         raise LimiterBusy("no room in the shared limit", retry_after=0.7)
 
-    replace_stage(monkeypatch, "classify", busy)
+    replace_stage(stage_spec, "classify", busy)
 
     assert pipeline.stage_run(ticket_id=str(ticket.pk), stage="parse").kind == "retry"
     ticket.refresh_from_db()
     assert ticket.stage_attempts == 1 and stages_of(ticket)[-1] == ("classify", "retry")
+
+
+def test_a_hop_stopped_by_the_time_limit_is_retried_once_then_dead_lettered(fused, ticket, stage_spec):
+    def runaway(t: Any, ctx: Any) -> Any:
+        raise SoftTimeLimitExceeded()  # what Celery raises in the task when the soft limit fires
+
+    replace_stage(stage_spec, "classify", runaway)
+
+    with pytest.raises(SoftTimeLimitExceeded):  # out of the task: its on_failure calls stage_stopped
+        pipeline.stage_run(ticket_id=str(ticket.pk), stage="parse")
+    first = pipeline.stage_stopped(str(ticket.pk), "classify")
+    assert first.kind == "retry"  # the hop is cut short: nothing of it written but the failed attempt
+    assert stages_of(ticket) == [("parse", "retry")]
+    with pytest.raises(SoftTimeLimitExceeded):
+        pipeline.stage_run(ticket_id=str(ticket.pk), stage="parse")
+    assert pipeline.stage_stopped(str(ticket.pk), "classify").kind == "dead_lettered"
+
+    ticket.refresh_from_db()
+    assert ticket.status == Status.DEAD_LETTERED
+    letter = DeadLetter.objects.get(ticket=ticket)
+    assert letter.stage == "parse" and letter.attempts == 2
+    assert "classify: stopped by the time limit" in letter.last_error
+
+
+def test_a_hop_that_never_finishes_ends_once_the_sweeper_has_counted_its_attempts(intents, ticket, settings):
+    # Killed by the hard limit (or lost) again and again: each sweep counts an attempt, and the
+    # runner gives up when they are spent, instead of looping every sweep for ever.
+    Ticket.objects.filter(pk=ticket.pk).update(status=Status.CLASSIFYING, context={"parse": {"text": "card"}})
+    for _ in range(settings.PIPELINE["MAX_ATTEMPTS"]):
+        Ticket.objects.filter(pk=ticket.pk).update(updated_at=timezone.now() - timedelta(hours=1))
+        assert sweeper.tickets_sweep_stuck(older_than_seconds=60) >= 1
+
+    assert pipeline.stage_run(ticket_id=str(ticket.pk), stage="classify").kind == "dead_lettered"
+    assert "never finished" in DeadLetter.objects.get(ticket=ticket).last_error

@@ -6,12 +6,15 @@ import json
 from typing import Any
 
 import pytest
+from celery.signals import task_postrun
+from django.utils import timezone
 
-from agents import pipeline as pipeline_service
 from agents.models import DeadLetter, Intent, SideEffect, Trace
+from agents.pipeline import dispatch, runner, sweeper
+from agents.pipeline.spec import lane_of
 from reviews.models import Review
 from tests.conftest import verified, wait_for
-from tests.factories import ticket_payload
+from tests.factories import ticket_make, ticket_payload
 from tickets.models import Status, Ticket, webhook_secret_new
 
 pytestmark = pytest.mark.pipeline
@@ -124,15 +127,24 @@ def test_a_stage_delivered_twice_changes_nothing_the_second_time(pipeline, api):
     ticket_id = submit(http, body="My card still hasn't arrived")
     settled(ticket_id)
     before = Trace.objects.filter(ticket_id=ticket_id).count()
+    stages = ("parse", "classify", "decide", "execute")
+    taken: list[tuple[str, str]] = []
 
-    for stage in ("parse", "classify", "decide", "execute"):
-        assert pipeline_service.stage_run(ticket_id=ticket_id, stage=stage).kind == "skipped"
-        pipeline_service.stage_enqueue(ticket_id, stage)  # and through the broker
-    wait_for(lambda: True)  # let the worker take them
+    def record(sender: Any = None, args: Any = None, retval: Any = None, **_: Any) -> None:
+        if args and str(args[0]) == ticket_id:
+            taken.append((sender.name, retval))
 
-    import time
+    for stage in stages:
+        assert runner.stage_run(ticket_id=ticket_id, stage=stage).kind == "skipped"
+    task_postrun.connect(record, weak=False)  # the test worker runs in this process
+    try:
+        for stage in stages:
+            dispatch.stage_enqueue(ticket_id, stage)  # and through the broker
+        wait_for(lambda: len(taken) == len(stages), what="the worker to take every redelivery")
+    finally:
+        task_postrun.disconnect(record)
 
-    time.sleep(1.0)
+    assert sorted(taken) == sorted((f"agents.{stage}", "skipped") for stage in stages)
     assert Trace.objects.filter(ticket_id=ticket_id).count() == before
     assert SideEffect.objects.filter(ticket_id=ticket_id, tool="reply").count() == 1
     assert Ticket.objects.get(pk=ticket_id).status == Status.RESOLVED
@@ -148,7 +160,7 @@ def test_a_lost_message_is_recovered_by_the_sweeper(pipeline, api):
     )
     Ticket.objects.filter(pk=ticket.pk).update(updated_at=ticket.updated_at.replace(year=2000))
 
-    assert pipeline_service.tickets_sweep_stuck(older_than_seconds=60) == 1
+    assert sweeper.tickets_sweep_stuck(older_than_seconds=60) == 1
 
     assert settled(str(ticket.pk)).status == Status.RESOLVED
 
@@ -172,14 +184,45 @@ def test_a_customers_requests_are_decided_in_order_of_arrival(pipeline, api):
     newer_id = submit(http, body="My card still hasn't arrived", customer_ref="zoe")
 
     wait_for(lambda: Ticket.objects.get(pk=newer_id).status == Status.DECIDING, what="the newer ticket to reach decide")
-    import time
-
-    time.sleep(1.0)  # the newer ticket waits while the older one is in flight
+    # While the older one is in flight the newer one waits: its wait loop marks it alive, again and
+    # again, and decides nothing.
+    seen = {Ticket.objects.get(pk=newer_id).updated_at}
+    wait_for(lambda: seen.add(Ticket.objects.get(pk=newer_id).updated_at) or len(seen) >= 3, what="two wait loops")
     assert Ticket.objects.get(pk=newer_id).status == Status.DECIDING
     assert not Trace.objects.filter(ticket_id=newer_id, stage="decide").exists()
 
+    released = timezone.now()
     Ticket.objects.filter(pk=older.pk).update(status=Status.AWAITING_REVIEW)
     ticket = settled(newer_id)
     assert ticket.status == Status.RESOLVED
-    history = ticket.context["decide"].get("history")
-    assert history is None or isinstance(history, list)
+    decided = Trace.objects.get(ticket_id=newer_id, stage="decide", status="ok")
+    assert decided.started_at >= released  # decided only once the older request had settled
+
+
+def test_a_request_waits_for_its_customers_stuck_request_only_until_the_deadline(pipeline, api, settings):
+    settings.PIPELINE = {**settings.PIPELINE, "CUSTOMER_WAIT_MAX_SECONDS": 2.0}
+    http, client = api()
+    Ticket.objects.create(client=client, customer_ref="yann", body="first", status=Status.EXECUTING)  # stuck
+    newer_id = submit(http, body="My card still hasn't arrived", customer_ref="yann")
+
+    ticket = settled(newer_id)
+
+    assert ticket.status == Status.AWAITING_REVIEW
+    assert "earlier request of the same customer" in ticket.context["escalation"]["detail"]
+    assert Review.objects.get(ticket_id=newer_id).reason == "stage_failed"
+
+
+def test_one_clients_flood_waits_in_its_own_lane_not_ahead_of_everyone(pipeline, api):
+    _, flood = api("flood")
+    _, quiet = api("quiet")
+    assert lane_of("parse", flood.pk) != lane_of("parse", quiet.pk)
+    flooded = [ticket_make(flood, body="My card still hasn't arrived", customer_ref=f"f{i}") for i in range(150)]
+    for ticket in flooded:
+        dispatch.stage_enqueue(ticket.pk, "parse", client_id=flood.pk)
+    mine = ticket_make(quiet, body="My card still hasn't arrived", customer_ref="q")
+    dispatch.stage_enqueue(mine.pk, "parse", client_id=quiet.pk)  # published after all 150
+
+    settled(str(mine.pk))
+
+    ahead = Ticket.objects.filter(client=flood, status__in=TERMINAL).count()
+    assert ahead < 50, f"{ahead} of the flood's tickets settled before the quiet client's one"

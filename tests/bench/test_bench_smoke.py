@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench import plan, report
-from bench.progress import Progress
-from bench.runner import Config
+from tooling.bench import plan, report
+from tooling.bench.progress import Progress
+from tooling.bench.runner import Config
 
 HEADLINE = {
     "baseline_chains_per_s",
@@ -56,7 +56,7 @@ def test_a_short_run_reports_every_figure_and_every_ticket_ends(tmp_path: Path) 
             assert phase["chains"] > 0 and "cpu_ms_per_chain" in phase
     half = next(p for p in result["phases"] if p["name"] == "open 0.50x")
     assert {"p50", "p95", "p99"} <= set(half["e2e_ms"]["all"]) and half["round_trips_per_ticket"]["round_trips"] > 0
-    assert {"parse", "web", "postgres", "redis"} <= set(result["processes"])
+    assert {"cpu", "io", "web", "postgres", "redis"} <= set(result["processes"])
     assert result["headline"]["all_terminal"] is True
     assert set(result["final_statuses"]) <= {"resolved", "awaiting_review", "dead_lettered"}
     assert json.loads(paths["json"].read_text())["headline"] == json.loads(json.dumps(result["headline"]))

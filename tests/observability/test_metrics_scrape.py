@@ -193,7 +193,7 @@ WORKERS = textwrap.dedent(
     django.setup()
     from agents import metrics
     from agents.models import Trace
-    from agents.pipeline import stage_finished
+    from agents.pipeline.events import stage_finished
     metrics.connect()
     child = os.fork()  # two worker processes, like a prefork pool's children
     stage_finished.send(

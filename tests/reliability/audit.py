@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tests.reliability.load import KINDS, Load
-from tests.reliability.system import ApiClient, System
+from tooling.system import ApiClient, System
 
 TERMINAL = ("resolved", "awaiting_review", "dead_lettered")
 

@@ -22,7 +22,7 @@ import pytest
 
 from tests.reliability.audit import ROWS, table
 from tests.reliability.proxy import Claude, FaultProxy
-from tests.reliability.system import PYTHON, ROOT, SimulatorProcess, System
+from tooling.system import PYTHON, ROOT, SimulatorProcess, System
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from tests.reliability.system import ApiClient
+from tooling.system import ApiClient
 
 # kind → (texts, the terminal states the ticket may reach). The rules route every kind but "llm",
 # which only the Claude tier (the simulator) can classify, so its outcome is not fixed.

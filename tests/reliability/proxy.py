@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from tests.reliability.system import SimulatorProcess
+from tooling.system import SimulatorProcess
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "host"}
 RATE_LIMITED = {

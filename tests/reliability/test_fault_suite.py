@@ -19,7 +19,7 @@ import pytest
 from tests.reliability.audit import ROWS, TERMINAL, Row, audit, drain, knob
 from tests.reliability.load import KINDS, Load
 from tests.reliability.proxy import Claude
-from tests.reliability.system import ApiClient, System
+from tooling.system import WORKERS, ApiClient, System
 
 pytestmark = [pytest.mark.reliability]
 
@@ -71,12 +71,15 @@ def assert_promises_kept(row: Row) -> None:
 
 
 # --- SIGKILL ----------------------------------------------------------------------------------
-KILL_ORDER = ("execute", "webhooks", "decide", "parse", "classify", "escalate")
+# (process, what it is in the middle of): the io worker mid downstream call, then mid callback; the
+# cpu worker holding a message; the maintenance worker.
+KILL_ORDER = (("io", "downstream"), ("io", "callbacks"), ("cpu", ""), ("maintenance", ""))
 
 
-def _kill_mid_stage(system: System, target: str, stale: set[bytes]) -> str:
-    """SIGKILL `target` while it holds work: mid-call for execute/webhooks, else holding a message."""
-    recorder = {"execute": system.downstream, "webhooks": system.callbacks}.get(target)
+def _kill_mid_stage(system: System, target: str, during: str, stale: set[bytes]) -> str:
+    """SIGKILL `target` while it holds work: mid-call to `during` (the downstream API or the callback
+    endpoint), else holding a message."""
+    recorder = {"downstream": system.downstream, "callbacks": system.callbacks}.get(during)
     system.wait_ready(target)
     if recorder is not None:
         recorder.delay = 0.5
@@ -91,17 +94,17 @@ def _kill_mid_stage(system: System, target: str, stale: set[bytes]) -> str:
     system.spawn(target)  # the supervisor starts it again; it takes a few seconds to be ready
     if recorder is not None:
         recorder.delay = 0.0
-    return f"{target}{' mid-call' if caught and recorder else ''} ({len(held)} held)"
+    return f"{target}{f' mid-{during}' if caught and recorder else ''} ({len(held)} held)"
 
 
 def sigkill_workers(system: System) -> tuple[float, str]:
     stale: set[bytes] = set()
     notes = []
-    for target in itertools.islice(itertools.cycle(KILL_ORDER), KILLS):
-        notes.append(_kill_mid_stage(system, target, stale))
+    for target, during in itertools.islice(itertools.cycle(KILL_ORDER), KILLS):
+        notes.append(_kill_mid_stage(system, target, during, stale))
         time.sleep(2.0 * SCALE)
     restored_at = time.time()
-    for target in set(KILL_ORDER):
+    for target in {target for target, _ in KILL_ORDER}:
         system.wait_ready(target)
     return restored_at, "killed " + ", ".join(notes)
 
@@ -113,7 +116,7 @@ def test_a_worker_killed_mid_stage_again_and_again_loses_and_repeats_nothing(sys
 
 # --- Redis --------------------------------------------------------------------------------------
 def restart_redis(system: System) -> tuple[float, str]:
-    queued = sum(system.redis().llen(q) for q in ("parse", "classify", "decide", "execute", "escalate", "webhooks"))
+    queued = sum(system.redis().llen(q) for name in WORKERS for q in system.queues(name))
     held = system.redis().hlen("unacked")
     system.redis_stop()
     time.sleep(3 * SCALE)
@@ -180,13 +183,13 @@ def test_sigterm_lets_a_worker_finish_the_calls_it_is_making(system: System) -> 
         time.sleep(0.3)
         in_call = [r for r in system.downstream.snapshot() if r.body.get("ticket_id") in ids and not r.answered]
         started = time.monotonic()
-        code = system.kill("execute", signal.SIGTERM)
+        code = system.kill("io", signal.SIGTERM)
         took = time.monotonic() - started
     finally:
         system.downstream.delay = 0.0
-    assert code == 0, system.log_text("execute")[-2000:]
+    assert code == 0, system.log_text("io")[-2000:]
     assert in_call and all(r.answered for r in in_call), "the worker died before its calls returned"
-    system.restart("execute")
+    system.restart("io")
     assert set(_wait_terminal(system, ids).values()) == {"resolved"}
     receipts = [r for r in system.downstream.snapshot() if r.body.get("ticket_id") in ids]
     assert len(receipts) == len({r.key for r in receipts}) == 4, "a call was made twice"
@@ -204,20 +207,20 @@ def test_sigterm_hands_back_the_retries_a_worker_holds(system: System) -> None:
             if set(ids) <= failed:
                 break
             time.sleep(0.01)
-        held = system.held("execute")
-        code = system.kill("execute", signal.SIGTERM)
-        handed_back = system.redis().llen("execute")
+        held = system.held("io")
+        code = system.kill("io", signal.SIGTERM)
+        handed_back = sum(system.redis().llen(q) for q in system.queues("io"))
     finally:
         system.downstream.fail_first = False
     assert code == 0
-    assert held, "execute held no retry when it was stopped"
-    assert not (system.held("execute") & held), "messages the worker held stayed unacknowledged"
+    assert held, "the io worker held no retry when it was stopped"
+    assert not (system.held("io") & held), "messages the worker held stayed unacknowledged"
     assert handed_back >= 1, "the retries the worker held were not put back on the queue"
-    system.restart("execute")
+    system.restart("io")
     assert set(_wait_terminal(system, ids).values()) == {"resolved"}
     applied = [r for r in system.downstream.snapshot() if r.body.get("ticket_id") in ids and r.applied]
     assert len(applied) == 3
-    print(f"SIGTERM holding {len(held)} retries: exited 0, {handed_back} message(s) back on the execute queue")
+    print(f"SIGTERM holding {len(held)} retries: exited 0, {handed_back} message(s) back on the io queues")
 
 
 # --- the simulator (Claude tier) ------------------------------------------------------------------

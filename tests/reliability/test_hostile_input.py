@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.reliability.audit import TERMINAL
-from tests.reliability.system import ApiClient, System
+from tooling.system import ApiClient, System
 
 pytestmark = [pytest.mark.reliability]
 

@@ -70,7 +70,7 @@ def test_a_request_stored_while_the_broker_is_down_is_accepted_and_left_to_the_s
 
 
 def test_a_callback_whose_message_was_lost_is_sent_by_the_sweeper(pipeline, api, recorder):
-    from agents import pipeline as pipeline_service
+    from agents.pipeline import sweeper
 
     _, client = api(callback_url=recorder.url)
     long_ago = timezone.now() - timedelta(minutes=10)
@@ -80,7 +80,7 @@ def test_a_callback_whose_message_was_lost_is_sent_by_the_sweeper(pipeline, api,
     Ticket.objects.filter(pk=lost.pk).update(callback_due_at=long_ago, updated_at=long_ago)
     Ticket.objects.filter(pk=told.pk).update(callback_due_at=None, updated_at=long_ago)
 
-    pipeline_service.tickets_sweep_stuck(older_than_seconds=60)
+    sweeper.tickets_sweep_stuck(older_than_seconds=60)
 
     wait_for(lambda: recorder.requests, timeout=5, what="the callback")
     wait_for(lambda: Ticket.objects.get(pk=lost.pk).callback_due_at is None, timeout=5, what="the callback settled")
@@ -88,10 +88,10 @@ def test_a_callback_whose_message_was_lost_is_sent_by_the_sweeper(pipeline, api,
 
 
 def test_the_callback_sweep_reads_only_the_callbacks_still_due(db):
-    from agents import pipeline as pipeline_service
+    from agents.pipeline import sweeper
 
     with CaptureQueriesContext(connection) as queries:
-        pipeline_service.callbacks_sweep_lost(cutoff=timezone.now())
+        sweeper.callbacks_sweep_lost(cutoff=timezone.now())
     with connection.cursor() as cursor:
         cursor.execute("SET LOCAL enable_seqscan = off")  # an empty test table is cheaper to scan
         cursor.execute("EXPLAIN " + queries[0]["sql"])

@@ -6,6 +6,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.management import call_command
+from django.http import HttpRequest
 from django.urls import reverse
 
 from agents.models import Intent
@@ -84,4 +85,5 @@ def test_create_reviewer_makes_a_staff_login_in_the_reviewers_group(client, caps
     user = get_user_model().objects.get(username="nina")
     assert user.is_staff and not user.is_superuser
     assert list(user.groups.values_list("name", flat=True)) == [REVIEWERS_GROUP]
-    assert client.login(username="nina", password=password)
+    # The login form's authentication goes through django-axes, which needs the request.
+    assert client.login(request=HttpRequest(), username="nina", password=password)

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from django.db import connection
 
-from agents import pipeline as pipeline_service
 from agents.models import Intent, SideEffect
+from agents.pipeline import dispatch, runner
 from reviews import services
 from reviews.models import Decision, Feedback, Review, ReviewStatus
 from tests.conftest import wait_for
@@ -74,8 +74,8 @@ def test_resolving_a_real_escalation_sends_the_reviewers_reply_exactly_once(pipe
 
     assert (ticket.intent, ticket.action, ticket.reply) == ("card_arrival", "reply", "Your card ships today.")
     assert ticket.context["execute"]["source"] == "human"
-    pipeline_service.stage_enqueue(ticket_id, "execute")  # a redelivery finds the ticket resolved
-    assert pipeline_service.stage_run(ticket_id=ticket_id, stage="execute").kind == "skipped"
+    dispatch.stage_enqueue(ticket_id, "execute")  # a redelivery finds the ticket resolved
+    assert runner.stage_run(ticket_id=ticket_id, stage="execute").kind == "skipped"
     final = SideEffect.objects.filter(ticket_id=ticket_id, tool="reply", idempotency_key__contains=":final:")
     assert [(s.idempotency_key, s.attempts) for s in final] == [(f"{ticket_id}:final:0:reply", 1)]
     feedback = Feedback.objects.get(review=review)

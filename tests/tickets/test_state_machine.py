@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from tickets.models import IllegalTransition, Status, check_transition
+from agents.pipeline.spec import SPEC
+from tickets.models import TERMINAL, IllegalTransition, Status
+
+check_transition = SPEC.check
 
 
 @pytest.mark.parametrize(
@@ -45,6 +48,23 @@ def test_illegal_moves_are_refused(current, new):
 
 
 def test_terminal_states_have_no_way_out_but_review_and_replay():
-    assert Status.RESOLVED.value == "resolved"
-    with pytest.raises(IllegalTransition):
-        check_transition(Status.RESOLVED, Status.EXECUTING)
+    # Every possible move out of each terminal state: only a person's decision or a replay leaves one.
+    allowed = {
+        Status.RESOLVED: set(),
+        Status.AWAITING_REVIEW: {Status.EXECUTING, Status.RESOLVED},  # resume at execute, or dismiss
+        Status.DEAD_LETTERED: {s.status for s in SPEC.stages} | {Status.RESOLVED},  # replay, or dismiss
+    }
+    assert set(allowed) == TERMINAL
+    for current, ways_out in allowed.items():
+        for new in Status:
+            if new in ways_out:
+                check_transition(current, new)
+            else:
+                with pytest.raises(IllegalTransition):
+                    check_transition(current, new)
+
+
+def test_every_stage_moves_on_escalates_or_dead_letters_and_nothing_else():
+    for spec in SPEC.stages:
+        expected = {spec.next_status, Status.DEAD_LETTERED} | ({SPEC.escalation.status} - {spec.status})
+        assert SPEC.transitions[spec.status] == expected, spec.name

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from agents.pipeline import tickets_sweep_stuck
+from agents.pipeline.sweeper import tickets_sweep_stuck
 
 
 class Command(BaseCommand):

@@ -24,7 +24,7 @@ from django.test import Client as HttpClient
 from agents import learning
 from agents.localmodel.data import load_csv
 from agents.models import Intent
-from agents.pipeline import ticket_input
+from agents.pipeline.context import ticket_input
 from agents.stages.decide import render_reply
 from reviews.models import Review, ReviewStatus
 from reviews.services import review_claim, review_resolve

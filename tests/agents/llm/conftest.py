@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from agents.llm.config import merged
-from agents.llm.simulator import start_simulator
 from agents.llm.store import redis_client
 from agents.stages.types import IntentPolicy
+from tooling.llm_simulator import start_simulator
 
 HIGH_LIMITS = {"rpm": 60_000, "itpm": 100_000_000, "otpm": 100_000_000}
 
@@ -29,7 +29,7 @@ def sim() -> Iterator[Any]:
 @pytest.fixture
 def llm(sim: Any, settings: Any) -> Iterator[Any]:
     """The tier pointed at the simulator, with generous limits and its own Redis keys; yields the simulator."""
-    from agents import pipeline
+    from agents.pipeline.context import parts
 
     sim.reset()
     prefix = f"llmtest:{uuid.uuid4().hex[:10]}:"
@@ -41,9 +41,9 @@ def llm(sim: Any, settings: Any) -> Iterator[Any]:
         "LIMITS": {"small": HIGH_LIMITS, "large": HIGH_LIMITS},
         "BATCH": {"enabled": False},
     }
-    pipeline._llm.clear()
+    parts.reset()
     yield sim
-    pipeline._llm.clear()
+    parts.reset()
     r = redis_client()
     for name in r.scan_iter(match=prefix + "*", count=1000):
         r.delete(name)

@@ -38,6 +38,20 @@ def test_the_same_question_is_answered_from_the_exact_cache(tier, catalog, posts
     assert AnswerCache().stats() == {"hits": 1, "misses": 1, "ratio": 0.5}
 
 
+def test_the_cache_never_answers_one_tenant_with_another_tenants_question(tier, catalog, posts, db):
+    (one, _), (two, _) = client_with_token(name="one"), client_with_token(name="two")
+    with ticket_scope(TicketScope(client_id=one.pk, client_name=one.name)):
+        tier.classify("What is the exchange rate for euros?", catalog)
+    with ticket_scope(TicketScope(client_id=two.pk, client_name=two.name)):
+        other = tier.classify("What is the exchange rate for euros?", catalog)
+    with ticket_scope(TicketScope(client_id=one.pk, client_name=one.name)):
+        again = tier.classify("What is the exchange rate for euros?", catalog)
+
+    assert not other.cache_hit  # tenant 2 learns nothing of what tenant 1 asked
+    assert again.cache_hit
+    assert posts() == 2
+
+
 @pytest.mark.parametrize(
     "marker",
     [

@@ -19,7 +19,7 @@ import jsonschema
 import pydantic
 import pytest
 
-from agents.llm.simulator import SimulatorConfig, parse_latency, simulate_reply, start_simulator
+from tooling.llm_simulator import SimulatorConfig, parse_latency, simulate_reply, start_simulator
 
 REPO = Path(__file__).resolve().parents[3]
 MODEL = "claude-sonnet-4-6"
@@ -460,7 +460,7 @@ def test_cli_starts_and_serves() -> None:
         [
             sys.executable,
             "-m",
-            "agents.llm.simulator",
+            "tooling.llm_simulator",
             "--port",
             "0",
             "--rpm",

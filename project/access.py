@@ -1,0 +1,45 @@
+"""Operator endpoints (`/metrics`) are not open to the world: a scrape is answered only from the
+networks in `METRICS_ALLOWED_CIDRS` (loopback by default) or with `Authorization: Bearer
+<METRICS_TOKEN>` when a token is set. Everything else gets a 403, never the metrics."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from collections.abc import Callable
+from functools import lru_cache, wraps
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
+
+View = Callable[..., HttpResponse]
+
+
+@lru_cache(maxsize=8)
+def _networks(cidrs: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(c.strip(), strict=False) for c in cidrs if c.strip())
+
+
+def request_allowed(request: HttpRequest) -> bool:
+    """From an allowed network (the peer address, never a forwarded header), or with the token."""
+    token = settings.METRICS_TOKEN
+    header = request.headers.get("Authorization", "")
+    if token and hmac.compare_digest(header.encode(), f"Bearer {token}".encode()):
+        return True
+    try:
+        peer = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
+    except ValueError:
+        return False
+    return any(peer in net for net in _networks(tuple(settings.METRICS_ALLOWED_CIDRS)))
+
+
+def internal_only(view: View) -> View:
+    """The view answers only what `request_allowed` lets through; a 403 JSON error otherwise."""
+
+    @wraps(view)
+    def guarded(request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
+        if not request_allowed(request):
+            return JsonResponse({"error": "forbidden", "detail": "metrics are for the operator's network"}, status=403)
+        return view(request, *args, **kwargs)
+
+    return guarded
