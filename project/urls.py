@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 from django.contrib import admin
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import include, path, re_path
+from django.views import defaults
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
@@ -20,6 +21,15 @@ def api_not_found(request: HttpRequest, rest: str = "") -> JsonResponse:
     hint = " (API paths end with a slash)" if not request.path.endswith("/") else ""
     return JsonResponse({"error": "not_found", "detail": f"no such API path: {request.path}{hint}"}, status=404)
 
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """A 500 under /api/ in the API's JSON shape; Django's page elsewhere (the admin)."""
+    if request.path.startswith("/api/"):
+        return JsonResponse({"error": "server_error", "detail": "an unexpected error; it has been logged"}, status=500)
+    return defaults.server_error(request)
+
+
+handler500 = server_error
 
 urlpatterns = [
     path("admin/", admin.site.urls),

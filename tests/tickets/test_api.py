@@ -354,3 +354,17 @@ def test_the_schema_describes_each_callback_event_as_a_signed_webhook(client):
 def test_swagger_ui_keeps_a_pasted_key(client):
     page = client.get("/api/docs/").content.decode()
     assert "persistAuthorization" in page
+
+
+def test_an_unexpected_error_under_api_is_a_json_500(api, monkeypatch):
+    from tickets import api as ticket_api
+
+    def broken(**_):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(ticket_api, "ticket_list", broken)
+    http, _ = api()
+    http.raise_request_exception = False
+    response = http.get(URL)
+    assert response.status_code == 500
+    assert response["Content-Type"] == "application/json" and response.json()["error"] == "server_error"
