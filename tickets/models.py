@@ -55,7 +55,12 @@ class Client(models.Model):
 
 
 class ApiKey(models.Model):
-    """A named bearer key of a client: shown once, stored as its SHA-256, recognised by its prefix."""
+    """A named bearer key of a client: shown once, stored as its SHA-256, recognised by its prefix.
+
+    Not djangorestframework-api-key's model: its keys are `<prefix>.<secret>`, found by prefix and
+    checked with a hasher through the ORM (and tokens issued before keys existed would not fit);
+    here the whole key's SHA-256 is the lookup, one indexed read the auth check already made.
+    """
 
     client = models.ForeignKey(Client, on_delete=models.CASCADE, related_name="api_keys")
     name = models.CharField(max_length=100)
