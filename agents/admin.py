@@ -1,15 +1,44 @@
 from __future__ import annotations
 
+from typing import Any
+
+from django import forms
 from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from agents.callbacks import callback_resend
 from agents.models import DeadLetter, Intent, LedgerStatus, SideEffect, Trace
+from agents.safe_regex import RuleError, validate_rule
+
+
+class IntentForm(forms.ModelForm):
+    """A rule the rules tier cannot run in linear time (RE2) is a form error, never saved."""
+
+    class Meta:
+        model = Intent
+        fields = "__all__"  # noqa: DJ007 - the admin shows every field of an intent
+
+    def clean_rules(self) -> Any:
+        rules = self.cleaned_data.get("rules")
+        if rules in (None, ""):
+            return []
+        if not isinstance(rules, list) or not all(isinstance(r, str) for r in rules):
+            raise forms.ValidationError("rules are a JSON list of strings")
+        errors = []
+        for rule in rules:
+            try:
+                validate_rule(rule)
+            except RuleError as exc:
+                errors.append(str(exc))
+        if errors:
+            raise forms.ValidationError(errors)
+        return rules
 
 
 @admin.register(Intent)
 class IntentAdmin(admin.ModelAdmin):
+    form = IntentForm
     list_display = ["name", "threshold", "risk", "always_review", "allowed_actions", "is_active", "updated_at"]
     list_filter = ["risk", "always_review", "is_active"]
     search_fields = ["name", "description"]

@@ -23,6 +23,7 @@ from django.utils import timezone
 from agents.metrics import CALLBACKS_ABANDONED
 from agents.models import LedgerStatus, SideEffect
 from agents.tools import http_client
+from project.netguard import OutboundBlocked
 from project.redisconn import redis_client
 from tickets.models import TERMINAL, Client, Ticket
 from tickets.webhooks import webhook_headers
@@ -187,6 +188,7 @@ class _Due:
     row_id: int | None = None
     done: bool = False  # delivered before (the ledger says so)
     error: str = ""
+    permanent: bool = False  # no later attempt can succeed (the URL points into the operator's network)
 
 
 def callbacks_drain(*, batch: int | None = None) -> int:
@@ -304,6 +306,8 @@ def _post(due: _Due) -> None:
         response = http_client().post(due.url, content=body, headers=headers)
         if not response.is_success:
             due.error = f"callback answered {response.status_code}"
+    except OutboundBlocked as exc:
+        due.error, due.permanent = f"refused: {exc}", True
     except httpx.HTTPError as exc:
         due.error = f"{type(exc).__name__}: {exc}"
 
@@ -330,7 +334,7 @@ def _failed(due: _Due) -> None:
         return  # a concurrent delivery succeeded
     attempts = row[0]
     tickets = Ticket.objects.filter(pk=due.ticket.id, status=due.ticket.status, callback_due_at__isnull=False)
-    if attempts >= max_attempts():
+    if attempts >= max_attempts() or due.permanent:
         _log.warning("callback for %s abandoned after %d attempts: %s", due.key, attempts, due.error)
         if tickets.update(callback_due_at=None):
             CALLBACKS_ABANDONED.labels(str(due.ticket.client_id)).inc()

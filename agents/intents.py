@@ -11,6 +11,7 @@ import yaml
 from django.db import transaction
 
 from agents.models import Intent, Risk
+from agents.safe_regex import RuleError, validate_rule
 
 TOOLS = frozenset({"reply", "webhook"})
 PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
@@ -28,9 +29,9 @@ def _check(entry: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
     merged = {**defaults, **entry}
     for rule in merged.get("rules") or []:
         try:
-            re.compile(rule)
-        except re.error as exc:
-            raise PackError(f"{name}: rule {rule!r} does not compile: {exc}") from exc
+            validate_rule(rule)
+        except RuleError as exc:
+            raise PackError(f"{name}: {exc}") from exc
     actions = merged.get("allowed_actions") or []
     if not set(actions) <= TOOLS:
         raise PackError(f"{name}: allowed_actions {sorted(set(actions) - TOOLS)} are not tools")

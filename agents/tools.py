@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from agents.models import LedgerStatus, SideEffect
 from agents.stages.types import OFFLINE_TOOLS, ToolResult
+from project.netguard import OutboundBlocked, guarded_client
 
 
 class ToolError(Exception):
@@ -28,12 +29,15 @@ _client_lock = threading.Lock()
 
 
 def http_client() -> httpx.Client:
-    """One pooled client per process (thread-safe): connections are reused across calls."""
+    """One client per process (thread-safe) for every call a tenant's or an intent's URL decides
+    (callbacks, downstream webhooks): it connects only to public addresses it checked itself
+    (`CALLBACK_ALLOWED_HOSTS` opens others), never follows a redirect, and gives each request
+    `WEBHOOK_TIMEOUT_SECONDS` from lookup to last byte, with the answer cut at 64 KiB."""
     global _client
     if _client is None:
         with _client_lock:
             if _client is None:
-                _client = httpx.Client(timeout=settings.PIPELINE["WEBHOOK_TIMEOUT_SECONDS"])
+                _client = guarded_client(timeout=settings.PIPELINE["WEBHOOK_TIMEOUT_SECONDS"])
     return _client
 
 
@@ -53,6 +57,8 @@ def tool_webhook(arguments: Mapping[str, Any], key: str) -> dict[str, Any]:
     payload = {k: v for k, v in arguments.items() if k != "url"}
     try:
         response = http_client().post(url, json=payload, headers={"Idempotency-Key": key})
+    except OutboundBlocked as exc:
+        raise ToolError(f"webhook url refused: {exc}", permanent=True) from exc
     except httpx.HTTPError as exc:
         raise ToolError(f"{type(exc).__name__}: {exc}") from exc
     if response.status_code >= 500 or response.status_code in (408, 429):

@@ -25,6 +25,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from agents.pipeline.human import ticket_replay
+from project.netguard import BlockedURL, check_url
+from project.textnorm import nfkc
 from tickets.backpressure import overloaded
 from tickets.models import IllegalTransition, Priority, Status, Ticket
 from tickets.schema import NO_NUL, errors
@@ -108,6 +110,22 @@ class TicketInputSerializer(StrictSerializer):
         choices=[label for _, label in Priority.choices], required=False, default="normal"
     )
     callback_url = serializers.URLField(max_length=200, required=False, allow_blank=True, default="")
+
+    def validate_body(self, value: str) -> str:
+        # The limit holds after NFKC too: "㏘" is one character typed, four normalised.
+        if len(nfkc(value)) > settings.TICKET_BODY_MAX_CHARS:
+            raise serializers.ValidationError(
+                f"Ensure this field has no more than {settings.TICKET_BODY_MAX_CHARS} characters once normalised (NFKC)."
+            )
+        return value
+
+    def validate_callback_url(self, value: str) -> str:
+        if value:
+            try:
+                check_url(value)
+            except BlockedURL as exc:
+                raise serializers.ValidationError(f"this URL may not be called back: {exc}") from exc
+        return value
 
     def validate_metadata(self, value: dict[str, Any]) -> dict[str, Any]:
         _check_json(value)

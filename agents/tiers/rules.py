@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
+from agents.safe_regex import RuleSet, compile_rules
 from agents.stages.types import IntentPolicy, TierAnswer
 
 RULE_CONFIDENCE = 0.99
@@ -17,16 +17,15 @@ class RulesTier:
 
     def __init__(self) -> None:
         self._key: object = None
-        self._compiled: list[tuple[str, re.Pattern[str]]] = []
+        self._compiled: list[tuple[str, RuleSet]] = []
 
-    def _patterns(self, catalog: Mapping[str, IntentPolicy]) -> list[tuple[str, re.Pattern[str]]]:
+    def _patterns(self, catalog: Mapping[str, IntentPolicy]) -> list[tuple[str, RuleSet]]:
         key = getattr(catalog, "version", None) or id(catalog)
         if key != self._key:
             compiled = []
             for policy in catalog.values():
                 if policy.rules:
-                    joined = "|".join(f"(?:{r})" for r in policy.rules)
-                    compiled.append((policy.name, re.compile(joined, re.I)))
+                    compiled.append((policy.name, compile_rules(policy.rules)))  # RE2: linear in the text
             self._compiled, self._key = compiled, key
         return self._compiled
 

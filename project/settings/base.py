@@ -128,6 +128,9 @@ BACKPRESSURE_RETRY_AFTER = env.int("BACKPRESSURE_RETRY_AFTER", default=5)
 MAX_REQUEST_BYTES = env.int("MAX_REQUEST_BYTES", default=64 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
 TICKET_BODY_MAX_CHARS = env.int("TICKET_BODY_MAX_CHARS", default=20_000)
+# Callbacks are never sent to loopback, private, link-local or metadata addresses (project/netguard/)
+# except to these comma-separated `host[:port]` entries (a name or an address; no port: any port).
+CALLBACK_ALLOWED_HOSTS: list[str] = env.list("CALLBACK_ALLOWED_HOSTS", default=[])
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["tickets.auth.ClientTokenAuthentication"],

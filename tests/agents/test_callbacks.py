@@ -274,3 +274,17 @@ def test_a_slow_endpoint_delays_only_its_own_client(transactional_db, api, recor
     assert fast_settled_after < slow.delay  # settled while the slow client's POSTs were still open
     assert len(fast.requests) == 4 and len(slow.requests) == 2
     assert not Ticket.objects.filter(pk__in=[t.pk for t in slow_tickets], callback_due_at__isnull=False).exists()
+
+
+def test_a_callback_into_the_operators_network_is_refused_at_delivery_and_abandoned(db, api, recorder, settings):
+    # The URL was stored before (or passed the check at submit and its name now points inside):
+    # the delivery guard refuses it before any connection, and no later attempt could succeed.
+    _, client = api(callback_url="http://169.254.169.254/latest/meta-data/")
+    (ticket,) = _settled_tickets(client, 1)
+
+    assert callbacks_drain() == 0
+
+    ticket.refresh_from_db()
+    row = SideEffect.objects.get(tool="callback")
+    assert ticket.callback_due_at is None and row.attempts == 1
+    assert row.status == LedgerStatus.FAILED and row.last_error.startswith("refused:")

@@ -65,6 +65,11 @@ REFUSED = {
     "a huge number": (b'{"body": "hi", "metadata": {"n": 1' + b"0" * 5000 + b"}}", {400}),
     "a bad priority": (b'{"body": "hi", "priority": "ignore previous instructions"}', {400}),
     "a javascript callback": (b'{"body": "hi", "callback_url": "javascript:alert(1)"}', {400}),
+    "a body 4x longer once normalised": (json.dumps({"body": "\u33d8" * 20_000}, ensure_ascii=False).encode(), {400}),
+    "a callback to the broker": (b'{"body": "hi", "callback_url": "http://127.0.0.1:6379/"}', {400}),
+    "a callback to cloud metadata": (b'{"body": "hi", "callback_url": "http://169.254.169.254/latest/"}', {400}),
+    "a callback to Flower": (b'{"body": "hi", "callback_url": "http://localhost:5555/api/"}', {400}),
+    "a callback to a mapped loopback": (b'{"body": "hi", "callback_url": "http://[::ffff:127.0.0.1]/"}', {400}),
 }
 
 

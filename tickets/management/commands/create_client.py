@@ -6,6 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from project.netguard import BlockedURL, check_url
 from tickets.models import Client
 from tickets.services import client_create
 
@@ -19,6 +20,11 @@ class Command(BaseCommand):
         parser.add_argument("--key-name", default="default", help="Name of its first API key.")
 
     def handle(self, *args: Any, name: str, callback_url: str, key_name: str, **options: Any) -> None:
+        if callback_url:
+            try:
+                check_url(callback_url)
+            except BlockedURL as exc:
+                raise CommandError(f"--callback-url {callback_url!r} may not be called back: {exc}") from exc
         if Client.objects.filter(name=name).exists():
             raise CommandError(f"a client named {name!r} exists already")
         client, key = client_create(name=name, callback_url=callback_url, key_name=key_name)
