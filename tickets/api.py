@@ -17,24 +17,30 @@ from drf_spectacular.utils import (
     extend_schema_field,
     inline_serializer,
 )
-from rest_framework import parsers, serializers, status
-from rest_framework.exceptions import NotFound, ParseError, ValidationError
+from rest_framework import serializers, status
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from agents.pipeline.human import ticket_replay
 from project.netguard import BlockedURL, check_url
 from project.textnorm import nfkc
+from tickets.api_base import (
+    METADATA_MAX_BYTES,
+    METADATA_MAX_DEPTH,
+    ClientApi,
+    InvalidCursor,
+    JSONParser,
+    MetadataField,
+    QueryText,
+)
 from tickets.backpressure import overloaded
 from tickets.models import IllegalTransition, Priority, Status, Ticket
-from tickets.schema import NO_NUL, errors
+from tickets.schema import errors
 from tickets.selectors import ticket_get, ticket_list, ticket_trace
 from tickets.services import IdempotencyConflict, ticket_create
 
-METADATA_MAX_BYTES = 8 * 1024
-METADATA_MAX_DEPTH = 5
 IDEMPOTENCY_KEY = re.compile(r"^[\x20-\x7e]{0,255}$")  # empty: no key
 
 
@@ -80,24 +86,6 @@ class StrictSerializer(serializers.Serializer):
             if wrong:
                 raise ValidationError(wrong)
         return super().to_internal_value(data)
-
-
-class InvalidCursor(NotFound):
-    default_detail = "no such page: pass `cursor` as the `next` or `previous` link gave it"
-    default_code = "invalid_cursor"
-
-
-@extend_schema_field(
-    {
-        "type": "object",
-        "additionalProperties": {},
-        # Limits the schema cannot state without making generated clients unusable (one model per level).
-        "description": f"Your own data, returned as given: any JSON object of at most {METADATA_MAX_BYTES} bytes, "
-        f"nested at most {METADATA_MAX_DEPTH} levels, with no NUL characters.",
-    }
-)
-class MetadataField(serializers.DictField):
-    pass
 
 
 class TicketInputSerializer(StrictSerializer):
@@ -227,14 +215,6 @@ class TicketCursorPagination(CursorPagination):
     max_page_size = 200
 
 
-@extend_schema_field({"type": "string", "pattern": NO_NUL})
-class QueryText(serializers.CharField):
-    """Query text taken as given: blank filters nothing, whitespace is not trimmed away into an error."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(required=False, allow_blank=True, trim_whitespace=False, **kwargs)
-
-
 class TicketFilterSerializer(StrictSerializer):
     status = serializers.ChoiceField(choices=Status.values, required=False)
     intent = QueryText()
@@ -253,28 +233,6 @@ TICKET_PAGE = inline_serializer(
         "results": TicketOutputSerializer(many=True),
     },
 )
-
-
-class JSONParser(parsers.JSONParser):
-    """DRF's, except that JSON nested past the interpreter's recursion limit is a 400, not a 500."""
-
-    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
-        try:
-            return super().parse(stream, media_type, parser_context)
-        except RecursionError as exc:
-            raise ParseError("JSON parse error - nested too deeply") from exc
-
-
-class ClientApi(APIView):
-    """An API view whose every answer to a client tells its rate limit."""
-
-    def finalize_response(self, request: Request, response: Response, *args: Any, **kwargs: Any) -> Response:
-        response = super().finalize_response(request, response, *args, **kwargs)
-        limit = getattr(request, "ratelimit", None)
-        if limit is not None:
-            for name, value in limit.headers().items():
-                response[name] = value
-        return response
 
 
 class TicketListCreateApi(ClientApi):

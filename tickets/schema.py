@@ -151,6 +151,10 @@ def postprocess(result: dict[str, Any], generator: Any, request: Any, public: bo
     request_body["additionalProperties"] = False
     for name, pattern in INPUT_PATTERNS.items():
         request_body["properties"][name]["pattern"] = pattern
+    request_body["properties"]["callback_url"]["description"] = (
+        "Where this ticket's webhook goes (default: the client's). http or https (https only in production), "
+        "to a host whose addresses are all public: a loopback, private, link-local or metadata address is refused."
+    )
     for item in result.get("webhooks", {}).values():
         item["post"]["parameters"] = [
             {"in": "header", "name": name, "required": True, "schema": {"type": "string"}, "description": text}
