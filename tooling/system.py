@@ -110,7 +110,8 @@ class System:
             WEBHOOK_TIMEOUT_SECONDS="3",
             CALLBACK_MAX_ATTEMPTS="30",
             CALLBACK_RETRY_SCHEDULE="1s,2s",
-            CALLBACK_ALLOWED_HOSTS="127.0.0.1",  # the suite's callback and downstream recorders
+            # The suite's own callback and downstream recorders, and nothing else on this host.
+            CALLBACK_ALLOWED_HOSTS=f"127.0.0.1:{self.callbacks.port},127.0.0.1:{self.downstream.port}",
             INTENT_PACK=str(PACK),
         )
         if self.llm_base_url:  # the Claude tier, against the simulator: no rate limit of ours in the way
