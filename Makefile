@@ -9,15 +9,23 @@ VENV ?= .venv
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install run test services services-stop bootstrap lint clean bench
+.PHONY: install lock run test services services-stop bootstrap lint clean bench
 
-$(VENV)/.installed: requirements.txt
+# requirements.txt is the development lock (requirements/dev.txt, with hashes): pip checks every
+# package's hash. The image installs requirements/runtime.txt alone (Dockerfile).
+$(VENV)/.installed: requirements.txt requirements/*.txt
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --require-hashes -r requirements.txt
 	touch $@
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed  ## what `make run` and `make test` need, from the hashed lock
+
+LOCK_SETS := runtime training bench dev
+lock: install  ## compile requirements/*.in into the hashed locks (requirements/*.txt)
+	cd requirements && for set in $(LOCK_SETS); do \
+	  uv pip compile --quiet --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+	    --no-header --annotation-style line $$set.in -o $$set.txt || exit 1; done
 
 services: install  ## start the embedded Postgres and Redis (a no-op when URLs are set)
 	@[ -n "$$DATABASE_URL" ] && [ -n "$$REDIS_URL" ] || python -m project.embedded start

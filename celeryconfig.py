@@ -84,3 +84,29 @@ beat_schedule = {
     "retrain-local-model": {"task": "agents.retrain_local_model", "schedule": timedelta(hours=6)},
     "thresholds-follow-reviewers": {"task": "agents.thresholds_follow_reviewers", "schedule": timedelta(hours=1)},
 }
+
+
+# --- Broker options (deploy, #14): RabbitMQ as a first-class broker --------------------------------
+# On AMQP every queue is a quorum queue (replicated, durable; a message survives a broker node).
+# Quorum queues have no global QoS: Celery sees the x-queue-type argument and uses per-consumer
+# prefetch (worker_detect_quorum_queues). A countdown (retries, the callbacks' window) then goes
+# through RabbitMQ's native delayed delivery, which needs the queues bound to topic exchanges;
+# the queue's name stays its routing key, so routes by queue name are unchanged.
+worker_detect_quorum_queues = True
+task_create_missing_queue_type = "classic"
+if broker_url.startswith(("amqp://", "amqps://", "pyamqp://")):
+    from kombu import Exchange
+
+    task_create_missing_queue_type = "quorum"
+    task_default_queue_type = "quorum"
+    task_default_exchange_type = "topic"
+    task_queues = [
+        Queue(q.name, Exchange(q.name, type="topic"), routing_key=q.name, queue_arguments={"x-queue-type": "quorum"})
+        for q in task_queues
+    ]
+    # Publisher confirms: a publish returns once the broker has the message (a ticket's first
+    # hop is published on commit; without a confirm a broker crash could drop it unseen, leaving
+    # it to the sweeper).
+    broker_transport_options = {"confirm_publish": True}
+    broker_heartbeat = 30
+# --- end of the broker options ---

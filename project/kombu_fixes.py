@@ -1,4 +1,5 @@
-"""A fix for a race in kombu's Redis transport that leaves a thread-pool worker silently dead.
+"""Two fixes for kombu 5.7.0: a countdown under a second on RabbitMQ (`_routing_key`, below), and
+a race in kombu's Redis transport that leaves a thread-pool worker silently dead:
 
 When the broker connection drops, the consumer restarts and closes its channels; closing a channel
 hands its delivered-but-unacknowledged messages back (`QoS.restore_unacked`). If the transport's
@@ -21,6 +22,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from kombu.transport import native_delayed_delivery
 from kombu.transport import redis as kombu_redis
 
 log = logging.getLogger(__name__)
@@ -40,7 +42,27 @@ def _restore_unacked(self: Any, client: Any = None) -> Any:
     return _original(self, client)
 
 
+_original_routing_key = native_delayed_delivery.calculate_routing_key
+_NO_DELAY = "0." * native_delayed_delivery.MAX_NUMBER_OF_BITS_TO_USE
+
+
+def _routing_key(countdown: int, routing_key: str) -> str:
+    """RabbitMQ's native delayed delivery for a countdown under a second (kombu 5.7.0).
+
+    Celery publishes a countdown through the delay exchanges with `int(countdown)` whole seconds,
+    and kombu refuses 0 — so every countdown between 0 and 1 s (a retry's jittered backoff, the
+    callbacks' 100 ms window) raised ValueError on RabbitMQ with quorum queues. A zero delay routes
+    the message straight through the topology; the worker waits out the rest from the message's eta.
+    """
+    if countdown < 1 and routing_key:
+        return _NO_DELAY + native_delayed_delivery._delay_prefix_re.sub("", routing_key, count=1)
+    return _original_routing_key(countdown, routing_key)
+
+
 def apply() -> None:
-    """Install the fix (idempotent)."""
+    """Install the fixes (idempotent)."""
     if kombu_redis.QoS.restore_unacked is not _restore_unacked:
         kombu_redis.QoS.restore_unacked = _restore_unacked
+    from celery.app import base as celery_base
+
+    celery_base.calculate_routing_key = _routing_key

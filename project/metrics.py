@@ -11,8 +11,9 @@ one scrape. Without it, a scrape sees this process's registry (the in-process te
 - A worker host without the API sets `WORKER_METRICS_PORT`: on `worker_ready` each worker tries
   to serve the host's directory on that port; the first to bind serves, the others skip.
 
-State gauges (queue depth, unacked messages, pending dead letters, the review backlog, the
-budget and SLA that alerts compare against) are global facts read from Redis and Postgres. Only
+State gauges (queue depth, unacked messages, live workers and the tasks they hold per queue, pending
+dead letters, the review backlog, the budget and SLA that alerts compare against) are global facts
+read from the broker, Redis and Postgres. Only
 the API reports them, cached for a few seconds; every API instance reports the same numbers, so
 dashboards and alerts take `max()` across instances. This module may see every app; reviews is
 reached through the app registry so that nothing here imports it at load time.
@@ -20,6 +21,7 @@ reached through the app registry so that nothing here imports it at load time.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -58,11 +60,12 @@ def broker_queue_names() -> list[str]:
 
 
 def queue_depths(queues: Iterable[str]) -> tuple[dict[str, int], int | None]:
-    """Messages waiting per queue, and messages delivered but not yet acknowledged.
+    """Messages waiting per queue, and (Redis only) messages delivered but not yet acknowledged.
 
     On Redis, a queue is a list per priority step (`name`, then `name\\x06\\x163`, ... with kombu's
     separator), under the transport's global key prefix; kombu's channel knows all three, so we ask
-    it for the key names and LLEN them in one round trip. Other brokers answer a passive declare.
+    it for the key names and LLEN them in one round trip. On RabbitMQ a passive declare reports a
+    queue's ready messages (what workers hold is in `pipeline_queue_in_flight`, project/health.py).
     """
     from project.celery import app
 
@@ -70,7 +73,7 @@ def queue_depths(queues: Iterable[str]) -> tuple[dict[str, int], int | None]:
     with app.connection_for_read() as conn:
         channel = conn.default_channel
         if not hasattr(channel, "_q_for_pri"):  # not Redis
-            return {q: channel.queue_declare(queue=q, passive=True).message_count for q in queues}, None
+            return {q: _declared_depth(conn, q) for q in queues}, None
         steps = channel.priority_steps
         with channel.conn_or_acquire() as client, client.pipeline() as pipe:
             for q in queues:
@@ -84,6 +87,19 @@ def queue_depths(queues: Iterable[str]) -> tuple[dict[str, int], int | None]:
         depths[q] = sum(int(s) for s in sizes[i : i + n])
         i += n
     return depths, unacked
+
+
+def _declared_depth(conn: Any, queue: str) -> int:
+    """A queue's ready messages by a passive declare, on a channel of its own: a queue nobody
+    declared yet holds nothing, and the error that says so closes the channel it was asked on."""
+    channel = conn.channel()
+    try:
+        return int(channel.queue_declare(queue=queue, passive=True).message_count)
+    except conn.channel_errors:
+        return 0
+    finally:
+        with contextlib.suppress(Exception):
+            channel.close()
 
 
 def dead_letters_pending() -> int:
@@ -129,7 +145,7 @@ class PipelineStateCollector:
             "pipeline_state_scrape_error", "1 when a state source could not be read.", labels=["source"]
         )
         out: list[Metric] = []
-        for source, read in (("redis", self._broker), ("postgres", self._database)):
+        for source, read in (("redis", self._broker), ("postgres", self._database), ("workers", self._workers)):
             try:
                 out.extend(read())
                 errors.add_metric([source], 0)
@@ -157,6 +173,23 @@ class PipelineStateCollector:
                 )
             )
         return out
+
+    def _workers(self) -> list[Metric]:
+        from project.health import queue_workers
+
+        workers, in_flight = queue_workers(broker_queue_names())
+        live = GaugeMetricFamily(
+            "pipeline_queue_workers", "Live workers consuming a queue (heartbeat within 17 s).", labels=["queue"]
+        )
+        held = GaugeMetricFamily(
+            "pipeline_queue_in_flight",
+            "Tasks from a queue that live workers hold (reserved or running).",
+            labels=["queue"],
+        )
+        for queue in sorted(workers):
+            live.add_metric([queue], workers[queue])
+            held.add_metric([queue], in_flight[queue])
+        return [live, held]
 
     def _database(self) -> list[Metric]:
         letters = GaugeMetricFamily(

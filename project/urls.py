@@ -7,12 +7,9 @@ from django.views import defaults
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from project import health
 from project.access import internal_only
 from project.metrics import metrics_view
-
-
-def healthz(request: HttpRequest) -> JsonResponse:
-    return JsonResponse({"status": "ok"})
 
 
 @csrf_exempt
@@ -41,6 +38,7 @@ urlpatterns = [
         name="swagger-ui",
     ),
     re_path(r"^api/(?P<rest>.*)$", api_not_found),
-    path("healthz", healthz),
+    path("healthz", health.healthz),
+    path("readyz", health.readyz),
     path("metrics", internal_only(metrics_view), name="prometheus-django-metrics"),
 ]

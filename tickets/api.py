@@ -298,7 +298,7 @@ class TicketListCreateApi(ClientApi):
             raise ValidationError({"Idempotency-Key": "at most 255 printable ASCII characters"})
         serializer = TicketInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        if overloaded():
+        if overloaded(request.user.pk):
             return Response(
                 {"error": "overloaded", "detail": "too much work queued; retry later"},
                 status=status.HTTP_503_SERVICE_UNAVAILABLE,

@@ -33,7 +33,7 @@ from typing import Any
 import httpx
 import psycopg
 
-from tests.reliability.recorder import Recorder
+from tooling.recorder import Recorder
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = ROOT / ".venv" / "bin" if (ROOT / ".venv" / "bin" / "celery").exists() else Path(sys.executable).parent
@@ -119,6 +119,8 @@ class System:
             env.update(LLM_SMALL_RPM="60000", LLM_LARGE_RPM="60000", LLM_TIMEOUT_SECONDS="3", LLM_MAX_WAIT_SECONDS="5")
         else:
             env.pop("ANTHROPIC_API_KEY", None)
+        if os.environ.get("RELIABILITY_BROKER_URL"):  # e.g. RabbitMQ (a vhost of its own); default: the embedded Redis
+            env["CELERY_BROKER_URL"] = os.environ["RELIABILITY_BROKER_URL"]
         env.update(self.extra_env)
         return env
 

@@ -21,3 +21,8 @@ globals().update(
         {**DATABASES["default"], "TEST": {"NAME": f"test_agents_{TEST_RUN_ID}"}}, _redis, key_prefix=BROKER_KEY_PREFIX
     )
 )
+# --- Deploy (#14): TEST_BROKER_URL runs the session on another broker, e.g. RabbitMQ:
+# amqp://guest:guest@127.0.0.1:5672/<vhost>. Give each session a vhost of its own (.ci/run makes one
+# per run); on Redis the session's key prefix keeps sessions apart.
+if env.str("TEST_BROKER_URL", default=""):
+    CELERY_BROKER_URL = env.str("TEST_BROKER_URL")

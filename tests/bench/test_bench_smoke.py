@@ -4,7 +4,12 @@ report. No timing is asserted (this machine is shared); that every ticket ended 
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from tooling.bench import plan, report
 from tooling.bench.progress import Progress
@@ -30,9 +35,18 @@ LOAD_PHASE = {"offered", "sent", "accepted", "terminal_per_s", "api_ms", "e2e_ms
 LOAD_PHASE |= {"overhead_ms", "processes", "round_trips", "round_trips_per_ticket", "cpu_ms_per_ticket"}
 
 
-def test_a_short_run_reports_every_figure_and_every_ticket_ends(tmp_path: Path) -> None:
+@pytest.fixture
+def out() -> Iterator[Path]:
+    """A directory of the test's own under /tmp: the embedded Postgres runs as another user, who must
+    reach it through every parent (pytest's base temp is private to root, and other sessions change it)."""
+    path = Path(tempfile.mkdtemp(prefix="bench-smoke-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_a_short_run_reports_every_figure_and_every_ticket_ends(out: Path) -> None:
     cfg = Config(
-        out=tmp_path / "bench",
+        out=out / "bench",
         seconds=3.0,
         concurrency=6,
         fractions=(0.5,),

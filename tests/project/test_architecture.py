@@ -78,3 +78,9 @@ def test_the_product_never_imports_the_tooling_or_the_tests():
 def test_no_product_file_is_longer_than_the_limit():
     long = {str(p.relative_to(ROOT)): n for p in product_files() if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert not long, long
+
+
+def test_the_tooling_never_imports_the_tests():
+    files = list((ROOT / "tooling").rglob("*.py"))
+    offenders = {module_of(p): sorted(m for m in imports_at_load(p) if m.split(".")[0] == "tests") for p in files}
+    assert not {k: v for k, v in offenders.items() if v}

@@ -12,6 +12,7 @@ import pytest
 from rest_framework.renderers import JSONRenderer
 from rest_framework.test import APIClient
 
+from agents.pipeline.spec import lane_of
 from tests.factories import ticket_make, ticket_payload
 from tickets.models import Status, Ticket
 
@@ -263,29 +264,51 @@ def test_the_openapi_schema_and_swagger_ui_are_served_without_internet(client):
     assert b"swagger-ui" in docs.content and b"cdn.jsdelivr" not in docs.content
 
 
-def test_past_the_queue_bound_new_work_is_refused_with_503_and_nothing_is_stored(http, settings):
+def _queue_messages(queue: str, n: int) -> None:
     from celery import current_app
     from kombu import Queue
+
+    with current_app.connection_for_write() as conn:
+        producer = conn.Producer()
+        for _ in range(n):
+            producer.publish({"noop": True}, routing_key=queue, declare=[Queue(queue)])
+
+
+@pytest.fixture
+def bounded(settings):
+    """Backpressure at a bound of 8 queued messages (one per lane), the queues empty before and after."""
+    from celery import current_app
 
     from tickets import backpressure
 
     current_app.control.purge()
-    with current_app.connection_for_write() as conn:
-        producer = conn.Producer()
-        for _ in range(3):
-            producer.publish({"noop": True}, routing_key="parse", declare=[Queue("parse")])
-    settings.BACKPRESSURE_MAX_QUEUED = 2
+    settings.BACKPRESSURE_MAX_QUEUED = 8
     backpressure.reset()
-    try:
-        response = post(http)
-        assert response.status_code == 503
-        assert response.json()["error"] == "overloaded" and int(response["Retry-After"]) > 0
-        assert Ticket.objects.count() == 0
-    finally:
-        current_app.control.purge()
-        backpressure.reset()
-    settings.BACKPRESSURE_MAX_QUEUED = 50_000
-    assert post(http).status_code == 202
+    yield backpressure
+    current_app.control.purge()
+    backpressure.reset()
+
+
+def test_a_full_lane_refuses_its_clients_new_work_with_503_and_stores_nothing(api, bounded):
+    flooding, flooder = api("flooding")
+    quiet, other = api("quiet")
+    assert lane_of("parse", flooder.pk) != lane_of("parse", other.pk)
+    _queue_messages(lane_of("parse", flooder.pk), 3)  # its lane's share of the bound is 1
+
+    refused = post(flooding)
+    assert refused.status_code == 503
+    assert refused.json()["error"] == "overloaded" and int(refused["Retry-After"]) > 0
+    assert Ticket.objects.count() == 0
+    assert post(quiet).status_code == 202  # another lane: another client's flood does not refuse it
+
+
+def test_past_the_bound_of_the_shared_queues_everyone_is_refused(api, bounded):
+    http, _ = api("one")
+    other, _ = api("two")
+    _queue_messages("classify", 9)
+
+    assert post(http).status_code == 503 and post(other).status_code == 503
+    assert Ticket.objects.count() == 0
 
 
 def test_every_answer_to_a_client_tells_its_rate_limit(http):

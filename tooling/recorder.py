@@ -39,6 +39,10 @@ class Recorder:
     delay: float = 0.0  # seconds before answering: widens the window in which a caller can die
     refuse_paths: tuple[str, ...] = ("/refuse",)  # answered 422: a downstream that always says no
     fail_first: bool = False  # answer each key's first request 503 (not applied): a flaky partner
+    # Paths under this prefix answer a byte at a time, `trickle_every` seconds apart: an endpoint
+    # that holds a caller for minutes unless the caller keeps a deadline over the whole request.
+    trickle_prefix: str = "/trickle"
+    trickle_every: float = 2.0
     failed_once: set[str] = field(default_factory=set)
     receipts: list[Receipt] = field(default_factory=list)
     applied_keys: set[str] = field(default_factory=set)
@@ -97,6 +101,9 @@ class Recorder:
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 receipt = recorder._receive(self.path, self.headers.get("Idempotency-Key", ""), raw)
                 try:
+                    if self.path.startswith(recorder.trickle_prefix):
+                        self._trickle()
+                        return
                     if recorder.delay:
                         time.sleep(recorder.delay)
                     payload = json.dumps({"applied": receipt.applied}).encode()
@@ -112,6 +119,17 @@ class Recorder:
                 finally:
                     with recorder.lock:
                         recorder.in_flight -= 1
+
+            def _trickle(self) -> None:
+                payload = b'{"ok": true, "padding": "' + b"." * 40 + b'"}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                for byte in payload:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(recorder.trickle_every)
 
             def log_message(self, *args: Any) -> None:
                 pass

@@ -1,0 +1,53 @@
+# syntax=docker/dockerfile:1
+# One image for every role, chosen by its command (docs/deploy.md):
+#   web          gunicorn project.wsgi:application --bind 0.0.0.0:8000 ...      (the default CMD)
+#   cpu worker   celery -A project worker -Q parse,classify,decide,escalate --pool prefork ...
+#   io worker    celery -A project worker -Q execute,webhooks --pool threads ...
+#   llm worker   celery -A project worker -Q llm --pool threads ...
+#   maintenance  celery -A project worker -Q maintenance --pool solo ...
+#   beat         celery -A project beat ...                                      (exactly one)
+#   flower       celery -A project flower ...
+#   init         deploy/init  (migrate, load the intent pack, train the local model if none is active)
+# Runtime dependencies only (requirements/runtime.txt, hashed); no test, bench or embedded-server
+# packages. Build: docker build -t agent-pipeline .
+
+ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm
+
+# --- build: a virtualenv with the locked runtime set, and the collected static files ------------
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+RUN python -m venv /opt/venv
+COPY requirements/runtime.txt /tmp/runtime.txt
+RUN /opt/venv/bin/pip install --require-hashes --no-deps -r /tmp/runtime.txt
+WORKDIR /app
+COPY . .
+# Production settings need a key (50+ characters), a database and a Redis URL to import; nothing
+# connects while collecting, and this key exists only in this build step.
+RUN DJANGO_ENV=production SECRET_KEY=collectstatic-only-build-step-key-never-used-to-sign-anything \
+    ALLOWED_HOSTS=localhost \
+    DATABASE_URL=postgres://build@127.0.0.1:1/build REDIS_URL=redis://127.0.0.1:1/0 \
+    /opt/venv/bin/python manage.py collectstatic --noinput -v0
+
+# --- runtime: the venv, the code and the static files, as an unprivileged user ----------------------
+FROM ${PYTHON_IMAGE} AS runtime
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    DJANGO_ENV=production \
+    DJANGO_SETTINGS_MODULE=project.settings \
+    HF_HUB_OFFLINE=1 \
+    PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus \
+    WORKER_HEARTBEAT_FILE=/tmp/celery-worker-alive \
+    TRACE_ARCHIVE_DIR=/data/archive/traces
+RUN groupadd --system --gid 10001 app \
+    && useradd --system --uid 10001 --gid app --home-dir /app --no-create-home --shell /usr/sbin/nologin app \
+    && mkdir -p /data/archive/traces /tmp/prometheus \
+    && chown -R app:app /data /tmp/prometheus
+COPY --from=build /opt/venv /opt/venv
+WORKDIR /app
+COPY --from=build /app /app
+USER 10001:10001
+EXPOSE 8000 5555 9808
+CMD ["gunicorn", "project.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "2", "--threads", "4", "--access-logfile", "-", "--log-level", "warning"]
