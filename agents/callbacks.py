@@ -26,6 +26,7 @@ from agents.tools import http_client
 from project.netguard import OutboundBlocked
 from project.redisconn import redis_client
 from tickets.models import TERMINAL, Client, Ticket
+from tickets.webhooks import webhook_headers
 
 _log = logging.getLogger(__name__)
 
@@ -298,7 +299,7 @@ def _post(due: _Due) -> None:
     body = json.dumps(callback_payload(due.ticket), separators=(",", ":")).encode()
     headers = {
         "Content-Type": "application/json",
-        SIGNATURE_HEADER: sign(due.secret, body, int(time.time())),
+        **webhook_headers(secret=due.secret, msg_id=due.key, body=body),
         "Idempotency-Key": due.key,
     }
     try:

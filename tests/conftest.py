@@ -146,6 +146,19 @@ class Recorder:
         self.server.server_close()
 
 
+def verified(secret: str, request: dict[str, Any]) -> bool:
+    """Whether a recorded callback verifies under `secret` with the Standard Webhooks library, as a
+    client's receiver would verify it."""
+    from standardwebhooks import Webhook
+    from standardwebhooks.webhooks import WebhookVerificationError
+
+    try:
+        Webhook(secret).verify(request["body"], request["headers"])
+    except WebhookVerificationError:
+        return False
+    return True
+
+
 @pytest.fixture
 def recorder() -> Iterator[Recorder]:
     rec = Recorder()

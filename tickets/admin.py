@@ -1,15 +1,96 @@
+"""Clients, their API keys and tickets in the admin: a UI over the services. A new key or webhook
+secret is shown once, in the message after the save; only its prefix stays visible."""
+
 from __future__ import annotations
 
-from django.contrib import admin
+from typing import Any
 
-from tickets.models import Client, Ticket
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils import timezone
+
+from tickets.models import ApiKey, Client, Ticket
+from tickets.services import api_key_create, api_key_revoke, api_key_rotate
+from tickets.webhooks import DEFAULT_OVERLAP, webhook_secret_rotate
+
+SHOWN_ONCE = "copy it now, it is not shown again"
+
+
+class ApiKeyInline(admin.TabularInline):
+    model = ApiKey
+    fields = readonly_fields = ["name", "prefix", "created_at", "expires_at", "revoked_at", "last_used_at"]
+    extra = 0
+    can_delete = False
+    show_change_link = True
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # a key is added from the API keys page, which shows it once
 
 
 @admin.register(Client)
 class ClientAdmin(admin.ModelAdmin):
-    list_display = ["name", "token_prefix", "is_active", "callback_url", "created_at"]
-    readonly_fields = ["token_hash", "token_prefix", "created_at"]
+    list_display = ["name", "is_active", "callback_url", "created_at"]
+    fields = ["name", "callback_url", "is_active", "signing_secret", "webhook_secret_previous_until", "created_at"]
+    readonly_fields = ["signing_secret", "webhook_secret_previous_until", "created_at"]
     search_fields = ["name"]
+    inlines = [ApiKeyInline]
+    actions = ["rotate_webhook_secret"]
+
+    @admin.display(description="Webhook signing secret")
+    def signing_secret(self, obj: Client) -> str:
+        return f"{obj.webhook_secret[:10]}…" if obj.webhook_secret else "(made on save)"
+
+    def save_model(self, request: HttpRequest, obj: Client, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if not change:
+            _, key = api_key_create(client=obj, name="default")
+            messages.warning(
+                request,
+                f"Client {obj.name!r}: API key {key} — webhook signing secret {obj.webhook_secret} — {SHOWN_ONCE}.",
+            )
+
+    @admin.action(description=f"Rotate the webhook signing secret (the old one signs too for {DEFAULT_OVERLAP})")
+    def rotate_webhook_secret(self, request: HttpRequest, queryset: QuerySet[Client]) -> None:
+        for client in queryset:
+            secret = webhook_secret_rotate(client=client)
+            messages.warning(request, f"Client {client.name!r}: new webhook signing secret {secret} — {SHOWN_ONCE}.")
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    list_display = ["name", "client", "prefix", "created_at", "expires_at", "revoked_at", "last_used_at"]
+    list_filter = ["client"]
+    search_fields = ["name", "prefix", "client__name"]
+    actions = ["revoke", "rotate"]
+
+    def get_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
+        if obj is None:
+            return ["client", "name", "expires_at"]
+        return ["client", "name", "prefix", "created_at", "expires_at", "revoked_at", "last_used_at"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> list[str]:
+        return [] if obj is None else ["client", "prefix", "created_at", "revoked_at", "last_used_at"]
+
+    def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
+        if change:
+            return super().save_model(request, obj, form, change)
+        new, key = api_key_create(client=obj.client, name=obj.name, expires_at=obj.expires_at)
+        obj.pk, obj.prefix, obj.key_hash, obj.created_at = new.pk, new.prefix, new.key_hash, new.created_at
+        messages.warning(request, f"API key {obj.name!r} of {obj.client}: {key} — {SHOWN_ONCE}.")
+
+    @admin.action(description="Revoke now")
+    def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        now = timezone.now()
+        for key in queryset:
+            api_key_revoke(key=key, at=now)
+        messages.success(request, f"Revoked {len(queryset)} key(s).")
+
+    @admin.action(description=f"Rotate (the old key keeps working for {DEFAULT_OVERLAP})")
+    def rotate(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        for key in queryset.select_related("client"):
+            new, secret = api_key_rotate(key=key, grace=DEFAULT_OVERLAP)
+            messages.warning(request, f"API key {new.name!r} of {new.client}: {secret} — {SHOWN_ONCE}.")
 
 
 @admin.register(Ticket)

@@ -3,29 +3,45 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from django.conf import settings
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, inline_serializer
-from rest_framework import parsers, serializers, status
-from rest_framework.exceptions import NotFound, ParseError, ValidationError
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_field,
+    inline_serializer,
+)
+from rest_framework import serializers, status
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from agents.pipeline.human import ticket_replay
 from project.netguard import BlockedURL, check_url
 from project.textnorm import nfkc
+from tickets.api_base import (
+    METADATA_MAX_BYTES,
+    METADATA_MAX_DEPTH,
+    ClientApi,
+    InvalidCursor,
+    JSONParser,
+    MetadataField,
+    QueryText,
+)
 from tickets.backpressure import overloaded
 from tickets.models import IllegalTransition, Priority, Status, Ticket
+from tickets.schema import errors
 from tickets.selectors import ticket_get, ticket_list, ticket_trace
 from tickets.services import IdempotencyConflict, ticket_create
 
-METADATA_MAX_BYTES = 8 * 1024
-METADATA_MAX_DEPTH = 5
+IDEMPOTENCY_KEY = re.compile(r"^[\x20-\x7e]{0,255}$")  # empty: no key
 
 
 def _check_text(value: Any, path: str = "value") -> None:
@@ -77,7 +93,7 @@ class TicketInputSerializer(StrictSerializer):
     channel = serializers.RegexField(r"^[a-z0-9_-]{1,32}$", required=False, default="api")
     subject = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
     body = serializers.CharField(max_length=settings.TICKET_BODY_MAX_CHARS, trim_whitespace=True)
-    metadata = serializers.DictField(required=False, default=dict)
+    metadata = MetadataField(required=False, default=dict)
     priority = serializers.ChoiceField(
         choices=[label for _, label in Priority.choices], required=False, default="normal"
     )
@@ -201,14 +217,13 @@ class TicketCursorPagination(CursorPagination):
 
 class TicketFilterSerializer(StrictSerializer):
     status = serializers.ChoiceField(choices=Status.values, required=False)
-    intent = serializers.CharField(max_length=100, required=False)
+    intent = QueryText()
     created_after = serializers.DateTimeField(required=False)
     created_before = serializers.DateTimeField(required=False)
-    cursor = serializers.CharField(required=False)
+    cursor = QueryText()
     page_size = serializers.IntegerField(required=False, min_value=1, max_value=200)
 
 
-ERROR = inline_serializer("Error", {"error": serializers.CharField(), "detail": serializers.JSONField()})
 # What TicketCursorPagination answers (an APIView's pagination is invisible to drf-spectacular).
 TICKET_PAGE = inline_serializer(
     "PaginatedTicketList",
@@ -220,48 +235,67 @@ TICKET_PAGE = inline_serializer(
 )
 
 
-class JSONParser(parsers.JSONParser):
-    """DRF's, except that JSON nested past the interpreter's recursion limit is a 400, not a 500."""
-
-    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
-        try:
-            return super().parse(stream, media_type, parser_context)
-        except RecursionError as exc:
-            raise ParseError("JSON parse error - nested too deeply") from exc
-
-
-class TicketListCreateApi(APIView):
+class TicketListCreateApi(ClientApi):
     """Submit a request; list your requests."""
 
     parser_classes = [JSONParser]
 
     @extend_schema(
+        operation_id="tickets_create",
+        summary="Submit a request",
         request=TicketInputSerializer,
+        examples=[
+            OpenApiExample(
+                "A card that has not arrived",
+                request_only=True,
+                value={
+                    "body": "My new card still has not arrived, it has been two weeks.",
+                    "customer_ref": "cust-1042",
+                    "channel": "email",
+                    "priority": "normal",
+                    "metadata": {"locale": "en-GB"},
+                    "callback_url": "https://hooks.example.com/tickets",
+                },
+            ),
+        ],
         parameters=[
             OpenApiParameter(
                 "Idempotency-Key",
+                {"type": "string", "pattern": IDEMPOTENCY_KEY.pattern},
+                OpenApiParameter.HEADER,
+                description="Retries with the same key return the same ticket (200); the same key with "
+                "another body is a 409. Up to 255 printable ASCII characters (a UUID is a good key); empty is none.",
+            ),
+            OpenApiParameter(
+                "Location",
                 OpenApiTypes.STR,
                 OpenApiParameter.HEADER,
-                description="Retries with the same key return the same ticket.",
-            )
+                response=[200, 202],
+                required=True,
+                description="The ticket's URL.",
+            ),
+            OpenApiParameter(
+                "Idempotent-Replayed",
+                OpenApiTypes.STR,
+                OpenApiParameter.HEADER,
+                response=[200],
+                enum=["true"],
+                required=True,
+                description="This is the ticket an earlier request with the key made.",
+            ),
         ],
         responses={
-            200: TicketOutputSerializer,
-            202: TicketOutputSerializer,
-            400: ERROR,
-            401: ERROR,
-            409: ERROR,
-            413: ERROR,
-            429: ERROR,
-            503: ERROR,
+            200: OpenApiResponse(TicketOutputSerializer, description="A retry: the ticket the key made before."),
+            202: OpenApiResponse(TicketOutputSerializer, description="Accepted: the pipeline starts on it."),
+            **errors(400, 409, 413, 415),
         },
     )
     def post(self, request: Request) -> Response:
         if not isinstance(request.data, dict):
             raise ValidationError({"non_field_errors": "the body must be a JSON object"})
         key = request.headers.get("Idempotency-Key") or None
-        if key is not None and (len(key) > 255 or not key.isprintable()):
-            raise ValidationError({"Idempotency-Key": "at most 255 printable characters"})
+        if key is not None and not IDEMPOTENCY_KEY.fullmatch(key):
+            raise ValidationError({"Idempotency-Key": "at most 255 printable ASCII characters"})
         serializer = TicketInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         if overloaded(request.user.pk):
@@ -281,8 +315,10 @@ class TicketListCreateApi(APIView):
         return Response(body, status=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK, headers=headers)
 
     @extend_schema(
+        operation_id="tickets_list",
+        summary="List your requests",
         parameters=[TicketFilterSerializer],
-        responses={200: TICKET_PAGE, 400: ERROR, 401: ERROR, 429: ERROR},
+        responses={200: TICKET_PAGE, **errors(400, 404)},
     )
     def get(self, request: Request) -> Response:
         filters = TicketFilterSerializer(data=request.query_params.dict())
@@ -291,15 +327,19 @@ class TicketListCreateApi(APIView):
         paginator = TicketCursorPagination()
         try:
             page = paginator.paginate_queryset(ticket_list(client=request.user, **params), request, view=self)
-        except NotFound as exc:  # DRF's answer to a cursor it cannot decode: a bad parameter, not a 404
-            raise ValidationError({"cursor": "invalid cursor"}) from exc
+        except NotFound as exc:  # a cursor this API did not give: no such page (any string is a valid cursor)
+            raise InvalidCursor from exc
         return paginator.get_paginated_response(TicketOutputSerializer(page, many=True).data)
 
 
-class TicketDetailApi(APIView):
+class TicketDetailApi(ClientApi):
     """A ticket's status, resolution and ordered trace."""
 
-    @extend_schema(responses={200: TicketDetailSerializer, 401: ERROR, 404: ERROR})
+    @extend_schema(
+        operation_id="tickets_retrieve",
+        summary="A request's outcome",
+        responses={200: TicketDetailSerializer, **errors(404)},
+    )
     def get(self, request: Request, ticket_id: str) -> Response:
         ticket = ticket_get(client=request.user, ticket_id=ticket_id)
         if ticket is None:
@@ -307,10 +347,15 @@ class TicketDetailApi(APIView):
         return Response(TicketDetailSerializer(ticket).data)
 
 
-class TicketReplayApi(APIView):
+class TicketReplayApi(ClientApi):
     """Re-run a dead-lettered ticket from the stage that failed."""
 
-    @extend_schema(request=None, responses={202: TicketOutputSerializer, 401: ERROR, 404: ERROR, 409: ERROR})
+    @extend_schema(
+        operation_id="tickets_replay",
+        summary="Replay a dead letter",
+        request=None,
+        responses={202: TicketOutputSerializer, **errors(404, 409)},
+    )
     def post(self, request: Request, ticket_id: str) -> Response:
         ticket = ticket_get(client=request.user, ticket_id=ticket_id)
         if ticket is None:

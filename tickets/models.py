@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import secrets
 import uuid
 
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 from tickets.states import (  # noqa: F401 - re-exported: the states belong with the ticket
     IN_FLIGHT,
@@ -19,17 +21,27 @@ from tickets.states import (  # noqa: F401 - re-exported: the states belong with
 
 
 def hash_token(token: str) -> str:
-    """Tokens are stored as SHA-256: they are long random strings, so no slow hash is needed."""
+    """API keys are stored as SHA-256: they are long random strings, so no slow hash is needed (a
+    slow one would cost every request its CPU), and one indexed read finds the key."""
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+WEBHOOK_SECRET_PREFIX = "whsec_"
+
+
+def webhook_secret_new() -> str:
+    """A Standard Webhooks signing secret: `whsec_` and 32 random bytes in base64."""
+    return WEBHOOK_SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
 class Client(models.Model):
-    """A tenant of the API; every ticket belongs to one."""
+    """A tenant of the API; every ticket belongs to one. It authenticates with its API keys."""
 
     name = models.CharField(max_length=200, unique=True)
-    token_hash = models.CharField(max_length=64, unique=True)
-    token_prefix = models.CharField(max_length=12, help_text="First characters, to recognise a token.")
-    webhook_secret = models.CharField(max_length=64, default=secrets.token_hex)
+    webhook_secret = models.CharField(max_length=128, unique=True, default=webhook_secret_new)
+    # After a rotation the previous secret signs too (a second signature) until this time.
+    webhook_secret_previous = models.CharField(max_length=128, blank=True, default="")
+    webhook_secret_previous_until = models.DateTimeField(null=True, blank=True)
     callback_url = models.URLField(blank=True, default="", help_text="Default callback for tickets.")
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -40,6 +52,35 @@ class Client(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class ApiKey(models.Model):
+    """A named bearer key of a client: shown once, stored as its SHA-256, recognised by its prefix.
+
+    Not djangorestframework-api-key's model: its keys are `<prefix>.<secret>`, found by prefix and
+    checked with a hasher through the ORM (and tokens issued before keys existed would not fit);
+    here the whole key's SHA-256 is the lookup, one indexed read the auth check already made.
+    """
+
+    client = models.ForeignKey(Client, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, help_text="The key's first characters, to recognise it.")
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="Refused from this time on.")
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, help_text="To the minute.")
+
+    class Meta:
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def is_usable(self) -> bool:
+        now = timezone.now()
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
 
 
 class Priority(models.IntegerChoices):

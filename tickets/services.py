@@ -1,4 +1,4 @@
-"""Ticket services: accept a request, exactly once per idempotency key."""
+"""Ticket services: accept a request, exactly once per idempotency key; clients and their API keys."""
 
 from __future__ import annotations
 
@@ -6,13 +6,15 @@ import contextlib
 import hashlib
 import json
 import secrets
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
 
 from agents.pipeline.dispatch import stage_enqueue
 from agents.pipeline.spec import SPEC
-from tickets.models import Client, Ticket, hash_token
+from tickets.models import ApiKey, Client, Ticket, hash_token
 
 
 class IdempotencyConflict(Exception):
@@ -75,10 +77,44 @@ def ticket_create(
     return ticket, True
 
 
-def client_create(*, name: str, callback_url: str = "") -> tuple[Client, str]:
-    """Create an API client; returns it with its token (shown once, stored only as a hash)."""
-    token = secrets.token_urlsafe(32)
-    client = Client.objects.create(
-        name=name, token_hash=hash_token(token), token_prefix=token[:8], callback_url=callback_url
+API_KEY_PREFIX = "sk_"
+API_KEY_PREFIX_SHOWN = 11  # "sk_" and 8 characters: enough to tell a client's keys apart
+
+
+def api_key_create(*, client: Client, name: str, expires_at: datetime | None = None) -> tuple[ApiKey, str]:
+    """A new API key for `client`; returns it with the key itself (shown once, stored only as a hash)."""
+    secret = API_KEY_PREFIX + secrets.token_urlsafe(32)
+    key = ApiKey.objects.create(
+        client=client,
+        name=name,
+        prefix=secret[:API_KEY_PREFIX_SHOWN],
+        key_hash=hash_token(secret),
+        expires_at=expires_at,
     )
-    return client, token
+    return key, secret
+
+
+def api_key_revoke(*, key: ApiKey, at: datetime | None = None) -> ApiKey:
+    """Refuse the key from `at` (now by default); a later revocation never extends an earlier one."""
+    at = at or timezone.now()
+    if key.revoked_at is None or key.revoked_at > at:
+        key.revoked_at = at
+        key.save(update_fields=["revoked_at"])
+    return key
+
+
+def api_key_rotate(*, key: ApiKey, grace: timedelta) -> tuple[ApiKey, str]:
+    """A successor to `key` (same client, same name); the old key keeps working for `grace`, so
+    every caller can switch over without downtime."""
+    new, secret = api_key_create(client=key.client, name=key.name, expires_at=key.expires_at)
+    api_key_revoke(key=key, at=timezone.now() + grace)
+    return new, secret
+
+
+def client_create(*, name: str, callback_url: str = "", key_name: str = "default") -> tuple[Client, str]:
+    """Create an API client with one API key; returns it with that key (shown once, stored only as a
+    hash). Its webhook signing secret is `client.webhook_secret`: show it once too."""
+    with transaction.atomic():
+        client = Client.objects.create(name=name, callback_url=callback_url)
+        _, secret = api_key_create(client=client, name=key_name)
+    return client, secret

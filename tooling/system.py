@@ -13,6 +13,7 @@ it on Ctrl-C.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
@@ -353,12 +354,14 @@ class System:
     # --- data ---------------------------------------------------------------------------------
     def client_create(self, name: str, *, callbacks: bool = True) -> ApiClient:
         """An API client row, with its callback URL at the callback recorder."""
-        token, secret = secrets.token_urlsafe(32), secrets.token_hex(32)
+        token, secret = "sk_" + secrets.token_urlsafe(32), "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
         url = f"{self.callbacks.base_url}/callback/{name}" if callbacks else ""
         (row,) = self.sql(
-            "INSERT INTO tickets_client (name, token_hash, token_prefix, webhook_secret, callback_url, is_active,"
-            " created_at) VALUES (%s, %s, %s, %s, %s, true, now()) RETURNING id",
-            name, hashlib.sha256(token.encode()).hexdigest(), token[:8], secret, url,
+            "WITH c AS (INSERT INTO tickets_client (name, webhook_secret, webhook_secret_previous, callback_url,"
+            " is_active, created_at) VALUES (%s, %s, '', %s, true, now()) RETURNING id)"
+            " INSERT INTO tickets_apikey (client_id, name, prefix, key_hash, created_at)"
+            " SELECT id, 'default', %s, %s, now() FROM c RETURNING client_id",
+            name, secret, url, token[:11], hashlib.sha256(token.encode()).hexdigest(),
         )  # fmt: skip
         return ApiClient(id=row[0], name=name, token=token, secret=secret)
 

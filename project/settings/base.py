@@ -153,6 +153,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # OpenAPI 3.1 for its `webhooks`: the callbacks, one per event (tickets/schema.py).
+    "OAS_VERSION": "3.1.0",
+    "WEBHOOKS": [f"tickets.schema.{name}" for name in ("RESOLVED", "AWAITING_REVIEW", "DEAD_LETTERED")],
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "tickets.schema.postprocess"],
+    "SWAGGER_UI_SETTINGS": {"persistAuthorization": True},
 }
 
 # --- The pipeline -----------------------------------------------------------------------------

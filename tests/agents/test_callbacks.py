@@ -18,9 +18,9 @@ from django.test import TestCase
 from django.utils import timezone
 
 from agents import callbacks
-from agents.callbacks import SIGNATURE_HEADER, callback_due, callbacks_drain, verify
+from agents.callbacks import callback_due, callbacks_drain
 from agents.models import LedgerStatus, SideEffect
-from tests.conftest import wait_for
+from tests.conftest import verified, wait_for
 from tests.factories import ticket_make
 from tickets.models import Status, Ticket
 
@@ -44,7 +44,7 @@ def test_a_drain_sends_every_due_callback_once_signed_and_takes_them_off_the_lis
     assert sorted(b["ticket"]["id"] for b in bodies) == sorted(str(t.id) for t in tickets)
     assert {b["event"] for b in bodies} == {"ticket.resolved"}
     for request in recorder.requests:
-        assert verify(client.webhook_secret, request["body"], request["headers"][SIGNATURE_HEADER])
+        assert verified(client.webhook_secret, request)
     assert not Ticket.objects.filter(callback_due_at__isnull=False).exists()
     assert set(SideEffect.objects.filter(tool="callback").values_list("status", "attempts")) == {(LedgerStatus.DONE, 1)}
     assert str(not_due.id) not in {b["ticket"]["id"] for b in bodies}

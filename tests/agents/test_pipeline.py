@@ -9,14 +9,13 @@ import pytest
 from celery.signals import task_postrun
 from django.utils import timezone
 
-from agents.callbacks import SIGNATURE_HEADER, verify
 from agents.models import DeadLetter, Intent, SideEffect, Trace
 from agents.pipeline import dispatch, runner, sweeper
 from agents.pipeline.spec import lane_of
 from reviews.models import Review
-from tests.conftest import wait_for
+from tests.conftest import verified, wait_for
 from tests.factories import ticket_make, ticket_payload
-from tickets.models import Status, Ticket
+from tickets.models import Status, Ticket, webhook_secret_new
 
 pytestmark = pytest.mark.pipeline
 
@@ -173,8 +172,8 @@ def test_the_resolution_callback_is_signed_with_the_clients_secret(pipeline, api
 
     wait_for(lambda: recorder.requests, what="the callback")
     request = recorder.requests[0]
-    assert verify(client.webhook_secret, request["body"], request["headers"][SIGNATURE_HEADER])
-    assert not verify("another-secret", request["body"], request["headers"][SIGNATURE_HEADER])
+    assert verified(client.webhook_secret, request)
+    assert not verified(webhook_secret_new(), request)
     body = json.loads(request["body"])
     assert body["event"] == "ticket.resolved" and body["ticket"]["id"] == ticket_id
 

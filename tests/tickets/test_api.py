@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from types import SimpleNamespace
@@ -308,3 +309,85 @@ def test_past_the_bound_of_the_shared_queues_everyone_is_refused(api, bounded):
 
     assert post(http).status_code == 503 and post(other).status_code == 503
     assert Ticket.objects.count() == 0
+
+
+def test_every_answer_to_a_client_tells_its_rate_limit(http):
+    for response in (http.get(URL), post(http, {"body": ""}), http.get(f"{URL}{uuid.uuid4()}/")):
+        assert response.status_code in (200, 400, 404)
+        assert response["RateLimit-Policy"] == '"client";q=6000;w=60'
+        remaining, reset = re.fullmatch(r'"client";r=(\d+);t=(\d+)', response["RateLimit"]).groups()
+        assert 0 < int(remaining) < 6000 and 0 < int(reset) <= 60
+
+
+def test_a_throttled_answer_says_none_are_left_and_when_there_is_room(api, monkeypatch):
+    from tickets.auth import ClientRateThrottle
+
+    monkeypatch.setattr(ClientRateThrottle, "THROTTLE_RATES", {"client": "2/min"})
+    http, _ = api()
+    http.get(URL), http.get(URL)
+    response = http.get(URL)
+    assert response.status_code == 429 and response.json()["error"] == "throttled"
+    assert re.fullmatch(r'"client";r=0;t=\d+', response["RateLimit"])
+    assert int(response["RateLimit"].rsplit("=", 1)[1]) == int(response["Retry-After"])
+
+
+@pytest.mark.parametrize("method", ["get", "post", "put", "delete"])
+def test_any_unknown_path_under_api_is_a_json_404(client, method):
+    for path in ("/api/nope", "/api/v1/tickets", "/api/v2/tickets/", "/api/v1/tickets/x/y/z/"):
+        response = getattr(client, method)(path)
+        assert response.status_code == 404, path
+        assert response["Content-Type"] == "application/json" and response.json()["error"] == "not_found"
+
+
+def test_a_method_an_api_path_does_not_take_is_a_json_405(http):
+    response = http.delete(URL)
+    assert response.status_code == 405 and response.json()["error"] == "method_not_allowed"
+
+
+def test_the_schema_states_the_bearer_scheme_unique_operation_ids_and_the_error_shape(client):
+    schema = client.get("/api/schema/?format=json").json()
+    assert schema["openapi"].startswith("3.1")
+    assert schema["components"]["securitySchemes"]["bearerAuth"] == {
+        "type": "http", "scheme": "bearer", "description": schema["components"]["securitySchemes"]["bearerAuth"]["description"]
+    }  # fmt: skip
+    operations = [op for item in schema["paths"].values() for op in item.values()]
+    assert sorted(op["operationId"] for op in operations) == [
+        "tickets_create", "tickets_list", "tickets_replay", "tickets_retrieve"
+    ]  # fmt: skip
+    for op in operations:
+        assert op["security"] == [{"bearerAuth": []}]
+        for code, response in op["responses"].items():
+            assert "RateLimit" in response["headers"]
+            if int(code) >= 400:
+                assert response["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+        assert {"401", "429", "503"} <= set(op["responses"])
+
+
+def test_the_schema_describes_each_callback_event_as_a_signed_webhook(client):
+    schema = client.get("/api/schema/?format=json").json()
+    assert set(schema["webhooks"]) == {"ticket.resolved", "ticket.awaiting_review", "ticket.dead_lettered"}
+    for name, item in schema["webhooks"].items():
+        headers = {p["name"] for p in item["post"]["parameters"]}
+        assert {"webhook-id", "webhook-timestamp", "webhook-signature"} <= headers
+        ref = item["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        payload = schema["components"]["schemas"][ref.rsplit("/", 1)[1]]
+        assert payload["properties"]["event"]["enum"] == [name]
+
+
+def test_swagger_ui_keeps_a_pasted_key(client):
+    page = client.get("/api/docs/").content.decode()
+    assert "persistAuthorization" in page
+
+
+def test_an_unexpected_error_under_api_is_a_json_500(api, monkeypatch):
+    from tickets import api as ticket_api
+
+    def broken(**_):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(ticket_api, "ticket_list", broken)
+    http, _ = api()
+    http.raise_request_exception = False
+    response = http.get(URL)
+    assert response.status_code == 500
+    assert response["Content-Type"] == "application/json" and response.json()["error"] == "server_error"

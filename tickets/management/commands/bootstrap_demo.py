@@ -10,8 +10,8 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from tickets.models import Client, hash_token
-from tickets.services import client_create
+from tickets.models import Client
+from tickets.services import api_key_create, api_key_revoke, client_create
 
 DEMO_CLIENT = "demo"
 
@@ -24,12 +24,13 @@ class Command(BaseCommand):
             raise CommandError("bootstrap_demo creates well-known demo credentials; not in production")
         var = Path(settings.BASE_DIR) / "var"
         var.mkdir(exist_ok=True)
-        token = secrets.token_urlsafe(32)
         client = Client.objects.filter(name=DEMO_CLIENT).first()
         if client is None:
-            client, token = client_create(name=DEMO_CLIENT)
-        else:  # tokens are stored hashed: a re-run issues a fresh one
-            Client.objects.filter(pk=client.pk).update(token_hash=hash_token(token), token_prefix=token[:8])
+            client, token = client_create(name=DEMO_CLIENT, key_name="demo")
+        else:  # keys are stored hashed: a re-run issues a fresh one and revokes the old ones
+            for old in client.api_keys.filter(revoked_at__isnull=True):
+                api_key_revoke(key=old)
+            _, token = api_key_create(client=client, name="demo")
         password = secrets.token_urlsafe(12)
         User = get_user_model()
         user = User.objects.filter(username="admin").first() or User(username="admin", email="admin@example.com")
@@ -44,7 +45,8 @@ class Command(BaseCommand):
                 [
                     "",
                     "Demo credentials (development only; re-running `make run` issues new ones):",
-                    f"  API token (client '{DEMO_CLIENT}'):  {token}",
+                    f"  API key (client '{DEMO_CLIENT}'):  {token}",
+                    f"  Webhook signing secret:  {client.webhook_secret}",
                     f"  Admin:   http://127.0.0.1:8000/admin/   user admin   password {password}",
                     f"  Flower:  http://127.0.0.1:5555/         user admin   password {password}",
                     "  API docs: http://127.0.0.1:8000/api/docs/",
