@@ -27,6 +27,11 @@ timezone = "UTC"
 enable_utc = True
 worker_hijack_root_logger = False
 broker_connection_retry_on_startup = True
+# A publish after a commit (the API's first hop, a worker's next one) must not hold its request or
+# task while the broker is away: the work is in Postgres already and the sweeper publishes it again.
+# Celery's defaults (4 s to connect, 3 retries) held the API past a client's 10 s timeout.
+broker_connection_timeout = 2.0
+task_publish_retry_policy = {"max_retries": 1, "interval_start": 0, "interval_step": 0.5, "interval_max": 0.5}
 # Celery's Django fixup closes every database connection before and after every task unless this
 # is set, so each task paid a new Postgres connection (a backend fork, authentication, a time-zone
 # round trip). Set this high, the fixup never closes them; `agents/tasks.py` instead treats a task

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 import random
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import timedelta
@@ -29,26 +26,6 @@ from tickets.models import TERMINAL, Client, Ticket
 from tickets.webhooks import webhook_headers
 
 _log = logging.getLogger(__name__)
-
-SIGNATURE_HEADER = "X-Signature"
-
-
-def sign(secret: str, body: bytes, timestamp: int) -> str:
-    """`t=<unix time>,v1=<hex HMAC-SHA256 of "<t>.<body>">`, as Stripe signs its webhooks."""
-    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={digest}"
-
-
-def verify(secret: str, body: bytes, header: str, *, tolerance: int = 300) -> bool:
-    """Check a signature header against the body; what a client runs on receipt."""
-    try:
-        parts = dict(item.split("=", 1) for item in header.split(","))
-        timestamp = int(parts["t"])
-    except (KeyError, ValueError):
-        return False
-    if abs(time.time() - timestamp) > tolerance:
-        return False
-    return hmac.compare_digest(sign(secret, body, timestamp), header)
 
 
 def callback_payload(ticket: Ticket) -> dict[str, Any]:

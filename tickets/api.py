@@ -23,6 +23,7 @@ from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from agents.callbacks import callback_resend
 from agents.pipeline.human import ticket_replay
 from project.netguard import BlockedURL, check_url
 from project.textnorm import nfkc
@@ -364,4 +365,26 @@ class TicketReplayApi(ClientApi):
             ticket = ticket_replay(ticket=ticket)
         except IllegalTransition as exc:
             return Response({"error": "not_replayable", "detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        return Response(TicketOutputSerializer(ticket).data, status=status.HTTP_202_ACCEPTED)
+
+
+class TicketCallbackApi(ClientApi):
+    """Send a settled ticket's callback again: one the client's endpoint lost, or that was abandoned
+    after the whole retry schedule. The same webhook-id as before, so the receiver can dedupe."""
+
+    @extend_schema(
+        operation_id="tickets_callback_resend",
+        summary="Resend a settled ticket's callback",
+        request=None,
+        responses={202: TicketOutputSerializer, **errors(404, 409)},
+    )
+    def post(self, request: Request, ticket_id: str) -> Response:
+        ticket = ticket_get(client=request.user, ticket_id=ticket_id)
+        if ticket is None:
+            raise NotFound("no such ticket")
+        if not callback_resend(ticket=ticket):
+            return Response(
+                {"error": "not_settled", "detail": f"ticket is {ticket.status}; its callback comes when it settles"},
+                status=status.HTTP_409_CONFLICT,
+            )
         return Response(TicketOutputSerializer(ticket).data, status=status.HTTP_202_ACCEPTED)

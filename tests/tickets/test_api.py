@@ -352,7 +352,7 @@ def test_the_schema_states_the_bearer_scheme_unique_operation_ids_and_the_error_
     }  # fmt: skip
     operations = [op for item in schema["paths"].values() for op in item.values()]
     assert sorted(op["operationId"] for op in operations) == [
-        "tickets_create", "tickets_list", "tickets_replay", "tickets_retrieve"
+        "tickets_callback_resend", "tickets_create", "tickets_list", "tickets_replay", "tickets_retrieve"
     ]  # fmt: skip
     for op in operations:
         assert op["security"] == [{"bearerAuth": []}]
@@ -391,3 +391,26 @@ def test_an_unexpected_error_under_api_is_a_json_500(api, monkeypatch):
     response = http.get(URL)
     assert response.status_code == 500
     assert response["Content-Type"] == "application/json" and response.json()["error"] == "server_error"
+
+
+def test_a_settled_tickets_callback_can_be_resent_and_nothing_else(api, monkeypatch):
+    from agents import callbacks
+    from tests.factories import ticket_make
+
+    drains: list[float | None] = []
+    monkeypatch.setattr(callbacks, "drain_schedule", lambda countdown=None: drains.append(countdown))
+    http, client = api("resender")
+    other, _ = api("someone-else")
+    settled = ticket_make(client, status=Status.RESOLVED, reply="done")
+    in_flight = ticket_make(client, status=Status.DECIDING)
+
+    response = http.post(f"/api/v1/tickets/{settled.pk}/callback/")
+    assert response.status_code == 202 and response.json()["id"] == str(settled.pk)
+    settled.refresh_from_db()
+    assert settled.callback_due_at is not None and drains == [None]  # due now, a drain scheduled
+
+    refused = http.post(f"/api/v1/tickets/{in_flight.pk}/callback/")
+    assert refused.status_code == 409 and refused.json()["error"] == "not_settled"
+    assert other.post(f"/api/v1/tickets/{settled.pk}/callback/").status_code == 404  # not its ticket
+    in_flight.refresh_from_db()
+    assert in_flight.callback_due_at is None
