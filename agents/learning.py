@@ -11,13 +11,13 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
-from django.utils.module_loading import import_string
 
 from agents.localmodel.data import in_holdout, load_csv
 from agents.localmodel.evaluate import evaluate
 from agents.localmodel.model import IntentModel
 from agents.localmodel.train import train_model
 from agents.models import Intent, ModelVersion, Risk, ThresholdChange
+from reviews.selectors import decision_confidences, feedback_training_rows
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
@@ -32,8 +32,6 @@ def learning_settings() -> dict[str, Any]:
         "HOLDOUT_PERCENT": 10,
         "MAX_REGRESSION": 0.002,  # a candidate may be this much worse on the holdout and still win
         "GATE_Z": 2.0,  # ... or lose up to this many standard deviations of the paired difference
-        "FEEDBACK_SOURCE": "reviews.selectors.feedback_training_rows",
-        "DECISION_SOURCE": "reviews.selectors.decision_confidences",
         "THRESHOLD_MIN": 0.3,
         "THRESHOLD_MIN_HIGH_RISK": 0.9,
         "THRESHOLD_MAX": 0.999,
@@ -46,14 +44,9 @@ def learning_settings() -> dict[str, Any]:
 
 
 def feedback_rows() -> list[tuple[str, str]]:
-    """(text, intent) pairs people decided, through the hook in settings (agents does not import reviews)."""
-    path = learning_settings()["FEEDBACK_SOURCE"]
-    try:
-        source = import_string(path)
-    except ImportError:
-        log.warning("feedback source %s is not available; training on base data only", path)
-        return []
-    return [(str(r["text"]), str(r["intent"])) for r in source() if r.get("text") and r.get("intent")]
+    """(text, intent) pairs people decided in the review queue."""
+    rows = feedback_training_rows()
+    return [(str(r["text"]), str(r["intent"])) for r in rows if r.get("text") and r.get("intent")]
 
 
 def training_data(extra: Iterable[tuple[str, str]] | None = None) -> tuple[list[str], list[str], list[tuple[str, str]]]:
@@ -218,10 +211,7 @@ def thresholds_follow_reviewers() -> list[ThresholdChange]:
     another local model's suggestions: confidences of different models are not comparable.
     """
     cfg = learning_settings()
-    try:
-        rows = list(import_string(cfg["DECISION_SOURCE"])())
-    except ImportError:
-        return []
+    rows = list(decision_confidences())
     active = ModelVersion.objects.filter(is_active=True).values_list("version", flat=True).first()
     rows = [r for r in rows if not str(r.get("model") or "").startswith("local:") or r["model"] == f"local:{active}"]
     intents = {i.name: i for i in Intent.objects.filter(name__in={r["intent"] for r in rows})}
