@@ -22,7 +22,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 PACK = REPO / "agents" / "packs" / "banking77.yaml"
 DATA = REPO / "agents" / "data" / "banking77"
-MEASURE = REPO / "agents" / "packs" / "tools" / "measure_rules.py"
+MEASURE = REPO / "tooling" / "research" / "measure_rules.py"
 
 ACTIONS = {"reply", "webhook"}
 RISKS = {"low", "medium", "high"}

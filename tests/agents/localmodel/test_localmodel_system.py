@@ -7,10 +7,10 @@ import random
 from pathlib import Path
 
 from agents.localmodel import load_csv
-from agents.localmodel.cv import main
 from agents.localmodel.system import FoldModelTier, catalog_for, load_pack, run_stages, system_cross_validate
 from agents.localmodel.train import train_model
 from agents.tiers.rules import RulesTier
+from tooling.research.cv import main
 
 ROOT = Path(__file__).resolve().parents[3]
 DATA = ROOT / "agents" / "data" / "banking77" / "train.csv"

@@ -3,7 +3,7 @@
 
 Usage (from the repository root):
 
-    .venv/bin/python agents/packs/tools/measure_rules.py \
+    .venv/bin/python tooling/research/measure_rules.py \
         [--pack agents/packs/banking77.yaml] \
         [--data agents/data/banking77/train.csv] \
         [--errors INTENT|all] [--misses INTENT]
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_PACK = REPO / "agents" / "packs" / "banking77.yaml"
 DEFAULT_DATA = REPO / "agents" / "data" / "banking77" / "train.csv"
 

@@ -1,6 +1,6 @@
 """Research: prompt tokens per Claude request, whole catalogue against the local tiers' candidate set.
 
-`python -m agents.localmodel.claude_tokens [--data CSV] [--n 300]` trains a model on the data less a
+`python -m tooling.research.claude_tokens [--data CSV] [--n 300]` trains a model on the data less a
 held-back slice (the learning loop's 10 %, by text hash), classifies the slice, and for every request
 the local decision leaves unsure sends the classification request Claude would get — once with the
 whole catalogue, once with the candidate set — to the project's Messages API simulator (started here
@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from .data import in_holdout, load_csv
-from .system import DEFAULT_PACK, catalog_for, load_pack
-from .train import train_model
+from agents.localmodel.data import in_holdout, load_csv
+from agents.localmodel.system import DEFAULT_PACK, catalog_for, load_pack
+from agents.localmodel.train import train_model
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1] / "data" / "banking77" / "train.csv"
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "agents" / "data" / "banking77" / "train.csv"
 MODEL = "claude-haiku-4-5"
 
 
@@ -84,7 +84,7 @@ def measure(texts: list[str], labels: list[str], n: int, port: int) -> dict[str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m agents.localmodel.claude_tokens", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tooling.research.claude_tokens", description=__doc__)
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--n", type=int, default=300, help="unsure requests to send (each twice)")
     args = parser.parse_args(argv)

@@ -1,4 +1,4 @@
-"""CLI: `python -m agents.localmodel.cv` prints the nested cross-validation report (and optionally a benchmark)."""
+"""CLI: `python -m tooling.research.cv` prints the nested cross-validation report (and optionally a benchmark)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import train as train_module
-from .crossval import cross_validate
-from .data import load_csv
-from .evaluate import format_report
-from .train import train_model
+from agents.localmodel import train as train_module
+from agents.localmodel.crossval import cross_validate
+from agents.localmodel.data import load_csv
+from agents.localmodel.evaluate import format_report
+from agents.localmodel.train import train_model
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1] / "data" / "banking77" / "train.csv"
-DEFAULT_PACK = Path(__file__).resolve().parents[1] / "packs" / "banking77.yaml"
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "agents" / "data" / "banking77" / "train.csv"
+DEFAULT_PACK = Path(__file__).resolve().parents[2] / "agents" / "packs" / "banking77.yaml"
 
 _RSS_PROBE = r"""
 import sys, time
@@ -105,7 +105,7 @@ def benchmark(texts: list[str], labels: list[str], *, seed: int, n_latency: int 
 
 def _system(texts: list[str], labels: list[str], args: argparse.Namespace) -> dict:
     """Run and print the rules -> model -> decide figure (see agents/localmodel/system.py)."""
-    from .system import system_cross_validate
+    from agents.localmodel.system import system_cross_validate
 
     progress = ProgressLine()
     started = time.monotonic()
@@ -154,7 +154,7 @@ def _system_lines(report: dict, pack: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run the nested CV (and the benchmark when asked), print the report."""
-    parser = argparse.ArgumentParser(prog="python -m agents.localmodel.cv", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tooling.research.cv", description=__doc__)
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="text,category CSV (default: Banking77 train)")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
