@@ -212,18 +212,59 @@ def _deliver(claimed: list[_Due]) -> int:
             continue  # written by a delivery this statement could not see: its lease brings it back
         (settled if due.done else to_send).append(due)
     _settle(settled, [])
+    to_send = _take_slots(to_send)
     if len(to_send) == 1:
-        _post(to_send[0])
+        _post_in_slot(to_send[0])
         return _record([to_send[0]])
     # Settled as they come back, so a slow endpoint holds only its own callbacks (each POST has a
     # deadline over the whole request), never the batch.
-    futures = [_pool().submit(_post, due) for due in to_send]
+    futures = [_pool().submit(_post_in_slot, due) for due in to_send]
     pending = {future: due for future, due in zip(futures, to_send, strict=True)}
     delivered = 0
     for future in as_completed(futures):
         future.result()
         delivered += _record([pending[future]])
     return delivered
+
+
+# POSTs in flight per client in this process, across every drain: a client whose endpoint is slow
+# holds at most CALLBACK_PER_CLIENT of the pool's threads; its other due callbacks wait their turn
+# (due again in a second, not an attempt) instead of the pool's queue, ahead of other clients'.
+_slots: dict[int, int] = {}
+_slots_lock = threading.Lock()
+_RETRY_BUSY_SECONDS = 1.0
+
+
+def _take_slots(dues: list[_Due]) -> list[_Due]:
+    """The dues whose client has a free slot (each taken); the others due again shortly."""
+    limit = max(1, int(_cfg("CALLBACK_PER_CLIENT")))
+    taken, busy = [], []
+    with _slots_lock:
+        for due in dues:
+            client = due.ticket.client_id
+            if _slots.get(client, 0) < limit:
+                _slots[client] = _slots.get(client, 0) + 1
+                taken.append(due)
+            else:
+                busy.append(due)
+    if busy:
+        later = timezone.now() + timedelta(seconds=_RETRY_BUSY_SECONDS)
+        Ticket.objects.filter(pk__in=[d.ticket.id for d in busy], callback_due_at__isnull=False).update(
+            callback_due_at=later
+        )
+        try:
+            drain_schedule(countdown=_RETRY_BUSY_SECONDS)
+        except Exception as exc:  # the sweeper starts a drain for what stays due
+            _log.warning("callback drain not scheduled (the sweeper will send it): %s", exc)
+    return taken
+
+
+def _post_in_slot(due: _Due) -> None:
+    try:
+        _post(due)
+    finally:
+        with _slots_lock:
+            _slots[due.ticket.client_id] -= 1
 
 
 def _record(dues: list[_Due]) -> int:

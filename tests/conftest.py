@@ -112,6 +112,7 @@ class Recorder:
         self.requests: list[dict[str, Any]] = []
         self.statuses: list[int] = []  # consumed one per request; 200 once empty
         self.delay = 0.0  # seconds before each answer (a slow endpoint)
+        self.in_flight = self.most_at_once = 0
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
@@ -123,7 +124,12 @@ class Recorder:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with recorder.lock:
+                    recorder.in_flight += 1
+                    recorder.most_at_once = max(recorder.most_at_once, recorder.in_flight)
                 time.sleep(recorder.delay)
+                with recorder.lock:
+                    recorder.in_flight -= 1
                 with recorder.lock:
                     status = recorder.statuses.pop(0) if recorder.statuses else 200
                     recorder.requests.append({"headers": dict(self.headers), "body": body, "status": status})

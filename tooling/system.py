@@ -26,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -354,16 +355,20 @@ class System:
     # --- data ---------------------------------------------------------------------------------
     def client_create(self, name: str, *, callbacks: bool = True) -> ApiClient:
         """An API client row, with its callback URL at the callback recorder."""
-        token, secret = "sk_" + secrets.token_urlsafe(32), "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
-        url = f"{self.callbacks.base_url}/callback/{name}" if callbacks else ""
-        (row,) = self.sql(
-            "WITH c AS (INSERT INTO tickets_client (name, webhook_secret, webhook_secret_previous, callback_url,"
-            " is_active, created_at) VALUES (%s, %s, '', %s, true, now()) RETURNING id)"
-            " INSERT INTO tickets_apikey (client_id, name, prefix, key_hash, created_at)"
-            " SELECT id, 'default', %s, %s, now() FROM c RETURNING client_id",
-            name, secret, url, token[:11], hashlib.sha256(token.encode()).hexdigest(),
-        )  # fmt: skip
-        return ApiClient(id=row[0], name=name, token=token, secret=secret)
+        return insert_client(self.sql, name, f"{self.callbacks.base_url}/callback/{name}" if callbacks else "")
+
+
+def insert_client(sql: Callable[..., list[tuple[Any, ...]]], name: str, callback_url: str) -> ApiClient:
+    """An API client row and its API key, written with `sql` (a system's database), as the admin would."""
+    token, secret = "sk_" + secrets.token_urlsafe(32), "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+    (row,) = sql(
+        "WITH c AS (INSERT INTO tickets_client (name, webhook_secret, webhook_secret_previous, callback_url,"
+        " is_active, created_at) VALUES (%s, %s, '', %s, true, now()) RETURNING id)"
+        " INSERT INTO tickets_apikey (client_id, name, prefix, key_hash, created_at)"
+        " SELECT id, 'default', %s, %s, now() FROM c RETURNING client_id",
+        name, secret, callback_url, token[:11], hashlib.sha256(token.encode()).hexdigest(),
+    )  # fmt: skip
+    return ApiClient(id=row[0], name=name, token=token, secret=secret)
 
 
 class SimulatorProcess:

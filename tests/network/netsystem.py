@@ -13,10 +13,8 @@ and table (tests/reliability/audit.py) judge it.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
-import secrets
 import shlex
 import shutil
 import signal
@@ -31,7 +29,7 @@ from tests.deploy.topology import procfile
 from tests.network.hosts import SUBNET, Hosts
 from tests.reliability.audit import Row
 from tooling.recorder import Recorder
-from tooling.system import BIN, PACK, PYTHON, ROOT, SCRUBBED, ApiClient
+from tooling.system import BIN, PACK, PYTHON, ROOT, SCRUBBED, ApiClient, insert_client
 
 HOSTS = ("db", "api", "w1", "w2", "client")
 WORKER_HOSTS = ("w1", "w2")
@@ -288,14 +286,7 @@ class NetSystem:
 
     # --- data ----------------------------------------------------------------------------------------
     def client_create(self, name: str) -> ApiClient:
-        token, secret = secrets.token_urlsafe(32), secrets.token_hex(32)
-        url = f"{self.callbacks.base_url}/callback/{name}" if self.callbacks else ""
-        (row,) = self.sql(
-            "INSERT INTO tickets_client (name, token_hash, token_prefix, webhook_secret, callback_url, is_active,"
-            " created_at) VALUES (%s, %s, %s, %s, %s, true, now()) RETURNING id",
-            name, hashlib.sha256(token.encode()).hexdigest(), token[:8], secret, url,
-        )  # fmt: skip
-        return ApiClient(id=row[0], name=name, token=token, secret=secret)
+        return insert_client(self.sql, name, f"{self.callbacks.base_url}/callback/{name}" if self.callbacks else "")
 
 
 def binaries_missing() -> str | None:

@@ -114,6 +114,16 @@ def latencies_ms(system: System, ids: list[str]) -> list[float]:
     return sorted(float(ms) for (ms,) in rows)
 
 
+def callbacks_told(system: System, ids: set[str], timeout: float) -> set[str]:
+    """The tickets of `ids` whose callback arrived, waiting up to `timeout` for all of them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        told = {r.body.get("ticket", {}).get("id") for r in system.callbacks.snapshot()} & ids
+        if told == ids or time.monotonic() > deadline:
+            return told
+        time.sleep(0.5)
+
+
 def p95(values: list[float]) -> float:
     return values[min(len(values) - 1, int(0.95 * len(values)))]
 
@@ -138,7 +148,7 @@ def test_one_tenant_cannot_stall_another(system: System) -> None:
     b_rows = wait_terminal(system, b_ids, timeout=60)
     a_rows = wait_terminal(system, a.accepted, timeout=240)
     idle, loaded = latencies_ms(system, b_idle.accepted), latencies_ms(system, b_noisy.accepted)
-    told = {r.body.get("ticket", {}).get("id") for r in system.callbacks.snapshot() if "/callback/tenant-b" in r.path}
+    told = callbacks_told(system, set(b_ids), timeout=30)
     print(
         f"\nnoisy neighbour: B idle p50 {statistics.median(idle):.0f} ms p95 {p95(idle):.0f} ms ({len(idle)} tickets); "
         f"B beside A p50 {statistics.median(loaded):.0f} ms p95 {p95(loaded):.0f} ms ({len(loaded)} tickets); "
