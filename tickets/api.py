@@ -342,10 +342,16 @@ class TicketDetailApi(ClientApi):
         responses={200: TicketDetailSerializer, **errors(404)},
     )
     def get(self, request: Request, ticket_id: str) -> Response:
-        ticket = ticket_get(client=request.user, ticket_id=ticket_id)
-        if ticket is None:
-            raise NotFound("no such ticket")
+        ticket = owned_ticket(request, ticket_id)
         return Response(TicketDetailSerializer(ticket).data)
+
+
+def owned_ticket(request: Request, ticket_id: str) -> Ticket:
+    """The client's own ticket; a 404 for anything else (another client's tickets do not exist)."""
+    ticket = ticket_get(client=request.user, ticket_id=ticket_id)
+    if ticket is None:
+        raise NotFound("no such ticket")
+    return ticket
 
 
 class TicketReplayApi(ClientApi):
@@ -358,9 +364,7 @@ class TicketReplayApi(ClientApi):
         responses={202: TicketOutputSerializer, **errors(404, 409)},
     )
     def post(self, request: Request, ticket_id: str) -> Response:
-        ticket = ticket_get(client=request.user, ticket_id=ticket_id)
-        if ticket is None:
-            raise NotFound("no such ticket")
+        ticket = owned_ticket(request, ticket_id)
         try:
             ticket = ticket_replay(ticket=ticket)
         except IllegalTransition as exc:
@@ -379,12 +383,8 @@ class TicketCallbackApi(ClientApi):
         responses={202: TicketOutputSerializer, **errors(404, 409)},
     )
     def post(self, request: Request, ticket_id: str) -> Response:
-        ticket = ticket_get(client=request.user, ticket_id=ticket_id)
-        if ticket is None:
-            raise NotFound("no such ticket")
+        ticket = owned_ticket(request, ticket_id)
         if not callback_resend(ticket=ticket):
-            return Response(
-                {"error": "not_settled", "detail": f"ticket is {ticket.status}; its callback comes when it settles"},
-                status=status.HTTP_409_CONFLICT,
-            )
+            detail = f"ticket is {ticket.status}; its callback comes when it settles"
+            return Response({"error": "not_settled", "detail": detail}, status=status.HTTP_409_CONFLICT)
         return Response(TicketOutputSerializer(ticket).data, status=status.HTTP_202_ACCEPTED)
