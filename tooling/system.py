@@ -46,6 +46,22 @@ WORKERS = ("cpu", "io", "maintenance")  # the Procfile's worker roles, besides l
 SCRUBBED = ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "PYTEST_VERSION", "TEST_RUN_ID", "REDIS_TEST_URL")
 
 
+# What the suites shorten so a fault recovers in seconds, not minutes (the sweeper's period and
+# threshold, backoffs, callback retries), shared by every harness that starts the system.
+SUITE_KNOBS = {
+    "DEBUG": "false",
+    "LOG_LEVEL": "WARNING",
+    "PIPELINE_STUCK_AFTER_SECONDS": "12",
+    "SWEEP_EVERY_SECONDS": "1",
+    "PIPELINE_BACKOFF_BASE_SECONDS": "1",
+    "PIPELINE_BACKOFF_CAP_SECONDS": "2",
+    "PIPELINE_CUSTOMER_WAIT_SECONDS": "0.5",
+    "WEBHOOK_TIMEOUT_SECONDS": "3",
+    "CALLBACK_MAX_ATTEMPTS": "30",
+    "CALLBACK_RETRY_SCHEDULE": "1s,2s",
+}
+
+
 def procfile() -> dict[str, str]:
     """The Procfile's process types and commands."""
     lines = (ROOT / "Procfile").read_text().splitlines()
@@ -101,16 +117,7 @@ class System:
             DJANGO_SETTINGS_MODULE="project.settings",
             PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
             PYTHONUNBUFFERED="1",
-            DEBUG="false",
-            LOG_LEVEL="WARNING",
-            PIPELINE_STUCK_AFTER_SECONDS="12",
-            SWEEP_EVERY_SECONDS="1",
-            PIPELINE_BACKOFF_BASE_SECONDS="1",
-            PIPELINE_BACKOFF_CAP_SECONDS="2",
-            PIPELINE_CUSTOMER_WAIT_SECONDS="0.5",
-            WEBHOOK_TIMEOUT_SECONDS="3",
-            CALLBACK_MAX_ATTEMPTS="30",
-            CALLBACK_RETRY_SCHEDULE="1s,2s",
+            **SUITE_KNOBS,
             # The suite's own callback and downstream recorders, and nothing else on this host.
             CALLBACK_ALLOWED_HOSTS=f"127.0.0.1:{self.callbacks.port},127.0.0.1:{self.downstream.port}",
             INTENT_PACK=str(PACK),

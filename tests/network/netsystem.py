@@ -29,7 +29,7 @@ from tests.deploy.topology import procfile
 from tests.network.hosts import SUBNET, Hosts
 from tests.reliability.audit import Row
 from tooling.recorder import Recorder
-from tooling.system import BIN, PACK, PYTHON, ROOT, SCRUBBED, ApiClient, insert_client
+from tooling.system import BIN, PACK, PYTHON, ROOT, SCRUBBED, SUITE_KNOBS, ApiClient, insert_client
 
 HOSTS = ("db", "api", "w1", "w2", "client")
 WORKER_HOSTS = ("w1", "w2")
@@ -85,16 +85,8 @@ class NetSystem:
             DJANGO_SETTINGS_MODULE="project.settings",
             PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
             PYTHONUNBUFFERED="1",
-            DEBUG="false",
-            LOG_LEVEL="WARNING",
+            **SUITE_KNOBS,
             LOG_FORMAT="plain",
-            PIPELINE_STUCK_AFTER_SECONDS="12",
-            SWEEP_EVERY_SECONDS="1",
-            PIPELINE_BACKOFF_BASE_SECONDS="1",
-            PIPELINE_BACKOFF_CAP_SECONDS="2",
-            PIPELINE_CUSTOMER_WAIT_SECONDS="0.5",
-            WEBHOOK_TIMEOUT_SECONDS="3",
-            CALLBACK_MAX_ATTEMPTS="30",
             CALLBACK_ALLOWED_HOSTS=",".join(  # the recorders' ports on the client host, nothing else
                 f"{self.hosts.address['client']}:{r.port}" for r in (self.callbacks, self.downstream) if r
             ),
