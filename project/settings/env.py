@@ -10,4 +10,5 @@ import environ
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 env = environ.Env()
-environ.Env.read_env(BASE_DIR / ".env")
+if (BASE_DIR / ".env").exists():  # optional: without it, the environment alone
+    environ.Env.read_env(BASE_DIR / ".env")
