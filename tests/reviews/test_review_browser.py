@@ -8,47 +8,27 @@ from typing import Any
 
 import pytest
 from selenium import webdriver
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from reviews.models import Review
 from reviews.services import reviewer_create
+from tests import browser
 from tests.conftest import wait_for
 from tests.factories import ticket_make, ticket_payload
 from tickets.models import Status, Ticket
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
-FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1600,1000",
-)  # fmt: skip
-_missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
-
 pytestmark = [
-    pytest.mark.browser,
+    *browser.MARKS,
     pytest.mark.pipeline,
-    pytest.mark.skipif(
-        bool(_missing),
-        reason=f"headless Chromium is not installed ({', '.join(_missing)} missing): "
-        "apt-get install -y chromium chromium-driver",
-    ),
 ]
 
 
 @pytest.fixture
 def chrome(tmp_path: Path) -> Iterator[webdriver.Chrome]:
-    """Debian's Chromium and chromedriver, headless, with a fresh profile."""
-    options = Options()
-    options.binary_location = str(CHROMIUM)
-    for flag in (*FLAGS, f"--user-data-dir={tmp_path / 'profile'}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    driver.set_page_load_timeout(30)
+    driver = browser.chrome(tmp_path / "profile", "1600,1000")
     yield driver
     driver.quit()
 

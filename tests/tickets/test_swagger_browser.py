@@ -8,32 +8,20 @@ from pathlib import Path
 
 import pytest
 from selenium import webdriver
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ready
 from selenium.webdriver.support.ui import WebDriverWait
 
+from tests import browser
 from tests.factories import client_with_token, ticket_make
 
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,2000")
-_missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(bool(_missing), reason=f"headless Chromium is not installed ({', '.join(_missing)} missing)"),
-]
+pytestmark = browser.MARKS
 LIST = "[id$='tickets_list']"  # Swagger UI's id for the operation: operations-<tag>-<operationId>
 
 
 @pytest.fixture
 def chrome(tmp_path: Path) -> Iterator[webdriver.Chrome]:
-    options = Options()
-    options.binary_location = str(CHROMIUM)
-    for flag in (*FLAGS, f"--user-data-dir={tmp_path / 'profile'}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    driver.set_page_load_timeout(30)
+    driver = browser.chrome(tmp_path / "profile", "1400,2000")
     yield driver
     driver.quit()
 
