@@ -15,6 +15,7 @@ from datetime import timedelta
 import pytest
 from django.db import connections
 from django.test import TestCase
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from agents import callbacks
@@ -315,3 +316,17 @@ def test_concurrent_drains_hold_at_most_a_clients_share_of_the_pool(
 
     assert slow.most_at_once <= 2  # four drains, yet never more than the client's share at once
     assert len(fast.requests) == 3
+
+
+def test_a_batch_costs_three_statements_whatever_its_size(db, api, recorder):
+    """Claim, ledger, settle: a batch's callbacks are never read or settled one by one (the claim
+    brings the client each POST's slot is counted against; what comes back together is settled
+    together). 13 due for one client: two batches (the per-client cap is 8) and the empty claim."""
+    _, client = api(callback_url=recorder.url)
+    _settled_tickets(client, 13)
+
+    with CaptureQueriesContext(connections["default"]) as queries:
+        assert callbacks_drain() == 13
+
+    statements = [q["sql"].split()[0] + " " + q["sql"].split()[1] for q in queries.captured_queries]
+    assert len(statements) <= 7, statements
