@@ -105,8 +105,22 @@ def install(redis_url: str) -> bool:
         return False
     _installed = True
     _patch()
-    threading.Thread(target=_flush_forever, args=(redis_url,), name="bench-probe", daemon=True).start()
+    _start_flusher(redis_url)
+    # A prefork pool's children are forked from this process without its threads: each child
+    # counts from zero (what it inherited is the parent's, flushed by the parent) and flushes its own.
+    os.register_at_fork(after_in_child=lambda: _after_fork(redis_url))
     return True
+
+
+def _after_fork(redis_url: str) -> None:
+    global _lock
+    _lock = threading.Lock()  # another thread of the parent may have held it at the fork
+    _counts.clear()
+    _start_flusher(redis_url)
+
+
+def _start_flusher(redis_url: str) -> None:
+    threading.Thread(target=_flush_forever, args=(redis_url,), name="bench-probe", daemon=True).start()
 
 
 def read(client: Any) -> dict[str, list[int]]:
