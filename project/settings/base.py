@@ -187,13 +187,13 @@ PIPELINE = {
     "CALLBACK_MAX_ATTEMPTS": env.int("CALLBACK_MAX_ATTEMPTS", default=0),
     # One client's slow endpoint delays only that client: a drain takes at most this many of one
     # client's due callbacks (each POST has WEBHOOK_TIMEOUT_SECONDS over the whole request).
-    "CALLBACK_PER_CLIENT": env.int("CALLBACK_PER_CLIENT", default=8),
+    "CALLBACK_PER_CLIENT": env.int("CALLBACK_PER_CLIENT", default=16),
     # Callbacks go out in batches (agents/callbacks.py): a drain starts at most this long after a
     # ticket settles, claims up to CALLBACK_BATCH_SIZE due callbacks at a time and POSTs them on
     # CALLBACK_CONCURRENCY threads.
     "CALLBACK_BATCH_WINDOW_MS": env.int("CALLBACK_BATCH_WINDOW_MS", default=100),
     "CALLBACK_BATCH_SIZE": env.int("CALLBACK_BATCH_SIZE", default=64),
-    "CALLBACK_CONCURRENCY": env.int("CALLBACK_CONCURRENCY", default=16),
+    "CALLBACK_CONCURRENCY": env.int("CALLBACK_CONCURRENCY", default=32),
     # Stages run one after another in one hop: '+' joins a group, ',' separates groups, "" is one hop
     # per stage; unset, every stage whose spec allows it (agents/pipeline/runner.py, docs/performance.md).
     "FUSE": env.str("PIPELINE_FUSE", default=None),

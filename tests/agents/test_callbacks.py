@@ -318,10 +318,11 @@ def test_concurrent_drains_hold_at_most_a_clients_share_of_the_pool(
     assert len(fast.requests) == 3
 
 
-def test_a_batch_costs_three_statements_whatever_its_size(db, api, recorder):
+def test_a_batch_costs_three_statements_whatever_its_size(db, api, recorder, settings):
     """Claim, ledger, settle: a batch's callbacks are never read or settled one by one (the claim
     brings the client each POST's slot is counted against; what comes back together is settled
     together). 13 due for one client: two batches (the per-client cap is 8) and the empty claim."""
+    settings.PIPELINE = {**settings.PIPELINE, "CALLBACK_PER_CLIENT": 8}
     _, client = api(callback_url=recorder.url)
     _settled_tickets(client, 13)
 
