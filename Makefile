@@ -48,7 +48,7 @@ run: bootstrap  ## everything: API :8000, a worker per queue, beat, Flower :5555
 test: services  ## the whole suite, against real Postgres, Redis and Celery workers
 	python -m pytest
 
-faults-production: install  ## the fault suite at production settings, ~20 min (docs/reliability.md)
+faults-production: install  ## the fault suite at production settings, ~12 min (docs/reliability.md)
 	python -m pytest -m faults_production tests/reliability/test_fault_suite_production.py
 
 bench: install  ## the benchmark, on servers of its own: results under var/bench/ (docs/performance.md)

@@ -1,4 +1,4 @@
-"""The fault suite at production settings: `make faults-production` (about 20 minutes).
+"""The fault suite at production settings: `make faults-production` (about 12 minutes).
 
 The system runs with `DJANGO_ENV=production` and the product's own defaults — the sweeper every
 30 s for tickets stuck 300 s, backoff capped at 300 s, callbacks retried after 30 s, 2 m, 10 m, … —
