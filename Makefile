@@ -9,7 +9,7 @@ VENV ?= .venv
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install lock run test services services-stop bootstrap lint clean bench
+.PHONY: install lock run test faults-production services services-stop bootstrap lint clean bench
 
 # requirements.txt is the development lock (requirements/dev.txt, with hashes): pip checks every
 # package's hash. The image installs requirements/runtime.txt alone (Dockerfile).
@@ -47,6 +47,9 @@ run: bootstrap  ## everything: API :8000, a worker per queue, beat, Flower :5555
 
 test: services  ## the whole suite, against real Postgres, Redis and Celery workers
 	python -m pytest
+
+faults-production: install  ## the fault suite at production settings, ~12 min (docs/reliability.md)
+	python -m pytest -m faults_production tests/reliability/test_fault_suite_production.py
 
 bench: install  ## the benchmark, on servers of its own: results under var/bench/ (docs/performance.md)
 	python -m tooling.bench $(BENCH_ARGS)

@@ -9,7 +9,9 @@ killed between the call and its ledger write must do, and what the key exists fo
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import threading
 import time
 from collections import Counter
@@ -50,6 +52,7 @@ class Recorder:
     in_flight: int = 0
     port: int = 0
     _server: ThreadingHTTPServer | None = None
+    _connections: set[socket.socket] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.up()
@@ -66,11 +69,17 @@ class Recorder:
         threading.Thread(target=server.serve_forever, name=f"recorder-{self.name}", daemon=True).start()
 
     def down(self) -> None:
-        """Stop listening: callers get 'connection refused' until `up()`."""
+        """Stop listening and cut the open (keep-alive) connections: callers get 'connection
+        refused' until `up()`, also those that had a connection pooled."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        with self.lock:
+            connections, self._connections = set(self._connections), set()
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
 
     def _receive(self, path: str, key: str, raw: bytes) -> Receipt:
         try:
@@ -96,6 +105,17 @@ class Recorder:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                with recorder.lock:
+                    recorder._connections.add(self.connection)
+
+            def finish(self) -> None:
+                with recorder.lock:
+                    recorder._connections.discard(self.connection)
+                with contextlib.suppress(OSError):
+                    super().finish()
 
             def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))

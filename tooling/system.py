@@ -6,6 +6,8 @@ the Procfile — gunicorn for the API, one Celery worker per queue and celery be
 sweeper (PIPELINE_STUCK_AFTER_SECONDS / SWEEP_EVERY_SECONDS). It also runs two HTTP recorders in
 this process: the clients' callback endpoint and the downstream API of the webhook intents.
 Faults are methods: `kill(name)`, `redis_restart()`, `postgres_stop()` / `postgres_start()`.
+`System(var_dir, production=True)` runs it with `DJANGO_ENV=production` and the product's own
+defaults instead (only the servers, hosts, secret key and the recorders are given).
 
 By hand: `python -m tooling.system` starts it, prints the URLs and a token, and stops
 it on Ctrl-C.
@@ -26,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,8 +92,14 @@ class ApiClient:
 class System:
     """API, workers, beat, Postgres, Redis and the recorders, started and faulted from a test."""
 
-    def __init__(self, var_dir: Path, *, env: dict[str, str] | None = None, llm_base_url: str = "") -> None:
+    def __init__(
+        self, var_dir: Path, *, env: dict[str, str] | None = None, llm_base_url: str = "", production: bool = False
+    ) -> None:
         self.var = Path(var_dir)
+        # DJANGO_ENV=production with the product's defaults (deadlines, backoff, callback schedule):
+        # only what points it at this harness's servers is given, and a secret key made for the run.
+        self.production = production
+        self._secret_key = secrets.token_urlsafe(64)
         self.logs = self.var / "logs"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._log_offsets: dict[str, int] = {}  # where each process's latest run starts in its log
@@ -117,19 +126,38 @@ class System:
             DJANGO_SETTINGS_MODULE="project.settings",
             PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
             PYTHONUNBUFFERED="1",
-            **SUITE_KNOBS,
+            **({} if self.production else SUITE_KNOBS),
             # The suite's own callback and downstream recorders, and nothing else on this host.
             CALLBACK_ALLOWED_HOSTS=f"127.0.0.1:{self.callbacks.port},127.0.0.1:{self.downstream.port}",
             INTENT_PACK=str(PACK),
         )
+        if self.production:
+            env.update(self._production_env())
         if self.llm_base_url:  # the Claude tier, against the simulator: no rate limit of ours in the way
             env.update(ANTHROPIC_API_KEY="sim-key", ANTHROPIC_BASE_URL=self.llm_base_url)
-            env.update(LLM_SMALL_RPM="60000", LLM_LARGE_RPM="60000", LLM_TIMEOUT_SECONDS="3", LLM_MAX_WAIT_SECONDS="5")
+            env.update(LLM_SMALL_RPM="60000", LLM_LARGE_RPM="60000")
+            if not self.production:
+                env.update(LLM_TIMEOUT_SECONDS="3", LLM_MAX_WAIT_SECONDS="5")
         else:
             env.pop("ANTHROPIC_API_KEY", None)
         if os.environ.get("RELIABILITY_BROKER_URL"):  # e.g. RabbitMQ (a vhost of its own); default: the embedded Redis
             env["CELERY_BROKER_URL"] = os.environ["RELIABILITY_BROKER_URL"]
         env.update(self.extra_env)
+        return env
+
+    def _production_env(self) -> dict[str, str]:
+        """What DJANGO_ENV=production requires (project/settings/production.py): the servers — this
+        system's embedded ones, by URL — a secret key and the host the API is called by. Plain HTTP
+        is redirected there; the load says `X-Forwarded-Proto: https`, as the TLS proxy would."""
+        socket_dir = urllib.parse.quote(str(self.var / "pg"), safe="")
+        env = {
+            "DJANGO_ENV": "production",
+            "SECRET_KEY": self._secret_key,
+            "ALLOWED_HOSTS": "127.0.0.1",
+            "DATABASE_URL": f"postgres://postgres@{socket_dir}/postgres",
+        }
+        if self.redis_port:  # known once the embedded servers have started
+            env["REDIS_URL"] = f"redis://127.0.0.1:{self.redis_port}/0"
         return env
 
     def _manage(self, *args: str, timeout: float = 120) -> str:
@@ -261,6 +289,15 @@ class System:
             os.killpg(proc.pid, signal.SIGKILL)
             return proc.wait(timeout=10)
 
+    def children(self, name: str) -> list[int]:
+        """The pids of the process's direct children (gunicorn's workers, prefork's pool)."""
+        parent, kids = self.procs[name].pid, []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                if int(stat.read_text().rsplit(") ", 1)[1].split()[1]) == parent:
+                    kids.append(int(stat.parent.name))
+        return kids
+
     def terminate(self, name: str) -> None:
         proc = self.procs.pop(name)
         if proc.poll() is None:
@@ -346,8 +383,10 @@ class System:
         user = ["runuser", "-u", "pgserver", "--"] if os.geteuid() == 0 else []
         subprocess.run([*user, str(pg_ctl), "-D", str(self.var / "pg"), *args], check=False, capture_output=True)
 
-    def postgres_stop(self) -> None:
-        self._pg_ctl("stop", "-m", "fast", "-w")
+    def postgres_stop(self, mode: str = "fast") -> None:
+        """`pg_ctl stop -m <mode>`: `fast` (clean), or `immediate` — no checkpoint, connections cut,
+        crash recovery on the next start, as after a crash or an OOM kill."""
+        self._pg_ctl("stop", "-m", mode, "-w")
 
     def postgres_start(self) -> None:
         pg = self.var / "pg"

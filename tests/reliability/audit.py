@@ -38,6 +38,7 @@ class Row:
     api_errors: int = 0
     note: str = ""
     answers: dict[str, int] = field(default_factory=dict)  # what the API answered the load, by code
+    unanswered: list[tuple[float, str]] = field(default_factory=list)  # dropped, timed out, no Retry-After
     problems: list[str] = field(default_factory=list)
 
 
@@ -126,6 +127,7 @@ def audit(
     row = Row(fault=fault, tickets=len(tickets), given_up=len(load.given_up), refused=len(load.refused))
     row.api_errors = sum(n for what, n in load.answers.items() if not what.startswith("2"))
     row.answers = dict(load.answers)
+    row.unanswered = list(load.unanswered)
     missing = set(load.accepted) - set(tickets)
     stuck = {tid for tid, t in tickets.items() if t["status"] not in TERMINAL}
     row.lost = len(missing | stuck)
@@ -184,12 +186,12 @@ ROWS: list[Row] = []  # filled by the fault suite, printed at the end of the ses
 
 def table(rows: list[Row]) -> str:
     """The fault table, as Markdown."""
-    head = "| fault | tickets | lost | duplicated | recovery s | dead letters (all truly failed) | same-key re-sends | callbacks missing | API errors retried |"
-    lines = [head, "|" + "---|" * 9]
+    head = "| fault | tickets | lost | duplicated | recovery s | dead letters (all truly failed) | same-key re-sends | callbacks missing | API errors retried | API unanswered |"
+    lines = [head, "|" + "---|" * 10]
     for r in rows:
         lines.append(
             f"| {r.fault} | {r.tickets} | {r.lost} | {r.duplicated} | {r.recovery_s:.1f} | "
             f"{r.dead_letters} ({'yes' if not r.wrong_dead_letters else f'NO: {r.wrong_dead_letters} wrong'}) | "
-            f"{r.resent} | {r.callbacks_missing} | {r.api_errors} |"
+            f"{r.resent} | {r.callbacks_missing} | {r.api_errors} | {len(r.unanswered)} |"
         )
     return "\n".join(lines)

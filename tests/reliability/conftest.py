@@ -4,11 +4,14 @@ Knobs (environment): RELIABILITY_RATE (requests/s, default 4), RELIABILITY_SCALE
 every fault's duration and the load windows, default 1), RELIABILITY_KILLS (SIGKILLs, default 6),
 RELIABILITY_DRAIN_TIMEOUT (s, default 60), RELIABILITY_EXAMPLES (schemathesis cases per
 operation, default 300), RELIABILITY_KEEP=1 (keep the servers' directory and logs),
-RELIABILITY_SIMULATOR=0 (leave the Claude tier out even when it is there).
+RELIABILITY_SIMULATOR=0 (leave the Claude tier out even when it is there). The production-settings
+run (test_fault_suite_production.py, `make faults-production`) also takes
+RELIABILITY_CALLBACK_DOWN (s, default 130) and RELIABILITY_POSTGRES_DOWN (s, default 8).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -60,10 +63,10 @@ def simulator() -> Iterator[Claude | None]:
     sim.stop()
 
 
-@pytest.fixture(scope="session")
-def system(simulator: Claude | None) -> Iterator[System]:
+@contextlib.contextmanager
+def running_system(simulator: Claude | None, *, production: bool = False) -> Iterator[System]:
     var = Path(os.environ.get("RELIABILITY_VAR_DIR") or tempfile.mkdtemp(prefix="rel-", dir="/tmp"))
-    system = System(var, llm_base_url=simulator.base_url if simulator else "")
+    system = System(var, llm_base_url=simulator.base_url if simulator else "", production=production)
     try:
         system.start()
         yield system
@@ -72,6 +75,20 @@ def system(simulator: Claude | None) -> Iterator[System]:
         system.stop(keep=keep)
         if not keep:
             shutil.rmtree(var, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def system(simulator: Claude | None) -> Iterator[System]:
+    """The system with the suite's short deadlines (tooling/system.py's SUITE_KNOBS)."""
+    with running_system(simulator) as system:
+        yield system
+
+
+@pytest.fixture(scope="module")
+def production_system(simulator: Claude | None) -> Iterator[System]:
+    """The system with DJANGO_ENV=production and the product's own defaults."""
+    with running_system(simulator, production=True) as system:
+        yield system
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -66,6 +66,9 @@ class Load:
     given_up: list[Submission] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)  # a valid request answered 4xx: a bug
     answers: Counter[str] = field(default_factory=Counter)
+    # Requests the API did not answer as it promises (a dropped connection, a timeout, a 5xx or 429
+    # without Retry-After): (when, what).
+    unanswered: list[tuple[float, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._jobs: queue.Queue[Submission | None] = queue.Queue()
@@ -109,7 +112,8 @@ class Load:
             self._jobs.put(None)
 
     def _send_loop(self) -> None:
-        headers = {"Authorization": f"Bearer {self.client.token}"}
+        # X-Forwarded-Proto: as the TLS proxy in front of the API says (production redirects plain HTTP).
+        headers = {"Authorization": f"Bearer {self.client.token}", "X-Forwarded-Proto": "https"}
         with httpx.Client(base_url=self.api_url, headers=headers, timeout=5.0) as http:
             while (job := self._jobs.get()) is not None:
                 self._submit(http, job)
@@ -121,10 +125,12 @@ class Load:
             try:
                 response = http.post("/api/v1/tickets/", json=job.payload, headers={"Idempotency-Key": job.key})
             except httpx.HTTPError as exc:
-                self._count(type(exc).__name__)
+                self._count(type(exc).__name__, answered=False)
                 time.sleep(0.3)
                 continue
-            self._count(str(response.status_code))
+            code = response.status_code
+            told_when = "Retry-After" in response.headers or (code < 500 and code != 429)  # when to come back
+            self._count(str(code) + ("" if told_when else " without Retry-After"), answered=told_when)
             if response.status_code in (200, 202):
                 job.ticket_id, job.accepted_at = response.json()["id"], time.time()
                 with self._lock:
@@ -138,6 +144,8 @@ class Load:
         with self._lock:
             self.given_up.append(job)
 
-    def _count(self, what: str) -> None:
+    def _count(self, what: str, *, answered: bool = True) -> None:
         with self._lock:
             self.answers[what] += 1
+            if not answered:
+                self.unanswered.append((time.time(), what))

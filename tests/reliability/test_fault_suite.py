@@ -40,6 +40,7 @@ def run_under_load(
     dead_letter_kinds: frozenset[str] = frozenset(),
     weights: dict[str, float] | None = None,
     rate: float | None = None,
+    drain_timeout: float | None = None,
 ) -> Row:
     """Steady load, the fault, more load, then wait for the system to settle and audit it."""
     client = system.client_create(f"{name}-{uuid.uuid4().hex[:6]}")
@@ -51,7 +52,7 @@ def run_under_load(
         time.sleep(COOL)
     finally:
         load.stop()
-    drain(system, client, load, DRAIN)
+    drain(system, client, load, max(DRAIN, drain_timeout or 0))
     row = audit(system, client, load, fault=name, restored_at=restored_at, dead_letter_kinds=dead_letter_kinds)
     crashed = [f"{what} exited {code}" for _, what, code in system.crashes[crashes:]]
     row.note = note + (f"; restarted by the supervisor: {', '.join(crashed)}" if crashed else "")
@@ -68,6 +69,16 @@ def assert_promises_kept(row: Row) -> None:
     assert row.misrouted == 0, f"tickets in the wrong terminal state:\n{evidence}"
     assert row.callbacks_missing == 0, f"clients not told:\n{evidence}"
     assert row.refused == 0 and row.given_up == 0, evidence
+
+
+def assert_api_answered(row: Row, *, excused: list[tuple[float, float]] = ()) -> None:
+    """Throughout the fault the API answered every request — 2xx, or 503/429 with Retry-After: no
+    dropped connection, no timeout, no 500. `excused`: windows when the API's own process was down."""
+    codes = {what for what in row.answers if what.isdigit()}
+    assert codes <= {"200", "202", "429", "503"}, f"the API answered {row.answers}"
+    slack = 1.0  # a client's request already failing when the window closed
+    unexcused = [(at, what) for at, what in row.unanswered if not any(a <= at <= b + slack for a, b in excused)]
+    assert not unexcused, f"{len(unexcused)} requests not answered as promised, e.g. {unexcused[:5]}; {row.answers}"
 
 
 # --- SIGKILL ----------------------------------------------------------------------------------
@@ -112,6 +123,7 @@ def sigkill_workers(system: System) -> tuple[float, str]:
 def test_a_worker_killed_mid_stage_again_and_again_loses_and_repeats_nothing(system: System) -> None:
     row = run_under_load(system, f"SIGKILL a worker mid-stage x{KILLS}", sigkill_workers)
     assert_promises_kept(row)
+    assert_api_answered(row)
 
 
 # --- Redis --------------------------------------------------------------------------------------
@@ -125,31 +137,38 @@ def restart_redis(system: System) -> tuple[float, str]:
 
 
 def test_a_redis_restart_with_work_in_flight_loses_nothing(system: System) -> None:
-    assert_promises_kept(run_under_load(system, "Redis restarted (empty)", restart_redis))
+    row = run_under_load(system, "Redis restarted (empty)", restart_redis)
+    assert_promises_kept(row)
+    assert_api_answered(row)
 
 
 # --- Postgres -----------------------------------------------------------------------------------
-def stop_postgres(system: System) -> tuple[float, str]:
-    system.postgres_stop()
-    time.sleep(5 * SCALE)
+def stop_postgres(system: System, seconds: float = 5 * SCALE) -> tuple[float, str]:
+    """`pg_ctl stop -m immediate`: connections cut mid-transaction, crash recovery on the start."""
+    system.postgres_stop("immediate")
+    time.sleep(seconds)
     system.postgres_start()
-    return time.time(), f"down {5 * SCALE:.0f} s"
+    return time.time(), f"stopped -m immediate, down {seconds:.0f} s"
 
 
 def test_postgres_stopped_for_seconds_loses_nothing(system: System) -> None:
-    assert_promises_kept(run_under_load(system, "Postgres stopped", stop_postgres))
+    row = run_under_load(system, "Postgres stopped", stop_postgres)
+    assert_promises_kept(row)
+    assert_api_answered(row)
 
 
 # --- the client's callback endpoint -----------------------------------------------------------
-def callbacks_down(system: System) -> tuple[float, str]:
+def callbacks_down(system: System, seconds: float = 8 * SCALE) -> tuple[float, str]:
     system.callbacks.down()
-    time.sleep(8 * SCALE)
+    time.sleep(seconds)
     system.callbacks.up()
-    return time.time(), f"connection refused for {8 * SCALE:.0f} s"
+    return time.time(), f"connection refused for {seconds:.0f} s"
 
 
 def test_a_callback_endpoint_down_for_a_while_is_told_once_it_is_back(system: System) -> None:
-    assert_promises_kept(run_under_load(system, "callback endpoint down", callbacks_down))
+    row = run_under_load(system, "callback endpoint down", callbacks_down)
+    assert_promises_kept(row)
+    assert_api_answered(row)
 
 
 # --- graceful shutdown --------------------------------------------------------------------------
