@@ -8,11 +8,12 @@ from typing import Any
 from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import task_postrun, task_prerun, worker_init
-from django.db import close_old_connections, connections
+from django.db import InterfaceError, OperationalError, close_old_connections, connections
 
 from agents import callbacks, obs_tasks  # noqa: F401 - obs_tasks: archive beat, exporter, log context
 from agents.llm import tasks as llm_tasks  # noqa: F401 - the batch beat tasks
 from agents.pipeline import runner, sweeper
+from agents.pipeline.backoff import backoff_seconds
 from agents.pipeline.spec import LLM_TASK, STAGES, StageSpec
 
 # Every thread's connection objects that ran a task (as many as the pool has threads), closed when
@@ -48,6 +49,17 @@ def _close_connections_when_stopped(sender: Any, **_: Any) -> None:
     sender.on_stopped = on_stopped  # read by the worker's blueprint, built right after this signal
 
 
+@contextlib.contextmanager
+def _retried_while_postgres_away(task: Task) -> Any:
+    """Postgres away mid-hop (a read, the claim, the hop's one write): nothing of the hop was
+    written, so the task is simply tried again after a backoff — not acked as failed and left to
+    the sweeper's PIPELINE_STUCK_AFTER_SECONDS (5 minutes in production). Not an attempt."""
+    try:
+        yield
+    except (OperationalError, InterfaceError) as exc:
+        raise task.retry(countdown=backoff_seconds(min(task.request.retries + 1, 8)), max_retries=None) from exc
+
+
 class StageTask(Task):
     """A stage's task: a hop stopped by the soft time limit fails its attempt (retried once, then
     dead-lettered), wherever in the hop the limit fired."""
@@ -60,7 +72,8 @@ class StageTask(Task):
 def _make_stage_task(spec: StageSpec) -> Task:
     @shared_task(name=spec.task, bind=True, base=StageTask, max_retries=None)
     def run(self: Task, ticket_id: str) -> str:
-        outcome = runner.stage_run(ticket_id=ticket_id, stage=spec.name)
+        with _retried_while_postgres_away(self):
+            outcome = runner.stage_run(ticket_id=ticket_id, stage=spec.name)
         if outcome.retry_in is not None:
             # The attempt count lives in Postgres; Celery's own counter is not the budget.
             raise self.retry(countdown=outcome.retry_in, max_retries=None)
@@ -77,7 +90,8 @@ STAGE_TASKS: dict[str, Task] = {spec.name: _make_stage_task(spec) for spec in ST
 @shared_task(name=LLM_TASK, bind=True, max_retries=None)
 def llm_stage(self: Task, ticket_id: str, stage: str) -> str:
     """Run a stage's network-bound variant (Claude) on the llm queue's thread pool."""
-    outcome = runner.stage_run(ticket_id=ticket_id, stage=stage, variant="llm")
+    with _retried_while_postgres_away(self):
+        outcome = runner.stage_run(ticket_id=ticket_id, stage=stage, variant="llm")
     if outcome.retry_in is not None:
         raise self.retry(countdown=outcome.retry_in, max_retries=None)
     return outcome.kind
