@@ -3,7 +3,7 @@
 Knobs (environment): RELIABILITY_RATE (requests/s, default 1), RELIABILITY_SCALE (multiplies
 every fault's duration and the load windows, default 1), RELIABILITY_KILLS (SIGKILLs, default 4),
 RELIABILITY_DRAIN_TIMEOUT (s, default 90), RELIABILITY_EXAMPLES (schemathesis cases per
-operation, default 300), RELIABILITY_KEEP=1 (keep the servers' directory and logs),
+operation, default 30), RELIABILITY_KEEP=1 (keep the servers' directory and logs),
 RELIABILITY_SIMULATOR=0 (leave the Claude tier out even when it is there). The production-settings
 run (test_fault_suite_production.py, `make faults-production`) also takes
 RELIABILITY_CALLBACK_DOWN (s, default 130) and RELIABILITY_POSTGRES_DOWN (s, default 8).
