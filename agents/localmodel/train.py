@@ -55,15 +55,15 @@ ENCODER = os.environ.get("LOCALMODEL_ENCODER", "1") != "0"
 TRAIN_WORKERS = int(os.environ.get("LOCALMODEL_TRAIN_WORKERS", "2"))
 
 
-def method_description() -> str:
-    """One line describing the current training recipe (recorded in model.metrics)."""
+def method_description(embedding: str | None = EMBEDDING) -> str:
+    """One line describing a training recipe (recorded in model.metrics)."""
     scheme = "one-vs-rest" if SVM_MULTI_CLASS == "ovr" else SVM_MULTI_CLASS
     return (
         f"tf-idf word 1-2grams + char_wb 3-5grams (sublinear tf) -> LinearSVC(C={SVM_C}, {scheme}); "
         "confidence = softmax(scores / T), T fitted on out-of-fold scores; global threshold = lowest with OOF "
         f"precision >= target; per-intent thresholds only where a Wilson bound (z={WILSON_Z:g}, >={MIN_SUPPORT} "
         "OOF predictions) shows the intent differs"
-        + (f"; + {EMBEDDING_WEIGHT:g} x mean-pooled {EMBEDDING} embedding" if EMBEDDING else "")
+        + (f"; + {EMBEDDING_WEIGHT:g} x mean-pooled {embedding} embedding" if embedding else "")
     )
 
 
@@ -75,12 +75,14 @@ def _embedded(name: str, text: str) -> np.ndarray:
     return get_embedder(name).embed_one(text)
 
 
-def _features(vectorizer: FeatureUnion, texts: Sequence[str], *, fit: bool = False) -> sp.csr_matrix:
-    """tf-idf features, with the weighted embedding block appended when EMBEDDING is set."""
+def _features(
+    vectorizer: FeatureUnion, texts: Sequence[str], embedding: str | None, fit: bool = False
+) -> sp.csr_matrix:
+    """tf-idf features, with the weighted embedding block appended when `embedding` is set."""
     tfidf = vectorizer.fit_transform(list(texts)) if fit else vectorizer.transform(list(texts))
-    if not EMBEDDING:
+    if not embedding:
         return tfidf
-    dense = np.vstack([_embedded(EMBEDDING, t) for t in texts]) * np.float32(EMBEDDING_WEIGHT)
+    dense = np.vstack([_embedded(embedding, t) for t in texts]) * np.float32(EMBEDDING_WEIGHT)
     return sp.hstack([tfidf, sp.csr_matrix(dense)], format="csr")
 
 
@@ -109,11 +111,11 @@ _LIBLINEAR = threading.Lock()
 
 
 def _fit_linear(
-    texts: Sequence[str], y: np.ndarray, n_classes: int, seed: int = 0
+    texts: Sequence[str], y: np.ndarray, n_classes: int, seed: int, embedding: str | None
 ) -> tuple[FeatureUnion, np.ndarray, np.ndarray]:
     """Fit features and a linear SVM; return (vectorizer, coef[n_classes, F], intercept[n_classes])."""
     vectorizer = build_vectorizer(len(texts))
-    features = _features(vectorizer, texts, fit=True)
+    features = _features(vectorizer, texts, embedding, fit=True)
     present = np.unique(y)
     coef = np.zeros((n_classes, features.shape[1]), dtype=np.float32)
     intercept = np.full(n_classes, -1e3, dtype=np.float32)  # classes absent from this split never win
@@ -134,9 +136,12 @@ def _fit_linear(
     return vectorizer, coef, intercept
 
 
-def _raw_scores(vectorizer: FeatureUnion, coef: np.ndarray, intercept: np.ndarray, texts: Sequence[str]) -> np.ndarray:
+def _raw_scores(
+    fitted: tuple[FeatureUnion, np.ndarray, np.ndarray], texts: Sequence[str], embedding: str | None
+) -> np.ndarray:
     """Linear scores of texts under a fitted (vectorizer, coef, intercept)."""
-    return np.asarray(_features(vectorizer, texts) @ coef.T, dtype=np.float64) + intercept
+    vectorizer, coef, intercept = fitted
+    return np.asarray(_features(vectorizer, texts, embedding) @ coef.T, dtype=np.float64) + intercept
 
 
 def _splits(y: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -180,7 +185,7 @@ def out_of_fold_scores(
     texts: Sequence[str], y: np.ndarray, n_classes: int, folds: int, seed: int, progress: Progress | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Raw scores for every example from a model that did not see it; also each example's fold id."""
-    fits = _fit_all(list(texts), y, n_classes, folds, seed, progress, final=False, encoder=False)
+    fits = _fit_all(list(texts), y, n_classes, folds, seed, progress, final=False, encoder=False, embedding=EMBEDDING)
     return fits.oof, fits.fold_id
 
 
@@ -194,19 +199,20 @@ def _fit_all(
     *,
     final: bool,
     encoder: bool,
+    embedding: str | None,
 ) -> _Fits:
     """Out-of-fold scores and (when `final`) the tiers fitted on everything, all fits side by side."""
     from . import ensemble
 
     splits = _splits(y, folds, seed)
     parts = [tr for tr, _ in splits] + ([np.arange(len(y))] if final else [])
-    if EMBEDDING:
+    if embedding:
         for text in texts:  # embed once, before the threads share the cache
-            _embedded(EMBEDDING, text)
+            _embedded(embedding, text)
     vectors = ensemble.embed_texts(texts, workers=max(1, TRAIN_WORKERS)) if encoder else None
 
     def linear(idx: np.ndarray) -> Callable[[], Any]:
-        return lambda: _fit_linear([texts[i] for i in idx], y[idx], n_classes, seed)
+        return lambda: _fit_linear([texts[i] for i in idx], y[idx], n_classes, seed, embedding)
 
     def head(idx: np.ndarray) -> Callable[[], Any]:
         return lambda: ensemble.fit_head(vectors[idx], y[idx], n_classes, seed)  # type: ignore[index]
@@ -218,7 +224,7 @@ def _fit_all(
     if encoder:
         fits.head_oof = np.zeros((len(texts), n_classes))
     for k, (_, te) in enumerate(splits):
-        fits.oof[te] = _raw_scores(*lin[k], [texts[i] for i in te])
+        fits.oof[te] = _raw_scores(lin[k], [texts[i] for i in te], embedding)
         fits.fold_id[te] = k
         if encoder:
             coef, intercept = heads[k]
@@ -255,6 +261,7 @@ def train_model(
     min_threshold: float = 0.3,
     max_threshold: float = 0.999,
     calibrate: Sequence[bool] | None = None,
+    first: bool = False,
 ) -> IntentModel:
     """Fit on all data; choose global and per-intent thresholds from out-of-fold predictions; record CV metrics.
 
@@ -263,9 +270,14 @@ def train_model(
     learning loop flags the curated base data and not the reviewers' decisions: those are the requests
     the model was unsure of, so thresholds fitted on them would be set for a harder mix than the traffic.
     Ignored (all examples calibrate) when fewer than MIN_CALIBRATION are flagged.
+
+    `first`: the first model's quick recipe, to serve while the full one trains: the cheap tier without the
+    static-embedding columns (they triple the SVMs' cost), the rest as usual.
     """
+    embedding = None if first else EMBEDDING
+    args = (target_precision, folds, seed, progress, min_threshold, max_threshold, calibrate, embedding)
     try:
-        return _train(texts, labels, target_precision, folds, seed, progress, min_threshold, max_threshold, calibrate)
+        return _train(texts, labels, *args)
     finally:
         _embedded.cache_clear()
         from .ensemble import clear_cache
@@ -283,13 +295,14 @@ def _train(
     min_threshold: float,
     max_threshold: float,
     calibrate: Sequence[bool] | None,
+    embedding: str | None,
 ) -> IntentModel:
     """train_model()'s body."""
     _check(texts, labels)
     texts = [str(t) for t in texts]
     intents, y = _encode(labels)
     n_classes = len(intents)
-    fits = _fit_all(texts, y, n_classes, folds, seed, progress, final=True, encoder=use_encoder())
+    fits = _fit_all(texts, y, n_classes, folds, seed, progress, final=True, encoder=use_encoder(), embedding=embedding)
     # Temperature, thresholds and the recorded metrics come from the calibration examples' OOF predictions
     # only (all of them unless `calibrate` says otherwise; see the docstring).
     cal = _calibration_mask(calibrate, len(y))
@@ -320,7 +333,8 @@ def _train(
     auto_in = conf >= in_sample_t[pred]
     correct = pred == y
     metrics = {
-        "method": method_description(),
+        "method": method_description(embedding),
+        "recipe": "full" if embedding == EMBEDDING else "first",
         "n_examples": len(y_all),
         "n_calibration": len(y),
         "n_intents": n_classes,
@@ -354,7 +368,7 @@ def _train(
         global_threshold=global_t,
         thresholds=per_intent,
         metrics=metrics,
-        embedding=EMBEDDING,
+        embedding=embedding,
         embedding_weight=EMBEDDING_WEIGHT,
         head=head,
         candidates_k=candidates_k,

@@ -269,6 +269,24 @@ def test_the_retrain_command_trains_activates_and_rolls_back(small_base):
     assert ModelVersion.objects.get(is_active=True).version == first.version and first.version in back.getvalue()
 
 
+def test_the_first_run_serves_the_quick_recipe_and_queues_the_full_one(small_base, monkeypatch):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    from agents.tasks import retrain_local_model
+
+    queued = []
+    monkeypatch.setattr(retrain_local_model, "apply_async", lambda **kw: queued.append(kw))
+    call_command("retrain", "--if-missing", stdout=(out := StringIO()), stderr=StringIO())
+
+    first = ModelVersion.objects.get(is_active=True)
+    assert first.metrics["recipe"] == "first" and "embedding" not in first.metrics["method"]
+    assert queued and "queued for the maintenance worker" in out.getvalue()
+    learning.model_retrain()  # what the queued task does: the full recipe, gated against the first model
+    assert ModelVersion.objects.filter(metrics__recipe="full").exists()
+
+
 def test_the_evaluate_command_reports_the_active_model_on_a_labelled_file(small_base, tmp_path):
     from io import StringIO
 

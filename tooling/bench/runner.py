@@ -167,7 +167,7 @@ class Run:
         self.progress.enter("training the local model (manage.py retrain)")
         t0 = time.monotonic()
         try:
-            self.system.manage("retrain", "--if-missing", timeout=1200)
+            self.system.manage("retrain", "--if-missing", "--full", timeout=1200)
             active = self.system.sql("SELECT version FROM agents_modelversion WHERE is_active")
             self.extra["local_model"] = {"version": active[0][0] if active else None,
                                          "train_seconds": round(time.monotonic() - t0, 1)}  # fmt: skip

@@ -16,11 +16,19 @@ class Command(BaseCommand):
     help = "Retrain the local intent model (with a progress bar); activate it only if it is not worse."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--if-missing", action="store_true", help="Only when no model is active (first run).")
+        parser.add_argument(
+            "--if-missing",
+            action="store_true",
+            help="Only when no model is active (first run): the quick first recipe, then the full one is queued "
+            "for the maintenance worker.",
+        )
+        parser.add_argument(
+            "--full", action="store_true", help="With --if-missing: the full recipe now, nothing queued."
+        )
         parser.add_argument("--force", action="store_true", help="Activate even if worse on the holdout.")
         parser.add_argument("--rollback", action="store_true", help="Re-activate the previous version instead.")
 
-    def handle(self, *args: Any, if_missing: bool, force: bool, rollback: bool, **options: Any) -> None:
+    def handle(self, *args: Any, if_missing: bool, full: bool, force: bool, rollback: bool, **options: Any) -> None:
         if rollback:
             previous = model_rollback()
             self.stdout.write(f"Rolled back to {previous.version}." if previous else "Nothing to roll back to.")
@@ -40,7 +48,8 @@ class Command(BaseCommand):
                 bar.close()
 
         started = time.monotonic()
-        version, activated, why = model_retrain(progress=progress, force=force)
+        first = if_missing and not full
+        version, activated, why = model_retrain(progress=progress, force=force, first=first)
         for bar in bars.values():
             bar.close()
         m = version.metrics
@@ -51,3 +60,16 @@ class Command(BaseCommand):
             f"trained in {time.monotonic() - started:.0f} s."
         )
         self.stdout.write(("Activated: " if activated else "Not activated: ") + why)
+        if first:
+            self.stdout.write(self._queue_full_recipe())
+
+    @staticmethod
+    def _queue_full_recipe() -> str:
+        """The first model is the quick recipe: queue the full one (`agents.retrain_local_model`)."""
+        from agents.tasks import retrain_local_model
+
+        try:
+            retrain_local_model.apply_async(retry=False)
+        except Exception as exc:  # no broker yet: the beat task retrains within its period anyway
+            return f"The full recipe was not queued ({type(exc).__name__}); the retrain beat task will train it."
+        return "The full recipe is queued for the maintenance worker (agents.retrain_local_model)."

@@ -37,6 +37,16 @@ def test_one_text_is_encoded_as_in_a_batch_and_paraphrases_are_closer_than_stran
     assert batch[0] @ batch[1] > batch[0] @ batch[2] + 0.2
 
 
+def test_the_int8_encoder_is_close_to_the_float_one_and_names_itself_apart(monkeypatch):
+    texts = ["my card has not arrived yet", "why was I charged a fee for my transfer?", "top up failed"]
+    quantised = encoder_module.SentenceEncoder()
+    monkeypatch.setattr(encoder_module, "INT8", False)
+    exact = encoder_module.SentenceEncoder()
+
+    assert encoder_module.INT8 is False and not encoder_module.encoder_id().endswith("+int8")
+    assert (np.sum(quantised.embed(texts) * exact.embed(texts), axis=1) > 0.98).all()
+
+
 def test_a_table_of_precomputed_embeddings_is_used_only_by_the_encoder_that_made_it(tmp_path, monkeypatch):
     path = tmp_path / "table.npz"
     write_table(["hello", "my card is lost"], path)
