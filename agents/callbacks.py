@@ -238,7 +238,9 @@ def _deliver(claimed: list[_Due]) -> int:
 _slots: dict[int, int] = {}
 _slots_lock = threading.Lock()
 _RETRY_BUSY_SECONDS = 1.0
-_SETTLE_GRACE_SECONDS = 0.02  # what a slow endpoint may delay the settling of others' callbacks
+# How long a slow endpoint may delay the settling (not the sending) of others' callbacks: an endpoint
+# that answers one request at a time spreads a batch's answers over tens of milliseconds.
+_SETTLE_GRACE_SECONDS = 0.1
 
 
 def _take_slots(dues: list[_Due]) -> list[_Due]:
