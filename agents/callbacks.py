@@ -6,6 +6,7 @@ import json
 import logging
 import random
 import threading
+from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import timedelta
@@ -171,9 +172,15 @@ class _Due:
 def callbacks_drain(*, batch: int | None = None) -> int:
     """Send every callback that is due, a batch at a time; returns how many were delivered."""
     batch = batch or int(_cfg("CALLBACK_BATCH_SIZE"))
+    per_client = max(1, int(_cfg("CALLBACK_PER_CLIENT")))
     sent = 0
     while claimed := _claim(batch):
         sent += _deliver(claimed)
+        most_of_one_client = max(Counter(due.ticket.client_id for due in claimed).values())
+        if len(claimed) < batch and most_of_one_client < per_client:
+            # All that was due when it claimed: what settled since has a drain of its own coming
+            # (callback_due), rather than this one claiming it a few at a time.
+            return sent
     return sent
 
 
