@@ -8,7 +8,7 @@ from typing import Any
 from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import task_postrun, task_prerun, worker_init
-from django.db import InterfaceError, OperationalError, close_old_connections, connections
+from django.db import InterfaceError, OperationalError, connections
 
 from agents import callbacks, obs_tasks  # noqa: F401 - obs_tasks: archive beat, exporter, log context
 from agents.llm import tasks as llm_tasks  # noqa: F401 - the batch beat tasks
@@ -27,7 +27,11 @@ _task_connections: set[Any] = set()
 def _database_connections(**_: Any) -> None:
     """A task is a request: keep a healthy connection up to CONN_MAX_AGE, drop a broken one
     (celeryconfig's CELERY_DB_REUSE_MAX stops Celery from closing every connection every task)."""
-    close_old_connections()
+    for connection in connections.all(initialized_only=True):
+        # A task applied in the caller's thread inside its transaction (`.apply()` from a command, an
+        # admin action, a test) must not close the caller's connection under it (CONN_MAX_AGE passed).
+        if not connection.in_atomic_block:
+            connection.close_if_unusable_or_obsolete()
     _task_connections.update(connections.all())
 
 
