@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import time
 from typing import Any
 
 from celery import Task, shared_task
@@ -12,9 +14,11 @@ from django.db import InterfaceError, OperationalError, connections
 
 from agents import callbacks, obs_tasks  # noqa: F401 - obs_tasks: archive beat, exporter, log context
 from agents.llm import tasks as llm_tasks  # noqa: F401 - the batch beat tasks
-from agents.pipeline import runner, sweeper
+from agents.pipeline import context, runner, sweeper
 from agents.pipeline.backoff import backoff_seconds
-from agents.pipeline.spec import LLM_TASK, STAGES, StageSpec
+from agents.pipeline.spec import LLM_TASK, QUEUES, STAGES, TIERS, StageSpec, lane_queues
+
+log = logging.getLogger(__name__)
 
 # Every thread's connection objects that ran a task (as many as the pool has threads), closed when
 # the worker stops: a thread pool's threads outlive their last task, and an in-process worker (the
@@ -51,6 +55,25 @@ def _close_connections_when_stopped(sender: Any, **_: Any) -> None:
             _task_connections.clear()
 
     sender.on_stopped = on_stopped  # read by the worker's blueprint, built right after this signal
+
+
+def _lends_tiers(queues: set[str]) -> bool:
+    """Does a worker consuming `queues` run a stage that classifies (its cheap variant)?"""
+    classifying = {lane for spec in STAGES if TIERS in spec.lends for lane in lane_queues(spec.queue_name)}
+    return bool(queues & (classifying | set(lane_queues(QUEUES[0]))))  # the first queue's hop is fused
+
+
+@worker_init.connect(dispatch_uid="agents.tasks.warm_before_the_pool")
+def _warm_before_the_pool(sender: Any, **_: Any) -> None:
+    """The cheap stages' worker loads its tiers before its pool forks (`context.warm`)."""
+    if not _lends_tiers(set(sender.app.amqp.queues.consume_from or ())):
+        return
+    started = time.monotonic()
+    try:
+        context.warm()
+        log.info("classifier tiers loaded in %.1f s, before the pool starts", time.monotonic() - started)
+    except Exception:  # the tiers then load on first use, as in any other process
+        log.warning("could not warm the classifier tiers before the pool started", exc_info=True)
 
 
 @contextlib.contextmanager

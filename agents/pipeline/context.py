@@ -45,6 +45,22 @@ class _Parts:
 parts = _Parts()
 
 
+def warm() -> None:
+    """Build this process's tiers and load what they hold — the compiled rules, the active model and
+    its encoder — by classifying one text, then close its database connections. A prefork pool's
+    processes are forked from the process that called this: every one, and every replacement
+    (`--max-tasks-per-child`), starts warm and shares those pages, instead of spending its first
+    seconds loading them while the other process carries the whole load."""
+    from django.db import connections
+
+    try:
+        catalog = get_catalog()
+        for tier in parts.tiers():
+            tier.classify("warm up", catalog)
+    finally:
+        connections.close_all()  # a forked process must never share its parent's connection
+
+
 def ticket_input(ticket: Ticket) -> TicketInput:
     """The stage-facing view of a ticket."""
     return TicketInput(

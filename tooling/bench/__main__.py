@@ -28,16 +28,17 @@ def parse(argv: list[str]) -> tuple[Config, argparse.Namespace]:
     p.add_argument("--claude-rpm", type=int, default=600, help="the simulator's (and the limiter's) requests/min")
     p.add_argument("--claude-latency", default="lognormal:median=0.4,p99=2,min=0.1,max=4")
     p.add_argument("--customers", type=int, default=100_000, help="distinct customer_ref values")
-    p.add_argument("--route", default="parse,classify,decide,execute,webhooks", help="the no-op chain's queues")
-    p.add_argument(
-        "--route-fused", default="parse,webhooks", help="a second no-op chain: the hops a fused ticket makes"
-    )
+    p.add_argument("--hops", type=int, default=5, help="a yardstick chain's length (bare Celery no-op hops)")
     p.add_argument("--warmup", type=float, default=10.0)
     p.add_argument("--drain", type=float, default=120.0, help="how long to wait for tickets still in flight")
     p.add_argument("--wait-load", type=float, default=0.0, help="first wait until the 1-min load average is below")
     p.add_argument("--wait-timeout", type=float, default=3600.0)
     p.add_argument("--keep", action="store_true", help="keep the system's directory (database, logs)")
     p.add_argument("--fuse", default=None, help="PIPELINE_FUSE for the system ('' = one hop per stage)")
+    p.add_argument(
+        "--ref", default=None, help="before/after: run REV and this checkout in turns (ref, head, head, ref)"
+    )
+    p.add_argument("--rounds", type=int, default=4, help="with --ref: how many runs in all (even: ref and head alike)")
     a = p.parse_args(argv)
     tiers = a.tiers.split(",") if a.tiers != "auto" else ["rules", "local"]
     if "local" in tiers and not (ROOT / "agents" / "tiers" / "local.py").exists():
@@ -57,8 +58,7 @@ def parse(argv: list[str]) -> tuple[Config, argparse.Namespace]:
         claude_rpm=a.claude_rpm,
         claude_latency=a.claude_latency,
         customers=a.customers,
-        route=tuple(a.route.split(",")),
-        route_fused=tuple(r for r in a.route_fused.split(",") if r),
+        hops=a.hops,
         warmup=a.warmup,
         drain=a.drain,
         keep=a.keep,
@@ -77,10 +77,27 @@ def wait_for_quiet(threshold: float, timeout: float, progress: Progress) -> None
         time.sleep(15)
 
 
+def _without(argv: list[str], options: tuple[str, ...]) -> list[str]:
+    """`argv` less the given options and their values (`--opt value` or `--opt=value`)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in options:
+            skip = True
+        elif not arg.startswith(tuple(f"{o}=" for o in options)):
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str]) -> int:
     from tooling.bench import plan, report
 
     cfg, args = parse(argv)
+    if args.ref:
+        from tooling.bench import compare
+
+        return compare.main(args.ref, _without(argv, ("--ref", "--rounds", "--out")), cfg.out, args.rounds)
     progress = Progress().start()
     try:
         if args.wait_load:

@@ -40,6 +40,10 @@ class Fact:
     terminal_at: float | None = None
     stages: list[tuple[str, float]] = field(default_factory=list)  # (stage label, ms)
     hops: list[tuple[str, float]] = field(default_factory=list)  # (from→to, ms)
+    # The first hop in parts (the workers' marks, `probe.mark`): the ticket's row to the message in
+    # the worker's hands (commit, publish, broker), to a pool process starting it, to its first
+    # stage starting (loading and claiming the ticket).
+    first_hop: dict[str, float] = field(default_factory=dict)
 
     @property
     def e2e_ms(self) -> float | None:
@@ -70,8 +74,8 @@ def _label(stage: str, tier: str) -> str:
     return f"{stage}@llm" if tier == "claude" else stage
 
 
-def facts(conninfo: str, sent: list[Sent]) -> list[Fact]:
-    """Read back every accepted ticket of `sent` and its traces."""
+def facts(conninfo: str, sent: list[Sent], marks: dict[str, dict[str, float]] | None = None) -> list[Fact]:
+    """Read back every accepted ticket of `sent` and its traces (and its first hop's marks)."""
     ids = [s.ticket_id for s in sent if s.ticket_id]
     tickets: dict[str, tuple[Any, ...]] = {}
     traces: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
@@ -90,8 +94,20 @@ def facts(conninfo: str, sent: list[Sent]) -> list[Fact]:
             _, fact.status, created, claude, tier = row
             fact.path = _path(fact.status, bool(claude), tier or "")
             _timeline(fact, float(created), traces.get(s.ticket_id, []))
+            _first_hop(fact, float(created), (marks or {}).get(str(s.ticket_id), {}), traces.get(s.ticket_id, []))
         out.append(fact)
     return out
+
+
+def _first_hop(fact: Fact, created: float, marks: dict[str, float], rows: list[tuple[Any, ...]]) -> None:
+    received, started = marks.get("received"), marks.get("started")
+    if received is None or started is None or not rows:
+        return
+    fact.first_hop = {
+        "to the worker": (received - created) * 1000,
+        "to a pool process": (started - received) * 1000,
+        "load and claim": (float(rows[0][4]) - started) * 1000,
+    }
 
 
 def _path(status: str, claude: bool, tier: str) -> str:
@@ -129,7 +145,10 @@ def summary(fs: list[Fact], *, window: tuple[float, float]) -> dict[str, Any]:
     stages: dict[str, list[float]] = defaultdict(list)
     hops: dict[str, list[float]] = defaultdict(list)
     overhead: list[float] = []
+    first_hop: dict[str, list[float]] = defaultdict(list)
     for f in accepted:
+        for part, ms in f.first_hop.items():
+            first_hop[part].append(ms)
         for label, ms in f.stages:
             stages[label].append(ms)
         for label, ms in f.hops:
@@ -151,6 +170,7 @@ def summary(fs: list[Fact], *, window: tuple[float, float]) -> dict[str, Any]:
         "stage_ms": {k: pct(v) for k, v in sorted(stages.items())},
         "hop_ms": {k: pct(v) for k, v in sorted(hops.items(), key=lambda kv: -len(kv[1]))[:12]},
         "overhead_ms": pct(overhead),
+        "first_hop_ms": {k: pct(v) for k, v in first_hop.items()},
     }
 
 

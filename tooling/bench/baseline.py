@@ -1,8 +1,8 @@
-"""The no-op chain: what Celery alone costs for the hops a ticket makes, on the same run's workers.
+"""Closed-loop no-op chains on the yardstick worker (`tooling.bench.yardstick`).
 
-A chain is `len(route)` `bench.noop` tasks, hop i on queue `route[i]` — by default the queues a
-ticket of the non-Claude path visits (parse, classify, decide, execute or escalate, then the
-callback on webhooks). Closed-loop: `concurrency` chains in flight; each end starts a new one.
+`concurrency` chains in flight, each `hops` hops long; each chain's end starts a new one. The
+chains' rate and latency are Celery's own cost on this machine at this moment, measured beside the
+tickets so that a noisy machine moves both.
 """
 
 from __future__ import annotations
@@ -14,27 +14,17 @@ from typing import Any
 from celery import Celery
 
 from tooling.bench.load import Counters
-from tooling.bench.noop_tasks import DONE_KEY
-
-ROUTE = ("parse", "classify", "decide", "execute", "webhooks")
-
-
-def noop_app(broker_url: str) -> Celery:
-    """A bare Celery app that publishes to the system's broker as the project's tasks do (JSON)."""
-    app = Celery("bench", broker=broker_url, set_as_current=False)
-    app.conf.update(task_serializer="json", accept_content=["json"], broker_connection_retry_on_startup=True)
-    return app
+from tooling.bench.yardstick import DONE_KEY, QUEUE, TASK
 
 
 def run_chains(
-    app: Celery, redis: Any, *, route: tuple[str, ...], concurrency: int, seconds: float, counters: Counters
+    app: Celery, redis: Any, *, hops: int, concurrency: int, seconds: float, counters: Counters
 ) -> list[tuple[float, float]]:
     """Closed-loop chains for `seconds`; returns (start, end) wall times of every finished chain."""
     redis.delete(DONE_KEY)
-    route_list = list(route)
 
     def send() -> None:
-        app.send_task("tooling.bench.noop", args=[uuid.uuid4().hex, time.time(), route_list, 0], queue=route_list[0])
+        app.send_task(TASK, args=[uuid.uuid4().hex, time.time(), hops, 0], queue=QUEUE)
         counters.sent += 1
 
     deadline, in_flight, finished = time.monotonic() + seconds, 0, []

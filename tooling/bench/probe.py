@@ -1,6 +1,6 @@
 """Counting database round trips per task (workers) and per request (API), bench processes only.
 
-Installed by `bench.noop_tasks` (which the bench's workers load with `--include`) and by
+Installed by `tooling.bench.worker_probe` (which the bench's workers load with `--include`) and by
 `bench.gunicorn_conf` (the bench's API), when `BENCH_PROBE=1`. It wraps psycopg itself rather than
 Django's `execute_wrapper`, so what Django does around the queries is counted too: the health
 check's `SELECT 1`, savepoints, and each transaction's `BEGIN` / `COMMIT`. Counts are kept per
@@ -20,11 +20,14 @@ from typing import Any
 import psycopg
 
 KEY = "bench:probe"
+MARKS_KEY = "bench:marks"
 _local = threading.local()
 _lock = threading.Lock()
 # label -> [calls (tasks or requests), statements, transactions]
 _counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
 _installed = False
+# (ticket id, what, wall time): moments of a ticket's first hop inside the worker, flushed with the counts.
+_marks: list[tuple[str, str, float]] = []
 
 
 def label() -> str:
@@ -40,6 +43,12 @@ def begin(name: str) -> None:
 
 def end() -> None:
     _local.label = "other"
+
+
+def mark(ticket_id: str, what: str) -> None:
+    """Note that `what` happened to the ticket now (flushed to Redis with the counts)."""
+    with _lock:
+        _marks.append((ticket_id, what, time.time()))
 
 
 def _count(index: int) -> None:
@@ -88,8 +97,13 @@ def _flush_forever(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
     while True:
         time.sleep(1.0)
+        with _lock:
+            marks = _marks[:]
+            del _marks[:]
         try:
             client.hset(KEY, str(os.getpid()), json.dumps(snapshot()))
+            if marks:
+                client.rpush(MARKS_KEY, *(f"{t} {what} {at}" for t, what, at in marks))
         except redis.RedisError:
             pass  # the bench's Redis restarting: the next flush catches up
 
@@ -116,6 +130,7 @@ def _after_fork(redis_url: str) -> None:
     global _lock
     _lock = threading.Lock()  # another thread of the parent may have held it at the fork
     _counts.clear()
+    _marks.clear()
     _start_flusher(redis_url)
 
 
@@ -137,3 +152,12 @@ def delta(after: dict[str, list[int]], before: dict[str, list[int]]) -> dict[str
     """What was counted between two `read`s."""
     zero = [0, 0, 0]
     return {k: [a - b for a, b in zip(v, before.get(k, zero), strict=True)] for k, v in after.items()}
+
+
+def marks(client: Any) -> dict[str, dict[str, float]]:
+    """Every ticket's first-hop marks so far, by ticket id: {"received": t, "started": t}."""
+    out: dict[str, dict[str, float]] = defaultdict(dict)
+    for raw in client.lrange(MARKS_KEY, 0, -1):
+        ticket, what, at = raw.decode().split()
+        out[ticket].setdefault(what, float(at))  # a redelivery keeps the first
+    return dict(out)

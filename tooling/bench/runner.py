@@ -3,10 +3,10 @@
 Phases, in order (see docs/performance.md for why):
   warm-up      closed-loop, a few seconds: loads code, caches, connections; makes tickets to clone
   seed         top the database up to `existing` tickets
-  noop idle    one no-op chain at a time: Celery's own latency per hop on an idle system
-  noop         no-op chains closed-loop            ┐ the baseline brackets the measurement,
+  noop idle    one yardstick chain at a time: bare Celery's latency per hop on an idle system
+  noop         yardstick chains closed-loop        ┐ the yardstick brackets the measurement,
   saturation   tickets closed-loop: sustained rate  │ so a noisy machine moves both
-  noop again   no-op chains closed-loop            ┘
+  noop again   yardstick chains closed-loop        ┘
   sweep        open-loop at fractions of the sustained rate: latency against offered load
   soak         open-loop at half the sustained rate for `soak` seconds: memory over time
   scale        seed up to `scale_to`; noop, saturation, half load again
@@ -22,12 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from tooling.bench import analyze, baseline, probe, seed
 from tooling.bench.corpus import corpus
 from tooling.bench.load import TERMINAL, Offer, Watcher
 from tooling.bench.progress import Progress
 from tooling.bench.sampler import Sampler, summarise
 from tooling.bench.system import BenchSystem
+from tooling.bench.yardstick import make_app as make_yardstick
 
 PIPELINE_LABELS = ("agents.parse", "agents.classify", "agents.decide", "agents.execute", "agents.escalate")
 PIPELINE_LABELS += ("agents.llm_stage", "agents.deliver_callback", "agents.deliver_callbacks", "api.submit")
@@ -48,9 +51,7 @@ class Config:
     claude_rpm: int = 600
     claude_latency: str = "lognormal:median=0.4,p99=2,min=0.1,max=4"
     customers: int = 100_000
-    route: tuple[str, ...] = baseline.ROUTE
-    # The queues a fused ticket actually crosses (PIPELINE_FUSE's default: one CPU hop, the callback).
-    route_fused: tuple[str, ...] = ("parse", "webhooks")
+    hops: int = 5  # a yardstick chain's length
     warmup: float = 10.0
     drain: float = 120.0
     keep: bool = False
@@ -81,7 +82,8 @@ class Run:
         self.system.start()
         self.client = self.system.client_create("bench")
         self.redis = self.system.redis()
-        self.celery = baseline.noop_app(f"redis://127.0.0.1:{self.system.redis_port}/0")
+        self.yardstick = make_yardstick(self.system.yardstick_broker_url)
+        self.yardstick_redis = redis.Redis.from_url(self.system.yardstick_broker_url)
         self.sampler = Sampler(self._pids).start()
         self.extra["startup_seconds"] = round(time.monotonic() - t0, 1)
 
@@ -125,7 +127,7 @@ class Run:
 
         asyncio.run(go())
         t1 = time.time()
-        facts = analyze.facts(self.conninfo, offer.sent)
+        facts = analyze.facts(self.conninfo, offer.sent, probe.marks(self.redis))
         warm = min(5.0, 0.15 * seconds)
         summary = analyze.summary(facts, window=(t0 + warm, t0 + seconds))
         offered = {"mode": "closed", "in_flight": closed} if closed else {"mode": "open", "rate": round(rate, 2)}
@@ -135,16 +137,16 @@ class Run:
         record["cpu_ms_per_ticket"] = cpu_per(record["processes"], summary["accepted"])
         return record
 
-    def noop(self, name: str, *, seconds: float, concurrency: int, route: tuple[str, ...] = ()) -> dict:
-        route = route or self.cfg.route
+    def noop(self, name: str, *, seconds: float, concurrency: int) -> dict:
+        hops = self.cfg.hops
         counters = self.progress.enter(name, seconds)
         load_start, before, t0 = [round(x, 2) for x in os.getloadavg()], probe.read(self.redis), time.time()
-        finished = baseline.run_chains(self.celery, self.redis, route=route, concurrency=concurrency,
+        finished = baseline.run_chains(self.yardstick, self.yardstick_redis, hops=hops, concurrency=concurrency,
                                        seconds=seconds, counters=counters)  # fmt: skip
         t1 = time.time()
         warm = min(5.0, 0.15 * seconds)
-        summary = analyze.chains_summary(finished, window=(t0 + warm, t0 + seconds), hops=len(route))
-        record = self._record(name, "noop", t0, t1, before, route=list(route), in_flight=concurrency,
+        summary = analyze.chains_summary(finished, window=(t0 + warm, t0 + seconds), hops=hops)
+        record = self._record(name, "noop", t0, t1, before, in_flight=concurrency,
                               seconds=seconds, load_avg_start=load_start, **summary)  # fmt: skip
         record["cpu_ms_per_chain"] = cpu_per(record["processes"], summary["chains"])
         return record
@@ -195,7 +197,7 @@ def cpu_per(processes: dict[str, dict[str, float]], n: int) -> dict[str, float]:
     if not n:
         return {}
     out = {k: round(1000 * v["cpu_seconds"] / n, 2) for k, v in processes.items() if k not in ("machine", "not_ours")}
-    out["system_total"] = round(sum(v for k, v in out.items() if k != "bench"), 2)
+    out["system_total"] = round(sum(v for k, v in out.items() if k not in ("bench", "yardstick")), 2)
     return out
 
 

@@ -4,8 +4,9 @@
 own commands on embedded Postgres and Redis of its own. `BenchSystem` keeps all of that and
 changes what the fault suite changes for its faults back to production: the Banking77 pack, the
 default sweeper period and backoff, INFO logs, Prometheus's multi-process directory (as `make
-run`). It adds the bench's probe to every process (`--include bench.noop_tasks`, gunicorn hooks),
-lifts the per-client API throttle (one client offers all the load), and can switch the Claude tier
+run`). It adds the bench's probe to every process (`--include tooling.bench.worker_probe`, gunicorn hooks),
+lifts the per-client API throttle (one client offers all the load), starts the yardstick's worker
+(`bench.yardstick`: a bare Celery no-op worker, none of the product's settings), and can switch the Claude tier
 on mid-run (restart classify, start the llm worker) against the simulator.
 """
 
@@ -16,7 +17,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from tooling.system import PYTHON, ROOT, WORKERS, SimulatorProcess, System
+from tooling.bench.yardstick import QUEUE as YARDSTICK_QUEUE
+from tooling.system import BIN, PYTHON, ROOT, WORKERS, SimulatorProcess, System
 
 PACK = ROOT / "agents" / "packs" / "banking77.yaml"
 TIERS = {"rules": "agents.tiers.rules.RulesTier", "local": "agents.tiers.local.LocalModelTier"}
@@ -52,16 +54,24 @@ class BenchSystem(System):
         self.simulator: SimulatorProcess | None = None
 
     def command(self, name: str) -> list[str]:
+        if name == "yardstick":  # the yardstick's own worker: solo, one queue, Celery's defaults
+            return [str(BIN / "celery"), "-A", "tooling.bench.yardstick", "worker", "--pool", "solo",
+                    "-Q", YARDSTICK_QUEUE, "-n", "yardstick@%h", "--loglevel", "INFO"]  # fmt: skip
         cmd = super().command(name)
         if name == "web":
             return [cmd[0], "-c", "python:tooling.bench.gunicorn_conf", *cmd[1:]]
         if name in (*WORKERS, "llm"):
-            return [*cmd, "--include", "tooling.bench.noop_tasks"]
+            return [*cmd, "--include", "tooling.bench.worker_probe"]
         return cmd
+
+    @property
+    def yardstick_broker_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}/0"
 
     @property
     def env(self) -> dict[str, str]:
         env = super().env
+        env["YARDSTICK_BROKER_URL"] = self.yardstick_broker_url
         if self.llm_base_url:  # the Claude tier's limits match the simulator's (bench/claude_settings.py)
             env["DJANGO_SETTINGS_MODULE"] = "tooling.bench.claude_settings"
         return env
@@ -89,7 +99,7 @@ class BenchSystem(System):
             "UPDATE agents_intent SET webhook_url = %s || '/downstream/' || name WHERE allowed_actions ? 'webhook'",
             self.downstream.base_url,
         )
-        names = ["web", *WORKERS, "beat"]
+        names = ["web", *WORKERS, "beat", "yardstick"]
         for name in names:
             self.spawn(name)
         for name in names:
