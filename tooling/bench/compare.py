@@ -140,6 +140,29 @@ def table(runs: list[tuple[str, dict[str, Any]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# The latency issue's targets on 2 cores (docs/performance.md): (figure, test, what it says).
+TARGETS = (
+    ("half_p95", lambda v, _: v is not None and v <= 40, "p95 end to end at 0.5× ≤ 40 ms"),
+    ("half_first_hop_p95", lambda v, _: v is not None and v <= 25, "the first hop's p95 at 0.5× ≤ 25 ms"),
+    ("high_done_offered", lambda v, _: v is not None and v >= 0.98, "done / offered at 0.9× ≥ 0.98"),
+    ("high_p95", lambda v, _: v is not None and v <= 150, "p95 end to end at 0.9× ≤ 150 ms"),
+    ("sustained_per_s", lambda v, ref: v is not None and v >= ref, "sustained ≥ the reference's (its mean)"),
+    ("rss_peak_mb", lambda v, _: v is not None and v <= 320, "largest RSS ≤ 320 MB"),
+)
+
+
+def verdicts(runs: list[tuple[str, dict[str, Any]]]) -> str:
+    """Each head run against the targets (the reference's sustained rate: the mean of its runs)."""
+    refs = [f["sustained_per_s"] or 0 for label, f in runs if label.startswith("ref")]
+    ref_sustained = sum(refs) / len(refs) if refs else 0.0
+    heads = [(label, f) for label, f in runs if label.startswith("head")]
+    lines = ["| target | " + " | ".join(label for label, _ in heads) + " |", "|---|" + "---|" * len(heads)]
+    for key, test, text in TARGETS:
+        cells = " | ".join(("✅ " if test(f[key], ref_sustained) else "❌ ") + _cell(f[key]) for _, f in heads)
+        lines.append(f"| {text} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(ref: str, args: list[str], out: Path, rounds: int) -> int:
     """Run ref and head in turns (ref, head, head, ref per round pair); print and write the table."""
     tree, sha = worktree(ref)
@@ -156,6 +179,7 @@ def main(ref: str, args: list[str], out: Path, rounds: int) -> int:
         runs.append((label, figures(report)))
         (out / "compare.json").write_text(json.dumps({"ref": sha, "args": args, "runs": dict(runs)}, indent=2))
     text = f"# Before and after: `{ref}` ({sha}) against this checkout\n\n`{' '.join(args)}`\n\n" + table(runs)
+    text += "\n## This checkout against the targets\n\n" + verdicts(runs)
     (out / "compare.md").write_text(text)
     print(text)
     print(f"runs and reports: {out}")
