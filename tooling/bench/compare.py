@@ -168,7 +168,7 @@ def main(ref: str, args: list[str], out: Path, rounds: int) -> int:
     tree, sha = worktree(ref)
     out.mkdir(parents=True, exist_ok=True)
     order = [("ref", tree), ("head", ROOT), ("head", ROOT), ("ref", tree)] * ((rounds + 1) // 2)
-    order = order[: 2 * rounds]
+    order = order[:rounds]
     runs: list[tuple[str, dict[str, Any]]] = []
     count = {"ref": 0, "head": 0}
     for side, where in order:
