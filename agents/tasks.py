@@ -68,6 +68,10 @@ class StageTask(Task):
     """A stage's task: a hop stopped by the soft time limit fails its attempt (retried once, then
     dead-lettered), wherever in the hop the limit fired."""
 
+    def log_fields(self, args: Any) -> dict[str, str]:
+        """What the JSON logs bind while it runs (project/logging.py)."""
+        return {"ticket_id": str(args[0]), "stage": self.name.removeprefix("agents.")}
+
     def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         if isinstance(exc, SoftTimeLimitExceeded) and args:
             runner.stage_stopped(str(args[0]), self.name.removeprefix("agents."))
@@ -91,7 +95,15 @@ def _make_stage_task(spec: StageSpec) -> Task:
 STAGE_TASKS: dict[str, Task] = {spec.name: _make_stage_task(spec) for spec in STAGES}
 
 
-@shared_task(name=LLM_TASK, bind=True, max_retries=None)
+class LlmStageTask(Task):
+    """The network-bound variant's task: its arguments are the ticket and the stage."""
+
+    def log_fields(self, args: Any) -> dict[str, str]:
+        """What the JSON logs bind while it runs (project/logging.py)."""
+        return {"ticket_id": str(args[0]), **({"stage": str(args[1])} if len(args) > 1 else {})}
+
+
+@shared_task(name=LLM_TASK, bind=True, base=LlmStageTask, max_retries=None)
 def llm_stage(self: Task, ticket_id: str, stage: str) -> str:
     """Run a stage's network-bound variant (Claude) on the llm queue's thread pool."""
     with _retried_while_postgres_away(self):

@@ -68,14 +68,14 @@ def texts(total: int, catalog: Any) -> list[str]:
 
 
 def offer(client: Any, texts: list[str], rate: float) -> None:
-    from tickets.services import ticket_create
+    from agents.pipeline.intake import ticket_submit
 
     started = time.monotonic()
     for i, text in enumerate(texts):
         delay = started + i / rate - time.monotonic()
         if delay > 0:
             time.sleep(delay)
-        ticket_create(client=client, payload={"body": text, "customer_ref": f"c{i % 97}", "channel": "api"})
+        ticket_submit(client=client, payload={"body": text, "customer_ref": f"c{i % 97}", "channel": "api"})
     connection.close()
 
 

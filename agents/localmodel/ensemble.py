@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .candidates import coverage_of
-from .model import softmax_rows
+from .scores import softmax_rows
 
 HEAD_C = 50.0  # inverse L2 strength of the head's logistic regression (unit-length inputs)
 WEIGHTS = (0.3, 0.4, 0.5, 0.6)  # the cheap tier's share of the ensemble, chosen on out-of-fold NLL

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .scores import softmax_rows
+
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 2  # 2: the vectorizer pickled apart, beside plain-data blocks for one text
 if TYPE_CHECKING:
@@ -29,14 +31,6 @@ class Prediction:
     # The intents Claude is asked to choose among when the local tiers are unsure (conformal top-k).
     candidates: tuple[tuple[str, float], ...] = ()
     encoded: bool = False  # whether the sentence encoder ran (the cheap tier was unsure)
-
-
-def softmax_rows(scores: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of a 2-D score matrix, numerically stable."""
-    shifted = scores - scores.max(axis=1, keepdims=True)
-    np.exp(shifted, out=shifted)
-    shifted /= shifted.sum(axis=1, keepdims=True)
-    return shifted
 
 
 _WHITE_SPACES = re.compile(r"\s\s+")

@@ -21,7 +21,8 @@ from sklearn.svm import LinearSVC
 from .candidates import fit_top_k
 from .ensemble import cascade_metrics, fit_cascade
 from .evaluate import report_from_predictions
-from .model import IntentModel, softmax_rows
+from .model import IntentModel
+from .scores import softmax_rows
 from .thresholds import (  # noqa: F401  (re-exported: the thresholds' home used to be here)
     LOWER,
     MIN_SUPPORT,

@@ -11,10 +11,10 @@ from django.db import transaction
 from django.utils import timezone
 
 from agents.models import DeadLetter, Stage, Trace, TraceStatus
+from agents.people import review_close_for_replay
 from agents.pipeline.dispatch import after_commit, stage_enqueue
 from agents.pipeline.events import announce
 from agents.pipeline.spec import SPEC
-from reviews.escalations import review_close_for_replay
 from tickets.models import IllegalTransition, Status, Ticket
 
 

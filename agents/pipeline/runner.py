@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from agents.llm.scope import ticket_scope
 from agents.models import Trace, TraceStatus
+from agents.people import review_open
 from agents.pipeline import store
 from agents.pipeline.backoff import backoff_seconds
 from agents.pipeline.context import stage_context, ticket_input
@@ -32,7 +33,6 @@ from agents.pipeline.events import announce
 from agents.pipeline.spec import HISTORY, SPEC, StageSpec, handed_over
 from agents.stages.escalate import review_suggestion
 from agents.stages.types import StageError, StageResult
-from reviews.escalations import review_create_from_escalation
 from tickets.models import TERMINAL, Status, Ticket
 
 log = logging.getLogger(__name__)
@@ -263,7 +263,7 @@ def _commit(ticket: Ticket, attempt: _Attempt, result: StageResult, variant: str
                 return Outcome("duplicate")  # another delivery got there first: nothing written
             if spec.opens_review:
                 reason, suggestion = result.output["reason"], result.output["suggestion"]
-                review_create_from_escalation(ticket=ticket, reason=reason, suggestion=suggestion)
+                review_open(ticket=ticket, reason=reason, suggestion=suggestion)
             after_commit(ticket.pk, new_status, context)
     # The in-memory ticket is what Postgres holds (or will hold once the hop is written), for a
     # fused next stage.
@@ -299,9 +299,7 @@ def _dead_letter(ticket: Ticket, attempt: _Attempt, reason: str, error: dict[str
     stage = attempt.spec.name
     store.dead_letter_create(ticket_id=ticket.pk, stage=stage, reason=reason, error=error, attempts=attempt.number)
     detail = f"{stage} failed: {reason}: {error['error_message'][:500]}"
-    review_create_from_escalation(
-        ticket=ticket, reason="dead_letter", suggestion=review_suggestion(ticket.context, detail)
-    )
+    review_open(ticket=ticket, reason="dead_letter", suggestion=review_suggestion(ticket.context, detail))
     after_commit(ticket.pk, Status.DEAD_LETTERED)
 
 

@@ -269,8 +269,8 @@ class NetSystem:
         return killed
 
     def live_workers(self) -> list[str]:
-        """Worker nodes whose heartbeat in the registry is recent (project/health.py)."""
-        from project.health import HEARTBEAT_STALE_SECONDS, REGISTRY_KEY
+        """Worker nodes whose heartbeat in the registry is recent (project/heartbeat.py)."""
+        from project.heartbeat import HEARTBEAT_STALE_SECONDS, REGISTRY_KEY
 
         now = time.time()
         records = {k.decode(): json.loads(v) for k, v in self.redis().hgetall(REGISTRY_KEY).items()}

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from project.health import HEARTBEAT_STALE_SECONDS
+from project.heartbeat import HEARTBEAT_STALE_SECONDS
 from tests.network.netsystem import ROWS, WORKER_ROLES, NetSystem
 from tests.reliability.audit import TERMINAL, audit, drain
 from tests.reliability.load import Load

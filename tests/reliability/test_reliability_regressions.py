@@ -105,7 +105,7 @@ def test_an_outage_of_the_system_of_record_is_a_503_with_retry_after(db, api, mo
     def postgres_down(**kwargs: object) -> None:
         raise DatabaseDown('connection to server on socket "/var/pg/.s.PGSQL.5432" failed: No such file')
 
-    monkeypatch.setattr("tickets.api.ticket_create", postgres_down)
+    monkeypatch.setattr("tickets.api.views.ticket_submit", postgres_down)
     http, _ = api()
     http.raise_request_exception = False
 

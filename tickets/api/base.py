@@ -12,7 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from tickets.schema import NO_NUL
+from tickets.api.schema import NO_NUL
 
 METADATA_MAX_BYTES = 8 * 1024
 METADATA_MAX_DEPTH = 5

@@ -13,7 +13,7 @@ from rest_framework import serializers
 from tickets.models import SETTLED_STATUSES
 from tickets.webhooks import ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER
 
-# What tickets/api.py's validation accepts, stated in the schema, so a request valid by the schema
+# What tickets/api/serializers.py's validation accepts, stated in the schema, so a request valid by the schema
 # is accepted.
 NO_NUL = r"^[^\x00]*$"
 NOT_BLANK = r"^[^\x00]*[^\s\x00][^\x00]*$"  # trimmed, something is left
