@@ -89,7 +89,7 @@ def offer_at_handoff(client: Any, texts: list[str], rate: float) -> None:
     from agents.stages import STAGES
     from agents.stages.types import StageContext, TicketInput
     from agents.tiers.rules import RulesTier
-    from tickets.models import Status, Ticket
+    from tickets.models import Ticket
 
     catalog, rules, contexts = get_catalog(), RulesTier(), []
     for text in texts:  # the cheap stages, ahead of time: only the hand-over is timed
@@ -110,7 +110,7 @@ def offer_at_handoff(client: Any, texts: list[str], rate: float) -> None:
             body=text,
             customer_ref=f"c{i % 97}",
             channel="api",
-            status=Status.CLASSIFYING,
+            status="classifying",
             context=context,
         )
         current_app.send_task("agents.llm_stage", args=[ticket_id, "classify"])

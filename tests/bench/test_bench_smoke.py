@@ -70,7 +70,7 @@ def test_a_short_run_reports_every_figure_and_every_ticket_ends(out: Path) -> No
             assert phase["chains"] > 0 and "cpu_ms_per_chain" in phase
     half = next(p for p in result["phases"] if p["name"] == "open 0.50x")
     assert {"p50", "p95", "p99"} <= set(half["e2e_ms"]["all"]) and half["round_trips_per_ticket"]["round_trips"] > 0
-    assert {"cpu", "io", "web", "postgres", "redis"} <= set(result["processes"])
+    assert {"cheap", "io", "web", "postgres", "redis"} <= set(result["processes"])
     assert result["headline"]["all_terminal"] is True
     assert set(result["final_statuses"]) <= {"resolved", "awaiting_review", "dead_lettered"}
     assert json.loads(paths["json"].read_text())["headline"] == json.loads(json.dumps(result["headline"]))

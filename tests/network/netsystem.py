@@ -3,7 +3,7 @@ across a network on one machine.
 
     db       Postgres and Redis (the broker, limiter, cache), servers of this test's own
     api      gunicorn (the API), celery beat and the maintenance worker (the sweeper)
-    w1, w2   each: the cpu and io worker roles (tests/deploy/topology.py) — all the pipeline's queues
+    w1, w2   each: the cheap and io worker roles (tests/deploy/topology.py) — all the pipeline's queues
     client   the load, the clients' callback endpoint and the downstream API (HTTP recorders)
 
 It offers what the fault suite's audit reads (`sql`, `callbacks`, `downstream`), so the same audit
@@ -33,7 +33,7 @@ from tooling.system import BIN, PACK, PYTHON, ROOT, SCRUBBED, SUITE_KNOBS, ApiCl
 
 HOSTS = ("db", "api", "w1", "w2", "client")
 WORKER_HOSTS = ("w1", "w2")
-WORKER_ROLES = ("cpu", "io")  # every pipeline queue (llm: no Claude tier here)
+WORKER_ROLES = ("cheap", "io")  # every pipeline queue (claude: no Claude tier here)
 ROWS: list[Row] = []  # the network table, printed at the end of the session (conftest.py)
 
 
@@ -215,7 +215,7 @@ class NetSystem:
 
     def worker_command(self, role: str, host: str) -> list[str]:
         """The Procfile's command for the role, its node named after the host."""
-        return [part.replace("%h", host) for part in shlex.split(procfile()[role])]
+        return [*shlex.split(procfile()[role]), "-n", f"{role}@{host}"]
 
     def manage(self, *args: str) -> str:
         done = subprocess.run([*self.hosts.exec_prefix("api"), PYTHON, "manage.py", *args], cwd=ROOT,

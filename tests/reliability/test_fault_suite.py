@@ -83,8 +83,8 @@ def assert_api_answered(row: Row, *, excused: list[tuple[float, float]] = ()) ->
 
 # --- SIGKILL ----------------------------------------------------------------------------------
 # (process, what it is in the middle of): the io worker mid downstream call, then mid callback; the
-# cpu worker holding a message; the maintenance worker.
-KILL_ORDER = (("io", "downstream"), ("io", "callbacks"), ("cpu", ""), ("maintenance", ""))
+# cheap worker holding a message; the maintenance worker.
+KILL_ORDER = (("io", "downstream"), ("io", "callbacks"), ("cheap", ""), ("maintenance", ""))
 
 
 def _kill_mid_stage(system: System, target: str, during: str, stale: set[bytes]) -> str:

@@ -48,13 +48,13 @@ KILLS = 20
 # mid downstream call and mid callback, gunicorn one worker at a time and its master with them all.
 KILL_ORDER = (
     ("web", "worker"),
-    ("cpu", ""),
+    ("cheap", ""),
     ("io", "downstream"),
-    ("llm", ""),
+    ("claude", ""),
     ("maintenance", ""),
     ("beat", ""),
     ("io", "callbacks"),
-    ("cpu", ""),
+    ("cheap", ""),
     ("web", "master"),
     ("io", "downstream"),
 )

@@ -24,14 +24,14 @@ def test_a_ticket_waiting_for_its_customers_older_request_is_not_swept_as_stuck(
     # CUSTOMER_WAIT_SECONDS, forever): under load the decide queue grew without bound.
     settings.PIPELINE = {**settings.PIPELINE, "CUSTOMER_WAIT_SECONDS": 0.2}
     http, client = api()
-    Ticket.objects.create(client=client, customer_ref="zoe", body="first", status=Status.ESCALATING)
+    Ticket.objects.create(client=client, customer_ref="zoe", body="first", status="escalating")
     response = http.post("/api/v1/tickets/", ticket_payload(customer_ref="zoe"), format="json")
     newer = response.json()["id"]
-    wait_for(lambda: Ticket.objects.get(pk=newer).status == Status.DECIDING, what="the newer ticket to wait")
+    wait_for(lambda: Ticket.objects.get(pk=newer).status == "deciding", what="the newer ticket to wait")
     time.sleep(1.5)
 
     waiting = Ticket.objects.get(pk=newer)
-    assert waiting.status == Status.DECIDING
+    assert waiting.status == "deciding"
     assert (time.time() - waiting.updated_at.timestamp()) < 1.0, "a live wait loop looks stuck to the sweeper"
 
 

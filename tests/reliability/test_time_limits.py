@@ -1,4 +1,4 @@
-"""The `cpu` worker of the Procfile enforces the stage tasks' time limits: a hop that runs too long is
+"""The `cheap` worker of the Procfile enforces the stage tasks' time limits: a hop that runs too long is
 stopped, retried once at most and dead-lettered with its reason — never a stalled worker. Here the
 soft limit is a millisecond, so every hop runs too long; with a pool that ignores time limits (solo,
 threads) every ticket would resolve instead."""
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.reliability
 TERMINAL = {"resolved", "awaiting_review", "dead_lettered"}
 
 
-def test_the_cpu_worker_stops_a_hop_that_runs_too_long_and_dead_letters_it_with_the_reason() -> None:
+def test_the_cheap_worker_stops_a_hop_that_runs_too_long_and_dead_letters_it_with_the_reason() -> None:
     var = Path(tempfile.mkdtemp(prefix="limits-", dir="/tmp"))
     env = {
         "PIPELINE_STAGE_SOFT_TIME_LIMIT_SECONDS": "0.001",

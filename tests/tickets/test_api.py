@@ -402,7 +402,7 @@ def test_a_settled_tickets_callback_can_be_resent_and_nothing_else(api, monkeypa
     http, client = api("resender")
     other, _ = api("someone-else")
     settled = ticket_make(client, status=Status.RESOLVED, reply="done")
-    in_flight = ticket_make(client, status=Status.DECIDING)
+    in_flight = ticket_make(client, status="deciding")
 
     response = http.post(f"/api/v1/tickets/{settled.pk}/callback/")
     assert response.status_code == 202 and response.json()["id"] == str(settled.pk)

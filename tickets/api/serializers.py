@@ -18,6 +18,7 @@ from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import CursorPagination
 
+from agents.pipeline.spec import SPEC
 from project.netguard import BlockedURL, check_url
 from project.textnorm import nfkc
 from tickets.api.base import (
@@ -26,7 +27,7 @@ from tickets.api.base import (
     MetadataField,
     QueryText,
 )
-from tickets.models import Priority, Status, Ticket
+from tickets.models import Priority, Ticket
 from tickets.selectors import ticket_trace
 
 IDEMPOTENCY_KEY = re.compile(r"^[\x20-\x7e]{0,255}$")  # empty: no key
@@ -137,6 +138,8 @@ class TraceSerializer(serializers.Serializer):
 
 class TicketOutputSerializer(serializers.ModelSerializer):
     url = serializers.SerializerMethodField()
+    # The ticket's own states and the stages' (the spec's): the column holds no choices of its own.
+    status = serializers.ChoiceField(choices=[(s, s.replace("_", " ").title()) for s in SPEC.statuses], required=False)
     priority = serializers.CharField(source="get_priority_display")
     resolution = serializers.SerializerMethodField()
 
@@ -204,7 +207,7 @@ class TicketCursorPagination(CursorPagination):
 
 
 class TicketFilterSerializer(StrictSerializer):
-    status = serializers.ChoiceField(choices=Status.values, required=False)
+    status = serializers.ChoiceField(choices=list(SPEC.statuses), required=False)
     intent = QueryText()
     created_after = serializers.DateTimeField(required=False)
     created_before = serializers.DateTimeField(required=False)
