@@ -15,6 +15,7 @@ from agents.llm import tasks as llm_tasks  # noqa: F401 - the batch beat tasks
 from agents.pipeline import runner, sweeper
 from agents.pipeline.backoff import backoff_seconds
 from agents.pipeline.spec import LLM_TASK, STAGES, StageSpec
+from agents.stages.types import CLAUDE
 
 # Every thread's connection objects that ran a task (as many as the pool has threads), closed when
 # the worker stops: a thread pool's threads outlive their last task, and an in-process worker (the
@@ -107,7 +108,7 @@ class LlmStageTask(Task):
 def llm_stage(self: Task, ticket_id: str, stage: str) -> str:
     """Run a stage's network-bound variant (Claude) on the llm queue's thread pool."""
     with _retried_while_postgres_away(self):
-        outcome = runner.stage_run(ticket_id=ticket_id, stage=stage, variant="llm")
+        outcome = runner.stage_run(ticket_id=ticket_id, stage=stage, variant=CLAUDE)
     if outcome.retry_in is not None:
         raise self.retry(countdown=outcome.retry_in, max_retries=None)
     return outcome.kind

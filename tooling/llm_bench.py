@@ -97,7 +97,7 @@ def offer_at_handoff(client: Any, texts: list[str], rate: float) -> None:
         parsed = STAGES["parse"](ticket, StageContext()).output
         ticket = TicketInput(ticket.id, client.pk, "bench", "api", "", text, 1, context={"parse": parsed})
         cheap = STAGES["classify"](ticket, StageContext(catalog=catalog, tiers=[rules], can_handoff=True))
-        assert cheap.handoff == "llm", text
+        assert cheap.handoff == "claude", text
         contexts.append((ticket.id, {"parse": parsed, "classify_cpu": cheap.output}))
     started = time.monotonic()
     for i, (text, (ticket_id, context)) in enumerate(zip(texts, contexts, strict=True)):

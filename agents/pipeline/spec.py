@@ -15,7 +15,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from agents.stages import classify, decide, escalate, execute, parse
-from agents.stages.types import OFFLINE_TOOLS, StageFn, StageResult
+from agents.stages.types import CHEAP, CLAUDE, OFFLINE_TOOLS, StageFn, StageResult, cheap_output
 from tickets.states import SETTLED_STATUSES, TERMINAL, IllegalTransition, Status
 
 # The trace row of a person's decision carries this in place of a stage's name (agents/pipeline/human.py).
@@ -24,7 +24,7 @@ REVIEW = "review"
 # The worker roles (the Procfile, compose and the chart start each with `python -m agents.pipeline.worker
 # ROLE`): `cheap` runs the cheap stages fused in one hop; `io` what waits on the network (downstream
 # calls, callbacks); `claude` the network-bound variants; `maintenance` the sweeper, retraining, archive.
-CHEAP, IO, CLAUDE, MAINTENANCE = "cheap", "io", "claude", "maintenance"
+IO, MAINTENANCE = "io", "maintenance"  # CHEAP and CLAUDE: the stages' variants (agents/stages/types.py)
 
 # What the runner may lend a stage in its context (agents/pipeline/context.py).
 TIERS, TOOLS, HISTORY, HANDOFF = "tiers", "tools", "history", "handoff"
@@ -165,7 +165,7 @@ def worker_roles(spec: Pipeline = SPEC) -> dict[str, tuple[str, ...]]:
 
 def handed_over(context: Mapping[str, Any], stage: str) -> bool:
     """Whether the stage's cheap variant already ran and handed the ticket to the llm queue."""
-    return f"{stage}_cpu" in context
+    return cheap_output(stage) in context
 
 
 def lane_queues(queue: str) -> list[str]:

@@ -69,7 +69,8 @@ def test_a_running_worker_touches_its_heartbeat_file_and_is_counted_per_queue(pi
         (m.name, s.labels.get("queue")): s.value for m in PipelineStateCollector(0)._workers() for s in m.samples
     }
     assert samples[("pipeline_queue_workers", "parse")] >= 1
-    assert samples[("pipeline_queue_in_flight", "parse")] >= 0
+    held = sum(int(r.get("in_flight", {}).get("parse", 0)) for r in heartbeat.live_workers().values())
+    assert samples[("pipeline_queue_in_flight", "parse")] == held
 
 
 def test_a_worker_that_stopped_beating_is_no_longer_counted(db):

@@ -8,6 +8,7 @@ of those migrations are checked to be 58fa74c's, byte for byte, so the schema is
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 from datetime import timedelta
 from pathlib import Path
@@ -57,10 +58,16 @@ def test_the_migrations_of_58fa74c_are_its_own_byte_for_byte():
     assert found == FILES_AT_58FA74C
 
 
-def rows(table: str) -> list[tuple[Any, ...]]:
+def rows(table: str) -> list[dict[str, Any]]:
+    """Every row of `table`, column by column, as the database holds it."""
     with connection.cursor() as cursor:
         cursor.execute(f'SELECT * FROM "{table}" ORDER BY 1')  # noqa: S608 - our own table names
-        return cursor.fetchall()
+        columns = [c.name for c in cursor.description]
+        return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+
+
+def as_json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
 
 
 def fill_at_58fa74c(apps: Any) -> dict[str, Any]:
@@ -87,7 +94,11 @@ def fill_at_58fa74c(apps: Any) -> dict[str, Any]:
         status="resolved", intent="card_arrival", confidence=0.97, action="reply", reply="on its way",
         resolved_at=now, callback_due_at=now, context={"parse": {"text": "My card still hasn't arrived"}},
     )  # fmt: skip
-    waiting = ticket(status="awaiting_review", intent="card_arrival", confidence=0.4, action="escalated")
+    # Its classify handed over to Claude before a person was asked: the cheap output under `classify_cpu`.
+    waiting = ticket(
+        status="awaiting_review", intent="card_arrival", confidence=0.4, action="escalated",
+        context={"parse": {"text": BODY}, "classify_cpu": {"intent": "card_arrival", "confidence": 0.4}},
+    )  # fmt: skip
     # What parse had stored before classify failed for good.
     parsed = parse(TicketInput("x", client.pk, "c1", "api", "", BODY, 2), StageContext()).output
     dead = ticket(status="dead_lettered", stage_attempts=3, context={"parse": parsed})
@@ -141,8 +152,24 @@ def test_a_database_of_58fa74c_migrates_to_the_head_keeping_every_row_and_the_pi
     executor.loader.build_graph()
     executor.migrate(executor.loader.graph.leaf_nodes())
 
-    assert {table: rows(table) for table in TABLES} == before
+    after = {table: rows(table) for table in TABLES}
     assert all(before.values())
+    assert {t: r for t, r in after.items() if t != "tickets_ticket"} == {
+        t: r for t, r in before.items() if t != "tickets_ticket"
+    }
+
+    def without_context(table_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{k: v for k, v in row.items() if k != "context"} for row in table_rows]
+
+    assert without_context(after["tickets_ticket"]) == without_context(before["tickets_ticket"])
+    contexts = {row["id"]: as_json(row["context"]) for row in after["tickets_ticket"]}
+    assert contexts.pop(made["waiting"]) == {
+        "parse": {"text": BODY},
+        "classify_cheap": {"intent": "card_arrival", "confidence": 0.4},
+    }  # its one key renamed (agents/migrations/0005)
+    assert contexts == {
+        row["id"]: as_json(row["context"]) for row in before["tickets_ticket"] if row["id"] != made["waiting"]
+    }
 
     found = client_by_key(made["token"])
     assert found is not None and found[0].name == "from-58fa74c"

@@ -154,7 +154,7 @@ def test_sigkill_x20_over_every_process_loses_and_repeats_nothing(
     # Only while gunicorn itself was dead may a request go unanswered (a single API process here;
     # production runs several behind the load balancer); the client's retry with its key is safe.
     assert_api_answered(row, excused=web_down)
-    assert {"web", "cpu", "io", "maintenance", "beat"} <= kinds
+    assert {"web", "cheap", "io", "maintenance", "beat"} <= kinds
 
 
 # --- Postgres -m immediate ----------------------------------------------------------------------

@@ -68,6 +68,8 @@ def test_a_review_must_be_claimed_before_it_is_decided(escalate, reviewer):
 
 def test_approving_resumes_the_ticket_at_execute_with_the_suggestion_and_keeps_feedback(escalate, reviewer):
     review = services.review_claim(review=escalate(), reviewer=reviewer)
+    review.claimed_at -= timedelta(seconds=30)  # claimed half a minute ago
+    review.save(update_fields=["claimed_at"])
 
     resolved = services.review_approve(review=review, reviewer=reviewer, notes="looks right")
 
@@ -81,7 +83,7 @@ def test_approving_resumes_the_ticket_at_execute_with_the_suggestion_and_keeps_f
     assert (feedback.agent_intent, feedback.agent_confidence, feedback.agent_tier) == ("card_arrival", 0.55, "local")
     assert (feedback.human_intent, feedback.human_reply) == ("card_arrival", "Hi bob, your card is on its way.")
     assert feedback.reviewer == reviewer and not feedback.overridden
-    assert feedback.seconds_taken is not None and feedback.seconds_taken >= 0
+    assert feedback.seconds_taken is not None and 30 <= feedback.seconds_taken < 60
     decided = Trace.objects.get(ticket=ticket, stage="review")
     assert (decided.status, decided.tier) == ("ok", "human")
     assert decided.output == {
