@@ -11,9 +11,11 @@ from celery.signals import task_postrun, task_prerun, worker_init
 from django.db import InterfaceError, OperationalError, connections
 
 from agents import callbacks, obs_tasks  # noqa: F401 - obs_tasks: archive beat, exporter, log context
-from agents.llm import tasks as llm_tasks  # noqa: F401 - the batch beat tasks
+from agents.llm import batches
+from agents.llm.base import ModelClient
 from agents.pipeline import runner, sweeper
 from agents.pipeline.backoff import backoff_seconds
+from agents.pipeline.context import parts
 from agents.pipeline.spec import LLM_TASK, STAGES, StageSpec
 from agents.stages.types import CLAUDE
 
@@ -141,3 +143,25 @@ def thresholds_follow_reviewers() -> int:
     from agents.learning import thresholds_follow_reviewers as follow
 
     return len(follow())
+
+
+# --- The Message Batches API: beat tasks ------------------------------------------------------
+def _llm_client() -> ModelClient | None:
+    """The per-process model client the Claude tier uses (None without an API key)."""
+    return parts.llm().get("client")
+
+
+@shared_task(name="agents.llm_batch_submit")
+def llm_batch_submit(force: bool = False) -> str:
+    """Beat (and a full pending list): send the waiting low-priority requests as one batch."""
+    client = _llm_client()
+    if client is None:
+        return "llm disabled"
+    return batches.batch_submit(client, force=force) or "nothing to submit"
+
+
+@shared_task(name="agents.llm_batch_poll")
+def llm_batch_poll() -> int:
+    """Beat: collect ended batches and wake their tickets."""
+    client = _llm_client()
+    return batches.batch_poll(client) if client is not None else 0

@@ -22,11 +22,11 @@ from celery import current_app
 
 from agents.llm.base import BatchItem, ModelClient, ModelError, ModelReply, ModelRequest, Usage
 from agents.llm.config import llm_settings
+from agents.llm.handoff import LLM_TASK
 from agents.llm.pricing import cost_usd
 from agents.llm.scope import TicketScope
 from agents.llm.spend import spend_record
 from agents.llm.store import key, redis_client
-from agents.pipeline.spec import LLM_TASK
 
 log = logging.getLogger(__name__)
 

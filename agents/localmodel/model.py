@@ -18,7 +18,7 @@ from .scores import softmax_rows
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 2  # 2: the vectorizer pickled apart, beside plain-data blocks for one text
 if TYPE_CHECKING:
-    from .ensemble import EncoderHead
+    from .head import EncoderHead
 
 
 @dataclass(frozen=True)
@@ -152,7 +152,7 @@ class IntentModel:
     embedding: str | None = None
     embedding_weight: float = 1.0
     lean: list[dict[str, Any]] | None = None  # _lean_blocks(vectorizer); derived when not given
-    # Optional second tier (agents/localmodel/ensemble.py): a sentence encoder's head, run only where the
+    # Optional second tier (agents/localmodel/head.py): a sentence encoder's head, run only where the
     # cheap confidence is below its cascade threshold; and the size of the candidate set for Claude.
     head: EncoderHead | None = None
     candidates_k: int = 3
@@ -347,6 +347,6 @@ def _head_from(state: dict[str, Any] | None) -> EncoderHead | None:
     """The second tier from its stored state (None for models without one)."""
     if state is None:
         return None
-    from .ensemble import EncoderHead
+    from .head import EncoderHead
 
     return EncoderHead(**state)

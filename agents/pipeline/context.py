@@ -3,6 +3,7 @@ spec asks for (tiers, tools, the customer's history, a hand-over to Claude), bui
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from django.conf import settings
@@ -83,9 +84,12 @@ def stage_context(
         catalog=get_catalog(), attempt=attempt, holding_reply=settings.PIPELINE["HOLDING_REPLY"], variant=variant
     )
     if variant == CLAUDE:
+        from agents.llm.drafting import draft_reply  # only the Claude variant needs the SDK
+
         llm = parts.llm()
         ctx.tiers = [llm["tier"]] if TIERS in spec.lends and llm else []
-        ctx.llm = llm.get("client")
+        client = llm.get("client")
+        ctx.draft = functools.partial(draft_reply, client) if client is not None else None
         ctx.scope = ticket_scope_of(ticket, spec)
     else:
         ctx.tiers = parts.tiers() if TIERS in spec.lends else []

@@ -14,6 +14,7 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
+from agents.llm.handoff import LLM_QUEUE, LLM_TASK  # noqa: F401 - LLM_TASK: named here with the stages
 from agents.stages import classify, decide, escalate, execute, parse
 from agents.stages.types import CHEAP, CLAUDE, OFFLINE_TOOLS, StageFn, StageResult, cheap_output
 from tickets.states import SETTLED_STATUSES, TERMINAL, IllegalTransition, Status
@@ -144,9 +145,7 @@ SPEC = Pipeline(STAGES)
 # Fixed for the process's life, read at import by celeryconfig.
 QUEUES: tuple[str, ...] = SPEC.queues
 NAMES: tuple[str, ...] = SPEC.names
-# The network-bound variants (Claude) run on this queue's thread pool (agents.tasks.llm_stage).
-LLM_QUEUE = "llm"
-LLM_TASK = "agents.llm_stage"
+# The network-bound variants (Claude) run on LLM_QUEUE's thread pool (agents.tasks.llm_stage): agents/llm/handoff.py.
 # Not stages' queues: the callbacks' (tickets' webhooks) and the periodic upkeep's (celeryconfig routes).
 WEBHOOKS_QUEUE, MAINTENANCE_QUEUE = "webhooks", "maintenance"
 

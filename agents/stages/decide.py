@@ -52,10 +52,8 @@ def needs_draft(policy: IntentPolicy | None) -> bool:
 
 
 def _drafted(ticket: TicketInput, ctx: StageContext, policy: IntentPolicy) -> tuple[str, dict[str, Any]]:
-    from agents.llm.drafting import draft_reply  # only the llm variant needs the SDK
-
-    draft = draft_reply(
-        ctx.llm, policy=policy, text=ticket.context["parse"]["text"], history=ctx.history, client_id=ticket.client_id
+    draft = ctx.draft(
+        policy=policy, text=ticket.context["parse"]["text"], history=ctx.history, client_id=ticket.client_id
     )
     usage = {
         "tier": "claude",
@@ -78,7 +76,7 @@ def decide(ticket: TicketInput, ctx: StageContext) -> StageResult:
     if drafting and ctx.variant == CHEAP and ctx.can_handoff:
         return StageResult(output={"intent": intent, "drafting": True}, confidence=confidence, handoff=CLAUDE)
     usage: dict[str, Any] = {}
-    if drafting and ctx.variant == CLAUDE and ctx.llm is not None:
+    if drafting and ctx.variant == CLAUDE and ctx.draft is not None:
         reply, usage = _drafted(ticket, ctx, policy)  # type: ignore[arg-type]
     else:
         reply = render_reply(policy.reply_template, ticket) if policy else ""

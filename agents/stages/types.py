@@ -120,7 +120,8 @@ class StageContext:
     # CHEAP or CLAUDE (above). `can_handoff` says a Claude variant is configured to hand over to.
     variant: str = CHEAP
     can_handoff: bool = False
-    llm: Any = None  # the model client (agents/llm) when variant == CLAUDE
+    # Claude drafting a reply (agents.llm.drafting.draft_reply over the model client), CLAUDE variant.
+    draft: Any = None
     scope: Any = None  # the ticket as the Claude tier may know it (agents.llm.scope.TicketScope), CLAUDE variant
 
 

@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 
-from agents.localmodel import load_csv, train_model
+from agents.localmodel import load_csv
 from agents.localmodel.data import in_holdout
-from agents.localmodel.system import DEFAULT_PACK, catalog_for, load_pack, score_system, summarise
+from agents.training.system import DEFAULT_PACK, catalog_for, load_pack, score_system, summarise
+from agents.training.train import train_model
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "agents" / "data" / "banking77" / "train.csv"

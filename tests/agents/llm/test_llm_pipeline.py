@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-import agents.llm.tasks  # noqa: F401 - registers the batch tasks with the worker's app
+import agents.tasks  # noqa: F401 - registers the batch tasks with the worker's app
 from agents.llm import batches
 from agents.llm.anthropic_client import AnthropicClient
 from agents.llm.base import Usage

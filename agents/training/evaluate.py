@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .model import IntentModel
+from agents.localmodel.model import IntentModel
 
 
 def _safe_div(num: float, den: float) -> float | None:

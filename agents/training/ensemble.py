@@ -13,14 +13,14 @@ import math
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .candidates import coverage_of
-from .scores import softmax_rows
+from agents.localmodel.candidates import coverage_of
+from agents.localmodel.head import EncoderHead
+from agents.localmodel.scores import softmax_rows
 
 HEAD_C = 50.0  # inverse L2 strength of the head's logistic regression (unit-length inputs)
 WEIGHTS = (0.3, 0.4, 0.5, 0.6)  # the cheap tier's share of the ensemble, chosen on out-of-fold NLL
@@ -32,38 +32,6 @@ CASCADE_PRECISION = 0.995  # the cheap answer stands where its own out-of-fold p
 MAX_ENCODED_SHARE = 0.35
 
 
-@dataclass
-class EncoderHead:
-    """What the second tier needs besides the encoder itself (which is named, never pickled)."""
-
-    coef: np.ndarray  # n_classes x encoder dim
-    intercept: np.ndarray
-    temperature: float  # T2, the head's own
-    weight: float  # w, the cheap tier's share
-    ensemble_temperature: float  # Te
-    cascade_threshold: float  # cheap confidence below which the encoder runs
-
-    def __post_init__(self) -> None:
-        self.coef = np.ascontiguousarray(self.coef, dtype=np.float32)
-        self.intercept = np.asarray(self.intercept, dtype=np.float32).ravel()
-
-    def combine(self, cheap_logits: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
-        """Ensemble probabilities from the cheap tier's tempered scores and the texts' embeddings."""
-        head = (embeddings @ self.coef.T + self.intercept) / self.temperature
-        z = self.weight * cheap_logits + (1.0 - self.weight) * head
-        return softmax_rows(np.asarray(z, dtype=np.float64) / self.ensemble_temperature)
-
-    def state(self) -> dict[str, object]:
-        return {
-            "coef": self.coef,
-            "intercept": self.intercept,
-            "temperature": float(self.temperature),
-            "weight": float(self.weight),
-            "ensemble_temperature": float(self.ensemble_temperature),
-            "cascade_threshold": float(self.cascade_threshold),
-        }
-
-
 # Embeddings of the base training data, precomputed (`python -m agents.localmodel.encoder CSV OUT`):
 # the first model is trained in under a minute instead of spending ~40 s of CPU encoding 10,000 texts.
 TABLE = Path(__file__).resolve().parents[1] / "data" / "banking77" / "train.minilm.npz"
@@ -72,7 +40,7 @@ _CACHE: dict[str, np.ndarray] = {}  # text -> embedding, while training runs (fo
 
 def embed_texts(texts: Sequence[str], workers: int = 2) -> np.ndarray:
     """Embeddings of many texts: from the precomputed table, else batched on `workers` threads."""
-    from .encoder import get_encoder, read_table, table_key
+    from agents.localmodel.encoder import get_encoder, read_table, table_key
 
     todo = sorted({t for t in texts if t not in _CACHE})
     if todo:
@@ -149,7 +117,7 @@ def fit_cascade(
     fits: Any, cal: np.ndarray, cheap_logits: np.ndarray, cheap: np.ndarray, y: np.ndarray
 ) -> tuple[EncoderHead, np.ndarray]:
     """Fit the second tier's constants on out-of-fold scores; return it and the cascade's probabilities."""
-    from .thresholds import fit_temperature, lowest_threshold
+    from agents.training.thresholds import fit_temperature, lowest_threshold
 
     head_oof = fits.head_oof[cal]  # type: ignore[index]
     t2, w, te = fit_ensemble(cheap_logits, head_oof, y, fit_temperature)

@@ -7,10 +7,10 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from .evaluate import evaluate, report_from_predictions
-from .model import IntentModel
-from .thresholds import expected_calibration_error
-from .train import INNER_FOLDS, _check, _encode, _splits, method_description, train_model
+from agents.localmodel.model import IntentModel
+from agents.training.evaluate import evaluate, report_from_predictions
+from agents.training.thresholds import expected_calibration_error
+from agents.training.train import INNER_FOLDS, _check, _encode, _splits, method_description, train_model
 
 
 def fold_models(

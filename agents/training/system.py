@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .crossval import fold_models
-from .model import IntentModel
+from agents.localmodel.model import IntentModel
+from agents.training.crossval import fold_models
 
 DEFAULT_PACK = Path(__file__).resolve().parents[1] / "packs" / "banking77.yaml"
 # As agents.learning's defaults: the floors and cap model_activate() applies to a model's thresholds.

@@ -18,12 +18,12 @@ from sklearn.model_selection import KFold, StratifiedKFold
 from sklearn.pipeline import FeatureUnion
 from sklearn.svm import LinearSVC
 
-from .candidates import fit_top_k
-from .ensemble import cascade_metrics, fit_cascade
-from .evaluate import report_from_predictions
-from .model import IntentModel
-from .scores import softmax_rows
-from .thresholds import (  # noqa: F401  (re-exported: the thresholds' home used to be here)
+from agents.localmodel.candidates import fit_top_k
+from agents.localmodel.model import IntentModel
+from agents.localmodel.scores import softmax_rows
+from agents.training.ensemble import cascade_metrics, fit_cascade
+from agents.training.evaluate import report_from_predictions
+from agents.training.thresholds import (  # noqa: F401  (re-exported: the thresholds' home used to be here)
     LOWER,
     MIN_SUPPORT,
     REBALANCE,
@@ -51,7 +51,7 @@ MIN_CALIBRATION = 50
 # 3 keeps the first model under a minute; the nested CV's inner folds are the same.
 INNER_FOLDS = 3
 # Linear fits run side by side (liblinear releases the GIL): the first model in under a minute on 2 cores.
-# The second tier: a sentence encoder run only where the cheap tier is unsure (agents/localmodel/ensemble.py).
+# The second tier: a sentence encoder run only where the cheap tier is unsure (agents/localmodel/head.py, fitted by agents/training/ensemble.py).
 ENCODER = os.environ.get("LOCALMODEL_ENCODER", "1") != "0"
 TRAIN_WORKERS = int(os.environ.get("LOCALMODEL_TRAIN_WORKERS", "2"))
 
@@ -71,7 +71,7 @@ def method_description(embedding: str | None = EMBEDDING) -> str:
 @cache
 def _embedded(name: str, text: str) -> np.ndarray:
     """A text's embedding, cached while train_model() runs (its folds embed the same texts many times)."""
-    from .embed import get_embedder
+    from agents.localmodel.embed import get_embedder
 
     return get_embedder(name).embed_one(text)
 
@@ -203,7 +203,7 @@ def _fit_all(
     embedding: str | None,
 ) -> _Fits:
     """Out-of-fold scores and (when `final`) the tiers fitted on everything, all fits side by side."""
-    from . import ensemble
+    from agents.training import ensemble
 
     splits = _splits(y, folds, seed)
     parts = [tr for tr, _ in splits] + ([np.arange(len(y))] if final else [])
@@ -281,7 +281,7 @@ def train_model(
         return _train(texts, labels, *args)
     finally:
         _embedded.cache_clear()
-        from .ensemble import clear_cache
+        from agents.training.ensemble import clear_cache
 
         clear_cache()  # ~2 KB per text: not worth keeping in a long-lived worker
 
@@ -378,7 +378,7 @@ def _train(
 
 def use_encoder() -> bool:
     """Whether train_model() adds the sentence encoder's tier (ENCODER on, and its package installed)."""
-    from .encoder import available
+    from agents.localmodel.encoder import available
 
     return ENCODER and available()
 
