@@ -15,6 +15,7 @@ from agents.people import review_close_for_replay
 from agents.pipeline.dispatch import after_commit, stage_enqueue
 from agents.pipeline.events import announce
 from agents.pipeline.spec import REVIEW, SPEC
+from agents.stages.types import HUMAN
 from tickets.models import IllegalTransition, Status, Ticket
 
 
@@ -69,7 +70,7 @@ def ticket_resume(
     with transaction.atomic():
         locked = Ticket.objects.select_for_update().get(pk=ticket.pk)
         SPEC.check(locked.status, resume.status)
-        locked.context = {**locked.context, "human": {"intent": intent, "reply": reply}}
+        locked.context = {**locked.context, HUMAN: {"intent": intent, "reply": reply}}
         locked.status, locked.stage_attempts = resume.status, 0
         locked.save(update_fields=["context", "status", "stage_attempts", "updated_at"])
         _decision_trace(
@@ -89,7 +90,7 @@ def ticket_dismiss(*, ticket: Ticket, reason: str, reviewer: str = "", started_a
         SPEC.check(locked.status, Status.RESOLVED)
         locked.status, locked.action, locked.resolved_at = Status.RESOLVED, "dismissed", timezone.now()
         locked.callback_due_at = locked.resolved_at
-        locked.context = {**locked.context, "human": {"decision": "dismiss", "reason": reason}}
+        locked.context = {**locked.context, HUMAN: {"decision": "dismiss", "reason": reason}}
         locked.save(update_fields=["status", "action", "resolved_at", "callback_due_at", "context", "updated_at"])
         trace = _decision_trace(locked, {"decision": "dismiss", "reason": reason, "reviewer": reviewer}, started_at)
         announce(locked, trace, "ok", Status.RESOLVED, locked.context)

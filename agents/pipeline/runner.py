@@ -32,7 +32,7 @@ from agents.pipeline.dispatch import after_commit, stage_enqueue
 from agents.pipeline.events import announce
 from agents.pipeline.spec import HISTORY, SPEC, StageSpec, handed_over
 from agents.stages.escalate import review_suggestion
-from agents.stages.types import CHEAP, CLAUDE, StageError, StageResult, cheap_output
+from agents.stages.types import CHEAP, CLAUDE, ESCALATION, StageError, StageResult, cheap_output
 from tickets.models import TERMINAL, Status, Ticket
 
 log = logging.getLogger(__name__)
@@ -227,7 +227,7 @@ def _next_state(ticket: Ticket, spec: StageSpec, result: StageResult) -> tuple[s
     context = {**ticket.context, spec.name: result.output}
     if result.escalate and not spec.opens_review:
         detail = (result.output.get("needs_human") or {}).get("detail") or result.output.get("problem", "")
-        context["escalation"] = {"reason": result.escalate, "stage": spec.name, "detail": detail}
+        context[ESCALATION] = {"reason": result.escalate, "stage": spec.name, "detail": detail}
         return SPEC.escalation.status, context
     return spec.next_status, context
 

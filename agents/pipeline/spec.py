@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from agents.llm.handoff import LLM_QUEUE, LLM_TASK  # noqa: F401 - LLM_TASK: named here with the stages
 from agents.stages import classify, decide, escalate, execute, parse
-from agents.stages.types import CHEAP, CLAUDE, OFFLINE_TOOLS, StageFn, StageResult, cheap_output
+from agents.stages.types import CHEAP, CLAUDE, HUMAN, OFFLINE_TOOLS, StageFn, StageResult, cheap_output
 from tickets.states import SETTLED_STATUSES, TERMINAL, IllegalTransition, Status
 
 # The trace row of a person's decision carries this in place of a stage's name (agents/pipeline/human.py).
@@ -85,7 +85,7 @@ def _escalate_writes(result: StageResult) -> dict[str, Any]:
 def _execute_is_offline(context: Mapping[str, Any]) -> bool:
     """An execute whose plan calls a downstream API waits on the network: the io queue's threads."""
     plan = (context.get("decide") or {}).get("plan") or []
-    return "human" not in context and all(action.get("tool") in OFFLINE_TOOLS for action in plan)
+    return HUMAN not in context and all(action.get("tool") in OFFLINE_TOOLS for action in plan)
 
 
 STAGES: tuple[StageSpec, ...] = (

@@ -102,6 +102,11 @@ class ToolRunner(Protocol):
 CHEAP, CLAUDE = "cheap", "claude"
 
 
+# The context's keys besides the stages' outputs (each under its stage's name): a person's decision, and
+# why the ticket was escalated (the stage and the reason, for the escalate stage's holding reply).
+HUMAN, ESCALATION = "human", "escalation"
+
+
 def cheap_output(stage: str) -> str:
     """The context key of a stage's cheap output once it handed the stage over to Claude."""
     return f"{stage}_cheap"

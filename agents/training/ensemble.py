@@ -1,10 +1,10 @@
-"""The costlier second tier: a sentence encoder's vector, a linear head on it, and a logit-space
-ensemble with the cheap tier, run only where the cheap tier is unsure (the cascade).
+"""Fitting the costlier second tier (agents/localmodel/head.py): a linear head on a sentence encoder's
+vector, a logit-space ensemble with the cheap tier, and the cascade threshold below which it runs.
 
 The cheap tier's calibrated probability decides first: at or above `cascade_threshold` its answer
-stands (~70 % of requests, ~0.3 ms). Below it the request is encoded (~1.5-2.5 ms), and the answer is
-`softmax((w * s1 / T1 + (1 - w) * s2 / T2) / Te)` with s1 the cheap scores, s2 the head's. Every
-constant is fitted on out-of-fold predictions inside `train_model()`.
+stands. Below it the request is encoded, and the answer is `softmax((w * s1 / T1 + (1 - w) * s2 / T2) / Te)`
+with s1 the cheap scores, s2 the head's. Every constant is fitted on out-of-fold predictions inside
+`train_model()`; the shares and costs measured: docs/local-model.md, "The second tier's cascade".
 """
 
 from __future__ import annotations
@@ -25,10 +25,8 @@ from agents.localmodel.scores import softmax_rows
 HEAD_C = 50.0  # inverse L2 strength of the head's logistic regression (unit-length inputs)
 WEIGHTS = (0.3, 0.4, 0.5, 0.6)  # the cheap tier's share of the ensemble, chosen on out-of-fold NLL
 CASCADE_PRECISION = 0.995  # the cheap answer stands where its own out-of-fold precision reaches this ...
-# ... but the encoder (int8: ~1.5-2.5 ms of CPU) runs for at most this share of requests: the mean cost of
-# the local tiers stays near 1 ms per request (0.3-0.4 ms for the cheap tier + ~0.28 x ~2 ms). Nested CV:
-# 35 % (28 % of held-out requests encoded) automates 83.5 % at 98.07 %, against 82.1 % at 97.97 % for
-# 22 % at 0.99 (18 %); 50 % at 0.999 (41 %) adds nothing more (83.5 % at 98.08 %) for more CPU.
+# ... but the encoder runs for at most this share of requests, which bounds the local tiers' mean CPU
+# per request (the nested cross-validation that chose it: docs/local-model.md).
 MAX_ENCODED_SHARE = 0.35
 
 
