@@ -28,9 +28,9 @@ import time
 
 import pytest
 
-from tests.reliability.audit import knob
-from tests.reliability.load import WEIGHTS
-from tests.reliability.test_fault_suite import (
+from tests.system.reliability.audit import knob
+from tests.system.reliability.load import WEIGHTS
+from tests.system.reliability.test_fault_suite import (
     SCALE,
     _kill_mid_stage,
     assert_api_answered,

@@ -16,9 +16,9 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from tests.reliability.audit import ROWS, TERMINAL, Row, audit, drain, knob
-from tests.reliability.load import KINDS, Load
-from tests.reliability.proxy import Claude
+from tests.system.reliability.audit import ROWS, TERMINAL, Row, audit, drain, knob
+from tests.system.reliability.load import KINDS, Load
+from tests.system.reliability.proxy import Claude
 from tooling.system import WORKERS, ApiClient, System
 
 pytestmark = [pytest.mark.reliability]

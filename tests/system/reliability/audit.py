@@ -8,7 +8,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.reliability.load import KINDS, Load
+from tests.system.reliability.load import KINDS, Load
 from tooling.system import ApiClient, System
 
 TERMINAL = ("resolved", "awaiting_review", "dead_lettered")

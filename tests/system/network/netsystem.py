@@ -1,4 +1,4 @@
-"""The whole system spread over hosts (tests/network/hosts.py): the deployment's topology, proven
+"""The whole system spread over hosts (tests/system/network/hosts.py): the deployment's topology, proven
 across a network on one machine.
 
     db       Postgres and Redis (the broker, limiter, cache), servers of this test's own
@@ -7,7 +7,7 @@ across a network on one machine.
     client   the load, the clients' callback endpoint and the downstream API (HTTP recorders)
 
 It offers what the fault suite's audit reads (`sql`, `callbacks`, `downstream`), so the same audit
-and table (tests/reliability/audit.py) judge it.
+and table (tests/system/reliability/audit.py) judge it.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from typing import Any
 import psycopg
 
 from tests.deploy.topology import procfile
-from tests.network.hosts import SUBNET, Hosts
-from tests.reliability.audit import Row
+from tests.system.network.hosts import SUBNET, Hosts
+from tests.system.reliability.audit import Row
 from tooling.recorder import Recorder
 from tooling.system import BIN, PACK, PYTHON, ROOT, SCRUBBED, SUITE_KNOBS, ApiClient, insert_client
 

@@ -11,7 +11,7 @@ import uuid
 import httpx
 import pytest
 
-from tests.reliability.audit import TERMINAL
+from tests.system.reliability.audit import TERMINAL
 from tooling.system import ApiClient, System
 
 pytestmark = [pytest.mark.reliability]

@@ -5,7 +5,7 @@ The slice is the learning loop's held-back 10 % (a hash of each text: `in_holdou
 model is trained, with the product's recipe, on the other 90 %. The build fails when the automated
 share or its precision drops by more than half a point, or the mean CPU per request of the local
 tiers rises by more than 20 %. After a deliberate change, rewrite the figures with
-`EVALS_UPDATE=1 python -m pytest -m evals tests/evals` and commit them.
+`EVALS_UPDATE=1 python -m pytest -m evals tests/system/evals` and commit them.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from agents.localmodel.data import in_holdout
 from agents.training.system import DEFAULT_PACK, catalog_for, load_pack, score_system, summarise
 from agents.training.train import train_model
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 DATA = ROOT / "agents" / "data" / "banking77" / "train.csv"
 FIGURES = Path(__file__).with_name("figures.json")
 HOLDOUT_PERCENT = 10

@@ -11,9 +11,9 @@ import time
 import pytest
 
 from project.heartbeat import HEARTBEAT_STALE_SECONDS
-from tests.network.netsystem import ROWS, WORKER_ROLES, NetSystem
-from tests.reliability.audit import TERMINAL, audit, drain
-from tests.reliability.load import Load
+from tests.system.network.netsystem import ROWS, WORKER_ROLES, NetSystem
+from tests.system.reliability.audit import TERMINAL, audit, drain
+from tests.system.reliability.load import Load
 
 pytestmark = [pytest.mark.network]
 

@@ -6,4 +6,6 @@ import pytest
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "evals: scores the local decision against figures committed in tests/evals")
+    config.addinivalue_line(
+        "markers", "evals: scores the local decision against figures committed in tests/system/evals"
+    )

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from tests.factories import client_with_token
-from tests.reliability.audit import knob
+from tests.system.reliability.audit import knob
 
 pytestmark = [pytest.mark.reliability]
 

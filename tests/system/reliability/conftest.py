@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from tests.reliability.audit import ROWS, table
-from tests.reliability.proxy import Claude, FaultProxy
+from tests.system.reliability.audit import ROWS, table
+from tests.system.reliability.proxy import Claude, FaultProxy
 from tooling.system import PYTHON, ROOT, SimulatorProcess, System
 
 

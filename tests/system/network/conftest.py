@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from tests.network.hosts import unavailable
-from tests.network.netsystem import ROWS, NetSystem, binaries_missing
-from tests.reliability.audit import table
+from tests.system.network.hosts import unavailable
+from tests.system.network.netsystem import ROWS, NetSystem, binaries_missing
+from tests.system.reliability.audit import table
 
 
 def pytest_configure(config: pytest.Config) -> None:
