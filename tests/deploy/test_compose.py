@@ -118,3 +118,9 @@ def test_the_procfiles_worker_roles_are_the_topologys_and_serve_every_queue():
 def test_every_worker_role_runs_the_procfiles_command():
     for role in ROLES:
         assert SERVICES[role]["command"] == shlex.split(procfile()[role]), role
+
+
+def test_prometheus_scrapes_every_worker_role_by_its_service_name():
+    config = yaml.safe_load((ROOT / "deploy" / "compose" / "prometheus.yml").read_text())
+    (workers,) = [job for job in config["scrape_configs"] if job["job_name"] == "pipeline-workers"]
+    assert set(workers["dns_sd_configs"][0]["names"]) == set(ROLES)
