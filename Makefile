@@ -49,7 +49,7 @@ test: services  ## the whole suite, against real Postgres, Redis and Celery work
 	python -m pytest
 
 faults-production: install  ## the fault suite at production settings, ~12 min (docs/reliability.md)
-	python -m pytest -m faults_production tests/reliability/test_fault_suite_production.py
+	python -m pytest -m faults_production tests/system/reliability/test_fault_suite_production.py
 
 bench: install  ## the benchmark, on servers of its own: results under var/bench/ (docs/performance.md)
 	python -m tooling.bench $(BENCH_ARGS)

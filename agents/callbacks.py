@@ -13,38 +13,26 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
+import prometheus_client
 from celery import current_app
 from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from agents.metrics import CALLBACKS_ABANDONED
 from agents.models import LedgerStatus, SideEffect
 from agents.tools import http_client
 from project.netguard import OutboundBlocked
 from project.redisconn import redis_client
 from tickets.models import TERMINAL, Client, Ticket
-from tickets.webhooks import webhook_headers
+from tickets.webhooks import callback_payload, webhook_headers
 
 _log = logging.getLogger(__name__)
 
-
-def callback_payload(ticket: Ticket) -> dict[str, Any]:
-    """What the client is told: the ticket's outcome, not its trace."""
-    return {
-        "event": f"ticket.{ticket.status}",
-        "ticket": {
-            "id": str(ticket.id),
-            "idempotency_key": ticket.idempotency_key,
-            "customer_ref": ticket.customer_ref,
-            "status": ticket.status,
-            "intent": ticket.intent,
-            "confidence": ticket.confidence,
-            "action": ticket.action,
-            "reply": ticket.reply,
-            "resolved_at": ticket.resolved_at.isoformat() if ticket.resolved_at else None,
-        },
-    }
+CALLBACKS_ABANDONED = prometheus_client.Counter(
+    "pipeline_callbacks_abandoned_total",
+    "Callbacks given up after the last attempt of the retry schedule, by client id.",
+    ["client"],
+)
 
 
 # --- batched delivery ---------------------------------------------------------------------------

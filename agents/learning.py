@@ -13,11 +13,11 @@ from django.db import transaction
 from django.utils import timezone
 
 from agents.localmodel.data import in_holdout, load_csv
-from agents.localmodel.evaluate import evaluate
 from agents.localmodel.model import IntentModel
-from agents.localmodel.train import train_model
 from agents.models import Intent, ModelVersion, Risk, ThresholdChange
-from reviews.selectors import decision_confidences, feedback_training_rows
+from agents.people import review_queue
+from agents.training.evaluate import evaluate
+from agents.training.train import train_model
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
@@ -28,7 +28,7 @@ def learning_settings() -> dict[str, Any]:
     defaults = {
         "BASE_DATA": str(Path(settings.BASE_DIR) / "agents" / "data" / "banking77" / "train.csv"),
         "TARGET_PRECISION": 0.98,
-        "FOLDS": 3,  # the out-of-fold predictions that calibrate (agents.localmodel.train.INNER_FOLDS)
+        "FOLDS": 3,  # the out-of-fold predictions that calibrate (agents.training.train.INNER_FOLDS)
         "HOLDOUT_PERCENT": 10,
         "MAX_REGRESSION": 0.002,  # a candidate may be this much worse on the holdout and still win
         "GATE_Z": 2.0,  # ... or lose up to this many standard deviations of the paired difference
@@ -45,7 +45,7 @@ def learning_settings() -> dict[str, Any]:
 
 def feedback_rows() -> list[tuple[str, str]]:
     """(text, intent) pairs people decided in the review queue."""
-    rows = feedback_training_rows()
+    rows = review_queue().feedback_training_rows()
     return [(str(r["text"]), str(r["intent"])) for r in rows if r.get("text") and r.get("intent")]
 
 
@@ -215,7 +215,7 @@ def thresholds_follow_reviewers() -> list[ThresholdChange]:
     another local model's suggestions: confidences of different models are not comparable.
     """
     cfg = learning_settings()
-    rows = list(decision_confidences())
+    rows = list(review_queue().decision_confidences())
     active = ModelVersion.objects.filter(is_active=True).values_list("version", flat=True).first()
     rows = [r for r in rows if not str(r.get("model") or "").startswith("local:") or r["model"] == f"local:{active}"]
     intents = {i.name: i for i in Intent.objects.filter(name__in={r["intent"] for r in rows})}

@@ -49,11 +49,6 @@ END_TO_END = Histogram(
 ESCALATIONS = Counter("pipeline_escalations_total", "Tickets sent to a person, by the stage that sent them.", ["stage"])
 FALLBACKS = Counter("pipeline_tier_fallbacks_total", "Stages the cheap tiers handed over to the llm queue.", ["stage"])
 DEAD_LETTERS = Counter("pipeline_dead_letters_total", "Tickets dead-lettered, by the stage that failed.", ["stage"])
-CALLBACKS_ABANDONED = Counter(
-    "pipeline_callbacks_abandoned_total",
-    "Callbacks given up after the last attempt of the retry schedule, by client id.",
-    ["client"],
-)
 CONFIDENCE = Histogram(
     "pipeline_confidence",
     "Confidence a stage reported, by stage and tier.",

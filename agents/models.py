@@ -36,15 +36,6 @@ class Intent(models.Model):
         return self.name
 
 
-class Stage(models.TextChoices):
-    PARSE = "parse"
-    CLASSIFY = "classify"
-    DECIDE = "decide"
-    EXECUTE = "execute"
-    ESCALATE = "escalate"
-    REVIEW = "review"  # a person's decision on an escalated or dead-lettered ticket
-
-
 class TraceStatus(models.TextChoices):
     OK = "ok"
     RETRY = "retry"  # a transient failure; the stage will run again
@@ -55,7 +46,7 @@ class Trace(models.Model):
     """One stage attempt, written in the same transaction as the ticket's state change."""
 
     ticket = models.ForeignKey(Ticket, on_delete=models.CASCADE, related_name="traces")
-    stage = models.CharField(max_length=16, choices=Stage.choices)
+    stage = models.CharField(max_length=16)  # a stage of the spec (agents/pipeline/spec.py), or REVIEW
     attempt = models.PositiveSmallIntegerField()
     status = models.CharField(max_length=10, choices=TraceStatus.choices)
     started_at = models.DateTimeField()
@@ -87,7 +78,7 @@ class DeadLetter(models.Model):
     """A ticket whose stage failed for good: the reason, the last error, and its replay."""
 
     ticket = models.ForeignKey(Ticket, on_delete=models.CASCADE, related_name="dead_letters")
-    stage = models.CharField(max_length=16, choices=Stage.choices)
+    stage = models.CharField(max_length=16)  # the stage of the spec that failed
     reason = models.CharField(max_length=200)
     error_class = models.CharField(max_length=200, blank=True, default="")
     last_error = models.TextField(blank=True, default="")

@@ -13,10 +13,13 @@ from celery.signals import task_postrun, task_prerun, worker_init
 from django.db import InterfaceError, OperationalError, connections
 
 from agents import callbacks, obs_tasks  # noqa: F401 - obs_tasks: archive beat, exporter, log context
-from agents.llm import tasks as llm_tasks  # noqa: F401 - the batch beat tasks
+from agents.llm import batches
+from agents.llm.base import ModelClient
 from agents.pipeline import context, runner, sweeper
 from agents.pipeline.backoff import backoff_seconds
+from agents.pipeline.context import parts
 from agents.pipeline.spec import LLM_TASK, QUEUES, STAGES, TIERS, StageSpec, lane_queues
+from agents.stages.types import CLAUDE
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +94,10 @@ class StageTask(Task):
     """A stage's task: a hop stopped by the soft time limit fails its attempt (retried once, then
     dead-lettered), wherever in the hop the limit fired."""
 
+    def log_fields(self, args: Any) -> dict[str, str]:
+        """What the JSON logs bind while it runs (project/logging.py)."""
+        return {"ticket_id": str(args[0]), "stage": self.name.removeprefix("agents.")}
+
     def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         if isinstance(exc, SoftTimeLimitExceeded) and args:
             runner.stage_stopped(str(args[0]), self.name.removeprefix("agents."))
@@ -114,11 +121,19 @@ def _make_stage_task(spec: StageSpec) -> Task:
 STAGE_TASKS: dict[str, Task] = {spec.name: _make_stage_task(spec) for spec in STAGES}
 
 
-@shared_task(name=LLM_TASK, bind=True, max_retries=None)
+class LlmStageTask(Task):
+    """The network-bound variant's task: its arguments are the ticket and the stage."""
+
+    def log_fields(self, args: Any) -> dict[str, str]:
+        """What the JSON logs bind while it runs (project/logging.py)."""
+        return {"ticket_id": str(args[0]), **({"stage": str(args[1])} if len(args) > 1 else {})}
+
+
+@shared_task(name=LLM_TASK, bind=True, base=LlmStageTask, max_retries=None)
 def llm_stage(self: Task, ticket_id: str, stage: str) -> str:
     """Run a stage's network-bound variant (Claude) on the llm queue's thread pool."""
     with _retried_while_postgres_away(self):
-        outcome = runner.stage_run(ticket_id=ticket_id, stage=stage, variant="llm")
+        outcome = runner.stage_run(ticket_id=ticket_id, stage=stage, variant=CLAUDE)
     if outcome.retry_in is not None:
         raise self.retry(countdown=outcome.retry_in, max_retries=None)
     return outcome.kind
@@ -151,3 +166,25 @@ def thresholds_follow_reviewers() -> int:
     from agents.learning import thresholds_follow_reviewers as follow
 
     return len(follow())
+
+
+# --- The Message Batches API: beat tasks ------------------------------------------------------
+def _llm_client() -> ModelClient | None:
+    """The per-process model client the Claude tier uses (None without an API key)."""
+    return parts.llm().get("client")
+
+
+@shared_task(name="agents.llm_batch_submit")
+def llm_batch_submit(force: bool = False) -> str:
+    """Beat (and a full pending list): send the waiting low-priority requests as one batch."""
+    client = _llm_client()
+    if client is None:
+        return "llm disabled"
+    return batches.batch_submit(client, force=force) or "nothing to submit"
+
+
+@shared_task(name="agents.llm_batch_poll")
+def llm_batch_poll() -> int:
+    """Beat: collect ended batches and wake their tickets."""
+    client = _llm_client()
+    return batches.batch_poll(client) if client is not None else 0

@@ -7,7 +7,7 @@ connection was already released, building a Redis client for that raises
 `AttributeError: 'NoneType' object has no attribute 'hostname'` (kombu 5.7.0,
 `Channel._connparams`; kombu issues #582, #970). The error escapes the consumer's restart as an
 "Unrecoverable error": the worker stops its pool, yet the consumer reconnects and reports
-"ready" — a worker that takes messages and never runs them (seen in tests/reliability with the
+"ready" — a worker that takes messages and never runs them (seen in tests/system/reliability with the
 `execute` and `webhooks` thread pools on a Redis restart).
 
 Handing the messages back at that moment is impossible anyway (there is no connection) and not

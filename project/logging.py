@@ -19,6 +19,8 @@ from typing import Any
 
 from celery.signals import task_postrun, task_prerun
 
+from project.sensitive import find_sensitive, mask
+
 CONTEXT_FIELDS = ("ticket_id", "client_id", "stage", "attempt")
 # Per-task and per-request chatter: a stage attempt already has its one line (`agents.stage`).
 QUIET_LOGGERS = {
@@ -73,8 +75,6 @@ def current() -> dict[str, Any]:
 
 def mask_sensitive(text: str) -> str:
     """Replace what parse would mark as sensitive with its typed placeholder."""
-    from agents.stages.parse import find_sensitive, mask  # pure functions; no models
-
     spans = find_sensitive(text)
     return mask(text, spans) if spans else text
 
@@ -130,19 +130,13 @@ class MaskingFormatter(logging.Formatter):
 
 @task_prerun.connect(dispatch_uid="project.logging.task_prerun")
 def _bind_task(task_id: str | None = None, task: Any = None, args: Any = None, **_: Any) -> None:
-    # Pipeline tasks take (ticket_id) or, on the llm queue, (ticket_id, stage).
+    # A task that knows what its arguments are (the pipeline's: the ticket and the stage) says so
+    # through `log_fields(args)`; this module names no app's tasks.
     clear()
-    from agents.pipeline.spec import NAMES  # here: settings import this module before the apps load
-
-    name = getattr(task, "name", "") or ""
-    fields: dict[str, Any] = {"task": name, "task_id": task_id}
-    if name.startswith("agents.") and args:
-        fields["ticket_id"] = str(args[0])
-        stage = name.removeprefix("agents.")
-        if stage == "llm_stage" and len(args) > 1:
-            stage = str(args[1])
-        if stage in NAMES:
-            fields["stage"] = stage
+    fields: dict[str, Any] = {"task": getattr(task, "name", "") or "", "task_id": task_id}
+    log_fields = getattr(task, "log_fields", None)
+    if log_fields is not None and args:
+        fields.update(log_fields(args))
     bind(**fields)
 
 

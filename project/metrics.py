@@ -65,7 +65,7 @@ def queue_depths(queues: Iterable[str]) -> tuple[dict[str, int], int | None]:
     On Redis, a queue is a list per priority step (`name`, then `name\\x06\\x163`, ... with kombu's
     separator), under the transport's global key prefix; kombu's channel knows all three, so we ask
     it for the key names and LLEN them in one round trip. On RabbitMQ a passive declare reports a
-    queue's ready messages (what workers hold is in `pipeline_queue_in_flight`, project/health.py).
+    queue's ready messages (what workers hold is in `pipeline_queue_in_flight`, project/heartbeat.py).
     """
     from project.celery import app
 
@@ -175,7 +175,7 @@ class PipelineStateCollector:
         return out
 
     def _workers(self) -> list[Metric]:
-        from project.health import queue_workers
+        from project.heartbeat import queue_workers
 
         workers, in_flight = queue_workers(broker_queue_names())
         live = GaugeMetricFamily(

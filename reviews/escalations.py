@@ -1,6 +1,6 @@
 """What the pipeline asks of the review queue: open a review for a person, and close a dead letter's
-review when the ticket is replayed. Called directly by `agents.pipeline` (this module imports
-nothing of the pipeline's, so neither side's imports go round in a circle)."""
+review when the ticket is replayed. Handed to the agents when this app loads (reviews/apps.py,
+agents/people.py): the agents, a layer below, never import it."""
 
 from __future__ import annotations
 

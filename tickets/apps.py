@@ -7,4 +7,4 @@ class TicketsConfig(AppConfig):
     name = "tickets"
 
     def ready(self) -> None:
-        from tickets import schema  # noqa: F401 - registers the bearer scheme with drf-spectacular
+        from tickets.api import schema  # noqa: F401 - registers the bearer scheme with drf-spectacular

@@ -12,7 +12,6 @@ from django.db.models import Q
 from django.utils import timezone
 
 from tickets.states import (  # noqa: F401 - re-exported: the states belong with the ticket
-    IN_FLIGHT,
     SETTLED_STATUSES,
     TERMINAL,
     IllegalTransition,
@@ -105,7 +104,9 @@ class Ticket(models.Model):
     priority = models.SmallIntegerField(choices=Priority.choices, default=Priority.NORMAL)
     callback_url = models.URLField(blank=True, default="")
 
-    status = models.CharField(max_length=20, choices=Status.choices, default=Status.RECEIVED)
+    # Status's own states, or a stage's status from the spec (agents/pipeline/spec.py): not DB choices,
+    # so a new stage needs no migration.
+    status = models.CharField(max_length=20, default=Status.RECEIVED)
     # Attempts of the current stage; reset on every stage change, so a retry budget survives a
     # lost broker message (it is counted here, not in the message).
     stage_attempts = models.PositiveSmallIntegerField(default=0)

@@ -12,8 +12,6 @@ from typing import Any
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from agents.pipeline.dispatch import stage_enqueue
-from agents.pipeline.spec import SPEC
 from tickets.models import ApiKey, Client, Ticket, hash_token
 
 
@@ -56,7 +54,8 @@ def _insert(ticket: Ticket) -> None:
 def ticket_create(
     *, client: Client, payload: dict[str, Any], idempotency_key: str | None = None
 ) -> tuple[Ticket, bool]:
-    """Store a new ticket and start its pipeline; a known key returns the first ticket instead."""
+    """Store a new ticket; a known key returns the first ticket instead (the pipeline starts it:
+    `agents.pipeline.intake.ticket_submit`)."""
     fingerprint = request_fingerprint(payload)
     try:
         # One INSERT (autocommit: no BEGIN/COMMIT round trips); a known key is the unique
@@ -69,11 +68,6 @@ def ticket_create(
         if not idempotency_key:
             raise
         return _existing(client, idempotency_key, fingerprint), False  # a retry, or a race with the same key
-    # Enqueued only once the row is committed (at once in autocommit, at the caller's commit inside
-    # a transaction): a worker never sees a ticket that isn't there. robust: a broker outage after
-    # the commit must not turn a stored ticket into a 500 (a client would retry and get two); the
-    # sweeper starts it from Postgres instead.
-    transaction.on_commit(lambda: stage_enqueue(ticket.id, SPEC.first.name, client_id=ticket.client_id), robust=True)
     return ticket, True
 
 

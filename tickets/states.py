@@ -1,5 +1,6 @@
-"""A ticket's states (no models: importable before Django's apps). Which moves between them are
-legal follows from the stage spec: `agents.pipeline.spec.SPEC.check`."""
+"""A ticket's own states: received, and the three it settles in (no models: importable before Django's
+apps). While a stage is due or running the ticket's status is that stage's, declared with the stage in
+`agents/pipeline/spec.py`; which moves are legal follows from the spec too (`SPEC.check`)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,6 @@ from django.db import models
 
 class Status(models.TextChoices):
     RECEIVED = "received"
-    PARSING = "parsing"
-    CLASSIFYING = "classifying"
-    DECIDING = "deciding"
-    EXECUTING = "executing"
-    ESCALATING = "escalating"
     RESOLVED = "resolved"
     AWAITING_REVIEW = "awaiting_review"
     DEAD_LETTERED = "dead_lettered"
@@ -22,7 +18,6 @@ class Status(models.TextChoices):
 # it, and the sweeper's query must spell its condition the same way for Postgres to use the index.
 SETTLED_STATUSES = [Status.RESOLVED.value, Status.AWAITING_REVIEW.value, Status.DEAD_LETTERED.value]
 TERMINAL = frozenset(SETTLED_STATUSES)
-IN_FLIGHT = frozenset(set(Status) - TERMINAL)
 
 
 class IllegalTransition(Exception):

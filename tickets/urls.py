@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from tickets.api import TicketCallbackApi, TicketDetailApi, TicketListCreateApi, TicketReplayApi
+from tickets.api.views import TicketCallbackApi, TicketDetailApi, TicketListCreateApi, TicketReplayApi
 
 urlpatterns = [
     path("tickets/", TicketListCreateApi.as_view(), name="ticket-list"),

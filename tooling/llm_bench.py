@@ -68,14 +68,14 @@ def texts(total: int, catalog: Any) -> list[str]:
 
 
 def offer(client: Any, texts: list[str], rate: float) -> None:
-    from tickets.services import ticket_create
+    from agents.pipeline.intake import ticket_submit
 
     started = time.monotonic()
     for i, text in enumerate(texts):
         delay = started + i / rate - time.monotonic()
         if delay > 0:
             time.sleep(delay)
-        ticket_create(client=client, payload={"body": text, "customer_ref": f"c{i % 97}", "channel": "api"})
+        ticket_submit(client=client, payload={"body": text, "customer_ref": f"c{i % 97}", "channel": "api"})
     connection.close()
 
 
@@ -89,7 +89,7 @@ def offer_at_handoff(client: Any, texts: list[str], rate: float) -> None:
     from agents.stages import STAGES
     from agents.stages.types import StageContext, TicketInput
     from agents.tiers.rules import RulesTier
-    from tickets.models import Status, Ticket
+    from tickets.models import Ticket
 
     catalog, rules, contexts = get_catalog(), RulesTier(), []
     for text in texts:  # the cheap stages, ahead of time: only the hand-over is timed
@@ -97,7 +97,7 @@ def offer_at_handoff(client: Any, texts: list[str], rate: float) -> None:
         parsed = STAGES["parse"](ticket, StageContext()).output
         ticket = TicketInput(ticket.id, client.pk, "bench", "api", "", text, 1, context={"parse": parsed})
         cheap = STAGES["classify"](ticket, StageContext(catalog=catalog, tiers=[rules], can_handoff=True))
-        assert cheap.handoff == "llm", text
+        assert cheap.handoff == "claude", text
         contexts.append((ticket.id, {"parse": parsed, "classify_cpu": cheap.output}))
     started = time.monotonic()
     for i, (text, (ticket_id, context)) in enumerate(zip(texts, contexts, strict=True)):
@@ -110,7 +110,7 @@ def offer_at_handoff(client: Any, texts: list[str], rate: float) -> None:
             body=text,
             customer_ref=f"c{i % 97}",
             channel="api",
-            status=Status.CLASSIFYING,
+            status="classifying",
             context=context,
         )
         current_app.send_task("agents.llm_stage", args=[ticket_id, "classify"])

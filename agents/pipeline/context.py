@@ -3,6 +3,7 @@ spec asks for (tiers, tools, the customer's history, a hand-over to Claude), bui
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from django.conf import settings
@@ -11,7 +12,7 @@ from django.utils.module_loading import import_string
 from agents.catalog import get_catalog
 from agents.llm.scope import TicketScope
 from agents.pipeline.spec import HANDOFF, HISTORY, TIERS, TOOLS, StageSpec
-from agents.stages.types import ClassifierTier, StageContext, TicketInput
+from agents.stages.types import CHEAP, CLAUDE, ClassifierTier, StageContext, TicketInput, cheap_output
 from agents.tools import LedgerTools
 from tickets.models import Client, Ticket
 
@@ -79,7 +80,7 @@ def ticket_input(ticket: Ticket) -> TicketInput:
 def ticket_scope_of(ticket: Ticket, spec: StageSpec) -> TicketScope:
     """What the Claude tier may know of the ticket: its client, priority, attempt and the cheap
     tiers' guess (read by budgets, routing and batching)."""
-    prior = ticket.context.get(f"{spec.name}_cpu") or {}
+    prior = ticket.context.get(cheap_output(spec.name)) or {}
     return TicketScope(
         ticket_id=str(ticket.pk),
         client_id=ticket.client_id,
@@ -92,16 +93,19 @@ def ticket_scope_of(ticket: Ticket, spec: StageSpec) -> TicketScope:
 
 
 def stage_context(
-    spec: StageSpec, ticket: Ticket, attempt: int, variant: str = "cpu", history: list[dict[str, Any]] | None = None
+    spec: StageSpec, ticket: Ticket, attempt: int, variant: str = CHEAP, history: list[dict[str, Any]] | None = None
 ) -> StageContext:
-    """Lend the stage only what its spec asks for; the llm variant gets Claude instead of the tiers."""
+    """Lend the stage only what its spec asks for; the Claude variant gets Claude instead of the tiers."""
     ctx = StageContext(
         catalog=get_catalog(), attempt=attempt, holding_reply=settings.PIPELINE["HOLDING_REPLY"], variant=variant
     )
-    if variant == "llm":
+    if variant == CLAUDE:
+        from agents.llm.drafting import draft_reply  # only the Claude variant needs the SDK
+
         llm = parts.llm()
         ctx.tiers = [llm["tier"]] if TIERS in spec.lends and llm else []
-        ctx.llm = llm.get("client")
+        client = llm.get("client")
+        ctx.draft = functools.partial(draft_reply, client) if client is not None else None
         ctx.scope = ticket_scope_of(ticket, spec)
     else:
         ctx.tiers = parts.tiers() if TIERS in spec.lends else []

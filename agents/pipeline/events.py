@@ -11,6 +11,7 @@ from django.dispatch import Signal
 
 from agents.models import Trace
 from agents.pipeline.spec import SPEC
+from agents.stages.types import HUMAN, cheap_output
 from tickets.models import Ticket
 
 # Sent after every stage attempt is committed. kwargs: ticket_id, client_id, stage, attempt, outcome
@@ -23,9 +24,9 @@ stage_finished = Signal()
 def settled_path(context: Mapping[str, Any]) -> str:
     """How a ticket got where it is: `human` (a reviewer decided), `llm` (a stage was handed over
     to Claude) or `core` (the cheap tiers alone) — read from the context just committed."""
-    if "human" in context:
+    if HUMAN in context:
         return "human"
-    return "llm" if any(f"{name}_cpu" in context for name in SPEC.names) else "core"
+    return "llm" if any(cheap_output(name) in context for name in SPEC.names) else "core"
 
 
 def announce(

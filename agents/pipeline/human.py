@@ -10,11 +10,12 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from agents.models import DeadLetter, Stage, Trace, TraceStatus
+from agents.models import DeadLetter, Trace, TraceStatus
+from agents.people import review_close_for_replay
 from agents.pipeline.dispatch import after_commit, stage_enqueue
 from agents.pipeline.events import announce
-from agents.pipeline.spec import SPEC
-from reviews.escalations import review_close_for_replay
+from agents.pipeline.spec import REVIEW, SPEC
+from agents.stages.types import HUMAN
 from tickets.models import IllegalTransition, Status, Ticket
 
 
@@ -44,7 +45,7 @@ def _decision_trace(ticket: Ticket, decision: dict[str, Any], started_at: dateti
     started = started_at or now
     return Trace.objects.create(
         ticket_id=ticket.pk,
-        stage=Stage.REVIEW,
+        stage=REVIEW,
         attempt=1,
         status=TraceStatus.OK,
         started_at=started,
@@ -64,18 +65,18 @@ def ticket_resume(
     decision: str = "correct",
     started_at: datetime | None = None,
 ) -> None:
-    """A person decided: resume the ticket at execute with their intent and reply."""
-    execute = SPEC.by_status[Status.EXECUTING]
+    """A person decided: resume the ticket at the spec's resume stage with their intent and reply."""
+    resume = SPEC.resume
     with transaction.atomic():
         locked = Ticket.objects.select_for_update().get(pk=ticket.pk)
-        SPEC.check(locked.status, execute.status)
-        locked.context = {**locked.context, "human": {"intent": intent, "reply": reply}}
-        locked.status, locked.stage_attempts = execute.status, 0
+        SPEC.check(locked.status, resume.status)
+        locked.context = {**locked.context, HUMAN: {"intent": intent, "reply": reply}}
+        locked.status, locked.stage_attempts = resume.status, 0
         locked.save(update_fields=["context", "status", "stage_attempts", "updated_at"])
         _decision_trace(
             locked, {"decision": decision, "intent": intent, "reply": reply, "reviewer": reviewer}, started_at
         )
-        transaction.on_commit(lambda: stage_enqueue(locked.pk, execute.name))
+        transaction.on_commit(lambda: stage_enqueue(locked.pk, resume.name))
 
 
 def ticket_dismiss(*, ticket: Ticket, reason: str, reviewer: str = "", started_at: datetime | None = None) -> Ticket:
@@ -89,7 +90,7 @@ def ticket_dismiss(*, ticket: Ticket, reason: str, reviewer: str = "", started_a
         SPEC.check(locked.status, Status.RESOLVED)
         locked.status, locked.action, locked.resolved_at = Status.RESOLVED, "dismissed", timezone.now()
         locked.callback_due_at = locked.resolved_at
-        locked.context = {**locked.context, "human": {"decision": "dismiss", "reason": reason}}
+        locked.context = {**locked.context, HUMAN: {"decision": "dismiss", "reason": reason}}
         locked.save(update_fields=["status", "action", "resolved_at", "callback_due_at", "context", "updated_at"])
         trace = _decision_trace(locked, {"decision": "dismiss", "reason": reason, "reviewer": reviewer}, started_at)
         announce(locked, trace, "ok", Status.RESOLVED, locked.context)

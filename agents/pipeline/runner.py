@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from agents.llm.scope import ticket_scope
 from agents.models import Trace, TraceStatus
+from agents.people import review_open
 from agents.pipeline import store
 from agents.pipeline.backoff import backoff_seconds
 from agents.pipeline.context import stage_context, ticket_input
@@ -31,8 +32,7 @@ from agents.pipeline.dispatch import after_commit, stage_enqueue
 from agents.pipeline.events import announce
 from agents.pipeline.spec import HISTORY, SPEC, StageSpec, handed_over
 from agents.stages.escalate import review_suggestion
-from agents.stages.types import StageError, StageResult
-from reviews.escalations import review_create_from_escalation
+from agents.stages.types import CHEAP, CLAUDE, ESCALATION, StageError, StageResult, cheap_output
 from tickets.models import TERMINAL, Status, Ticket
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ class Hop:
         return store.ticket_touch(ticket.pk, self.status, self.attempts)
 
 
-def stage_run(*, ticket_id: str, stage: str, variant: str = "cpu") -> Outcome:
+def stage_run(*, ticket_id: str, stage: str, variant: str = CHEAP) -> Outcome:
     """Run `stage` for the ticket if it is still waiting for it, then the stages fused after it,
     each persisted in order; the last outcome is returned."""
     ticket = store.ticket_load(ticket_id)
@@ -124,7 +124,7 @@ def stage_run(*, ticket_id: str, stage: str, variant: str = "cpu") -> Outcome:
         outcome = _stage_once(ticket, spec, variant, hop)
         if outcome.next_stage is None:
             return outcome
-        spec, variant = SPEC.by_name[outcome.next_stage], "cpu"
+        spec, variant = SPEC.by_name[outcome.next_stage], CHEAP
 
 
 def stage_stopped(ticket_id: str, stage: str) -> Outcome:
@@ -194,8 +194,8 @@ def _wait_for_customer(ticket: Ticket, attempt: _Attempt, variant: str, hop: Hop
 
 
 def _claim(ticket: Ticket, spec: StageSpec, variant: str) -> bool:
-    # The cheap variant runs once; after its hand-over only the llm variant may run the stage.
-    if handed_over(ticket.context, spec.name) != (variant == "llm"):
+    # The cheap variant runs once; after its hand-over only the Claude variant may run the stage.
+    if handed_over(ticket.context, spec.name) != (variant == CLAUDE):
         return False
     if ticket.status in spec.claims_from:
         # A claim in memory only: the row moves with the stage's commit (conditional on the row
@@ -223,11 +223,11 @@ def _defer(ticket: Ticket, hop: Hop, exc: StageError) -> Outcome:
 def _next_state(ticket: Ticket, spec: StageSpec, result: StageResult) -> tuple[str, dict[str, Any]]:
     """Where the result takes the ticket: on, to a person, or (handed over) the same stage on Claude."""
     if result.handoff and not handed_over(ticket.context, spec.name):
-        return ticket.status, {**ticket.context, f"{spec.name}_cpu": result.output}
+        return ticket.status, {**ticket.context, cheap_output(spec.name): result.output}
     context = {**ticket.context, spec.name: result.output}
     if result.escalate and not spec.opens_review:
         detail = (result.output.get("needs_human") or {}).get("detail") or result.output.get("problem", "")
-        context["escalation"] = {"reason": result.escalate, "stage": spec.name, "detail": detail}
+        context[ESCALATION] = {"reason": result.escalate, "stage": spec.name, "detail": detail}
         return SPEC.escalation.status, context
     return spec.next_status, context
 
@@ -263,7 +263,7 @@ def _commit(ticket: Ticket, attempt: _Attempt, result: StageResult, variant: str
                 return Outcome("duplicate")  # another delivery got there first: nothing written
             if spec.opens_review:
                 reason, suggestion = result.output["reason"], result.output["suggestion"]
-                review_create_from_escalation(ticket=ticket, reason=reason, suggestion=suggestion)
+                review_open(ticket=ticket, reason=reason, suggestion=suggestion)
             after_commit(ticket.pk, new_status, context)
     # The in-memory ticket is what Postgres holds (or will hold once the hop is written), for a
     # fused next stage.
@@ -299,9 +299,7 @@ def _dead_letter(ticket: Ticket, attempt: _Attempt, reason: str, error: dict[str
     stage = attempt.spec.name
     store.dead_letter_create(ticket_id=ticket.pk, stage=stage, reason=reason, error=error, attempts=attempt.number)
     detail = f"{stage} failed: {reason}: {error['error_message'][:500]}"
-    review_create_from_escalation(
-        ticket=ticket, reason="dead_letter", suggestion=review_suggestion(ticket.context, detail)
-    )
+    review_open(ticket=ticket, reason="dead_letter", suggestion=review_suggestion(ticket.context, detail))
     after_commit(ticket.pk, Status.DEAD_LETTERED)
 
 
@@ -334,7 +332,7 @@ def fused(current: StageSpec, following: StageSpec, context: dict[str, Any]) -> 
 
 def _fused_next(spec: StageSpec, variant: str, new_status: str, context: dict[str, Any]) -> StageSpec | None:
     following = SPEC.by_status.get(new_status)
-    if variant != "cpu" or following is None or handed_over(context, following.name):
+    if variant != CHEAP or following is None or handed_over(context, following.name):
         return None
     return following if fused(spec, following, context) else None
 
@@ -342,7 +340,7 @@ def _fused_next(spec: StageSpec, variant: str, new_status: str, context: dict[st
 def _resume_at(ticket: Ticket, spec: StageSpec, variant: str) -> StageSpec:
     """A fused hop redelivered after some of its stages committed carries on where they stopped."""
     current = SPEC.by_status.get(ticket.status)
-    if variant != "cpu" or current is None or current.name == spec.name:
+    if variant != CHEAP or current is None or current.name == spec.name:
         return spec
     if SPEC.order[current.name] > SPEC.order[spec.name] and fused(spec, current, ticket.context):
         return current

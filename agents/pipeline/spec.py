@@ -14,9 +14,18 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
+from agents.llm.handoff import LLM_QUEUE, LLM_TASK  # noqa: F401 - LLM_TASK: named here with the stages
 from agents.stages import classify, decide, escalate, execute, parse
-from agents.stages.types import OFFLINE_TOOLS, StageFn, StageResult
-from tickets.states import TERMINAL, IllegalTransition, Status
+from agents.stages.types import CHEAP, CLAUDE, HUMAN, OFFLINE_TOOLS, StageFn, StageResult, cheap_output
+from tickets.states import SETTLED_STATUSES, TERMINAL, IllegalTransition, Status
+
+# The trace row of a person's decision carries this in place of a stage's name (agents/pipeline/human.py).
+REVIEW = "review"
+
+# The worker roles (the Procfile, compose and the chart start each with `python -m agents.pipeline.worker
+# ROLE`): `cheap` runs the cheap stages fused in one hop; `io` what waits on the network (downstream
+# calls, callbacks); `claude` the network-bound variants; `maintenance` the sweeper, retraining, archive.
+IO, MAINTENANCE = "io", "maintenance"  # CHEAP and CLAUDE: the stages' variants (agents/stages/types.py)
 
 # What the runner may lend a stage in its context (agents/pipeline/context.py).
 TIERS, TOOLS, HISTORY, HANDOFF = "tiers", "tools", "history", "handoff"
@@ -46,7 +55,9 @@ class StageSpec:
     claims_from: frozenset[str] = frozenset()  # earlier statuses it may claim from in memory
     serial_per_customer: bool = False  # waits until the customer's older requests have settled
     opens_review: bool = False  # the stage escalations go to: it opens the review for a person
+    resumes_review: bool = False  # where a person's approval or correction resumes the ticket
     queue: str = ""  # defaults to the stage's name
+    role: str = CHEAP  # the worker role that consumes its queue: CHEAP, or IO for one that waits on the network
 
     @property
     def task(self) -> str:
@@ -74,15 +85,15 @@ def _escalate_writes(result: StageResult) -> dict[str, Any]:
 def _execute_is_offline(context: Mapping[str, Any]) -> bool:
     """An execute whose plan calls a downstream API waits on the network: the io queue's threads."""
     plan = (context.get("decide") or {}).get("plan") or []
-    return "human" not in context and all(action.get("tool") in OFFLINE_TOOLS for action in plan)
+    return HUMAN not in context and all(action.get("tool") in OFFLINE_TOOLS for action in plan)
 
 
 STAGES: tuple[StageSpec, ...] = (
-    StageSpec("parse", parse, Status.PARSING, Status.CLASSIFYING, claims_from=frozenset({Status.RECEIVED})),
-    StageSpec("classify", classify, Status.CLASSIFYING, Status.DECIDING, frozenset({TIERS, HANDOFF}), _classify_writes),
-    StageSpec("decide", decide, Status.DECIDING, Status.EXECUTING, frozenset({HISTORY, HANDOFF}), serial_per_customer=True),
-    StageSpec("execute", execute, Status.EXECUTING, Status.RESOLVED, frozenset({TOOLS}), _execute_writes, _execute_is_offline),
-    StageSpec("escalate", escalate, Status.ESCALATING, Status.AWAITING_REVIEW, frozenset({TOOLS}), _escalate_writes, opens_review=True),
+    StageSpec("parse", parse, "parsing", "classifying", claims_from=frozenset({Status.RECEIVED})),
+    StageSpec("classify", classify, "classifying", "deciding", frozenset({TIERS, HANDOFF}), _classify_writes),
+    StageSpec("decide", decide, "deciding", "executing", frozenset({HISTORY, HANDOFF}), serial_per_customer=True),
+    StageSpec("execute", execute, "executing", Status.RESOLVED, frozenset({TOOLS}), _execute_writes, _execute_is_offline, resumes_review=True, role=IO),
+    StageSpec("escalate", escalate, "escalating", Status.AWAITING_REVIEW, frozenset({TOOLS}), _escalate_writes, opens_review=True),
 )  # fmt: skip
 
 
@@ -101,6 +112,9 @@ class Pipeline:
         self.names = tuple(self.by_name)
         self.first = stages[0]
         self.escalation = next(s for s in stages if s.opens_review)
+        self.resume = next(s for s in stages if s.resumes_review)
+        # Every status a ticket may have, in the order of its life: received, the stages', settled.
+        self.statuses = (Status.RECEIVED.value, *dict.fromkeys(s.status for s in stages), *SETTLED_STATUSES)
         # The stage due in each in-flight status (a received ticket waits for the first stage).
         self.by_status = {str(s.status): s for s in stages} | {str(c): s for s in stages for c in s.claims_from}
         self.queues = tuple(dict.fromkeys(s.queue_name for s in stages))
@@ -115,10 +129,9 @@ class Pipeline:
         for status in self.by_status:  # anything in flight may go to a person, or fail for good
             moves[status] |= {self.escalation.status, Status.DEAD_LETTERED}
         moves[self.escalation.status].discard(self.escalation.status)
-        # A person resumes a waiting ticket at execute or dismisses it; replay restarts a dead letter
+        # A person resumes a waiting ticket (at the spec's resume stage) or dismisses it; replay restarts a dead letter
         # at the stage that failed; nothing leaves `resolved`.
-        resume = self.by_status[Status.EXECUTING].status
-        moves[Status.AWAITING_REVIEW] |= {resume, Status.RESOLVED}
+        moves[Status.AWAITING_REVIEW] |= {self.resume.status, Status.RESOLVED}
         moves[Status.DEAD_LETTERED] |= {*(s.status for s in self.stages), Status.RESOLVED}
         return {status: frozenset(to) for status, to in moves.items()}
 
@@ -132,14 +145,26 @@ SPEC = Pipeline(STAGES)
 # Fixed for the process's life, read at import by celeryconfig.
 QUEUES: tuple[str, ...] = SPEC.queues
 NAMES: tuple[str, ...] = SPEC.names
-# The network-bound variants (Claude) run on this queue's thread pool (agents.tasks.llm_stage).
-LLM_QUEUE = "llm"
-LLM_TASK = "agents.llm_stage"
+# The network-bound variants (Claude) run on LLM_QUEUE's thread pool (agents.tasks.llm_stage): agents/llm/handoff.py.
+# Not stages' queues: the callbacks' (tickets' webhooks) and the periodic upkeep's (celeryconfig routes).
+WEBHOOKS_QUEUE, MAINTENANCE_QUEUE = "webhooks", "maintenance"
+
+
+def worker_roles(spec: Pipeline = SPEC) -> dict[str, tuple[str, ...]]:
+    """Each worker role and the queues it consumes: every queue of the app, each by one role."""
+    first = spec.first.queue_name
+    stage_queues = {role: [s.queue_name for s in spec.stages if s.role == role] for role in (CHEAP, IO)}
+    return {
+        CHEAP: tuple(dict.fromkeys((*lane_queues(first), *stage_queues[CHEAP]))),
+        IO: tuple(dict.fromkeys((*stage_queues[IO], WEBHOOKS_QUEUE))),
+        CLAUDE: (LLM_QUEUE,),
+        MAINTENANCE: (MAINTENANCE_QUEUE,),
+    }
 
 
 def handed_over(context: Mapping[str, Any], stage: str) -> bool:
     """Whether the stage's cheap variant already ran and handed the ticket to the llm queue."""
-    return f"{stage}_cpu" in context
+    return cheap_output(stage) in context
 
 
 def lane_queues(queue: str) -> list[str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from agents.stages.types import IntentPolicy, StageContext, StageResult, TicketInput, TierAnswer
+from agents.stages.types import CLAUDE, IntentPolicy, StageContext, StageResult, TicketInput, TierAnswer, cheap_output
 
 FALLBACK_ONLY = frozenset({"rules"})  # tiers asked only when no model tier answered
 
@@ -19,7 +19,7 @@ FALLBACK_ONLY = frozenset({"rules"})  # tiers asked only when no model tier answ
 def classify(ticket: TicketInput, ctx: StageContext) -> StageResult:
     """Local model → Claude, rules where no model answers: stop at the first answer above its intent's threshold."""
     text = ticket.context["parse"]["text"]
-    earlier = ticket.context.get("classify_cpu") if ctx.variant == "llm" else None
+    earlier = ticket.context.get(cheap_output("classify")) if ctx.variant == CLAUDE else None
     best: TierAnswer | None = _answer_from(earlier)
     tried: list[dict[str, object]] = list(earlier.get("tiers", [])) if earlier else []
     candidates: list[str] = list(earlier.get("candidates", [])) if earlier else []
@@ -47,10 +47,10 @@ def classify(ticket: TicketInput, ctx: StageContext) -> StageResult:
     usage = {"input_tokens": tokens_in, "output_tokens": tokens_out, "cost_usd": cost}
     if best is None:
         output.update(intent="", confidence=0.0, tier="", model="", alternatives=[])
-        return StageResult(output=output, confidence=0.0, handoff="llm" if ctx.can_handoff else None, **usage)
+        return StageResult(output=output, confidence=0.0, handoff=CLAUDE if ctx.can_handoff else None, **usage)
     handoff = None
     if ctx.can_handoff and best.confidence < ctx.catalog[best.intent].threshold:
-        handoff = "llm"  # unsure: ask the network-bound tier, on its own queue
+        handoff = CLAUDE  # unsure: ask the network-bound tier, on its own queue
     output.update(
         intent=best.intent,
         confidence=best.confidence,

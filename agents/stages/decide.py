@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from agents.stages.types import IntentPolicy, StageContext, StageResult, TicketInput
+from agents.stages.types import CHEAP, CLAUDE, IntentPolicy, StageContext, StageResult, TicketInput
 
 _PLACEHOLDER = re.compile(r"\{(customer_ref|ticket_ref)\}")
 SUPPORTED_LANGUAGES = frozenset({"en", "und"})
@@ -52,10 +52,8 @@ def needs_draft(policy: IntentPolicy | None) -> bool:
 
 
 def _drafted(ticket: TicketInput, ctx: StageContext, policy: IntentPolicy) -> tuple[str, dict[str, Any]]:
-    from agents.llm.drafting import draft_reply  # only the llm variant needs the SDK
-
-    draft = draft_reply(
-        ctx.llm, policy=policy, text=ticket.context["parse"]["text"], history=ctx.history, client_id=ticket.client_id
+    draft = ctx.draft(
+        policy=policy, text=ticket.context["parse"]["text"], history=ctx.history, client_id=ticket.client_id
     )
     usage = {
         "tier": "claude",
@@ -75,10 +73,10 @@ def decide(ticket: TicketInput, ctx: StageContext) -> StageResult:
     policy = ctx.catalog.get(intent)
     verdict = _needs_human(ticket, policy, confidence)
     drafting = verdict is None and needs_draft(policy)
-    if drafting and ctx.variant == "cpu" and ctx.can_handoff:
-        return StageResult(output={"intent": intent, "drafting": True}, confidence=confidence, handoff="llm")
+    if drafting and ctx.variant == CHEAP and ctx.can_handoff:
+        return StageResult(output={"intent": intent, "drafting": True}, confidence=confidence, handoff=CLAUDE)
     usage: dict[str, Any] = {}
-    if drafting and ctx.variant == "llm" and ctx.llm is not None:
+    if drafting and ctx.variant == CLAUDE and ctx.draft is not None:
         reply, usage = _drafted(ticket, ctx, policy)  # type: ignore[arg-type]
     else:
         reply = render_reply(policy.reply_template, ticket) if policy else ""

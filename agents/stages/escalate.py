@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from agents.stages.types import StageContext, StageError, StageResult, TicketInput
+from agents.stages.types import ESCALATION, StageContext, StageError, StageResult, TicketInput
 
 
 def escalate(ticket: TicketInput, ctx: StageContext) -> StageResult:
     """Send the holding reply once, and describe what the reviewer should see."""
     if ctx.tools is None:
         raise StageError("no tool runner configured", permanent=True)
-    escalation = ticket.context.get("escalation", {})
+    escalation = ticket.context.get(ESCALATION, {})
     classified = ticket.context.get("classify", {})
     result = ctx.tools.run(
         "reply", {"text": ctx.holding_reply, "kind": "holding"}, idempotency_key=f"{ticket.id}:holding:reply"

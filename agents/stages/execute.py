@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from agents.stages.decide import build_plan
-from agents.stages.types import StageContext, StageError, StageResult, TicketInput
+from agents.stages.types import HUMAN, StageContext, StageError, StageResult, TicketInput
 
 
 def _plan_and_intent(ticket: TicketInput, ctx: StageContext) -> tuple[str, list[dict[str, Any]], str]:
-    human = ticket.context.get("human")
+    human = ticket.context.get(HUMAN)
     if human:  # a reviewer's decision replaces the agents' plan
         policy = ctx.catalog.get(human["intent"])
         if policy is None:

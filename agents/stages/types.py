@@ -96,6 +96,22 @@ class ToolRunner(Protocol):
     def run(self, tool: str, arguments: Mapping[str, Any], *, idempotency_key: str) -> ToolResult: ...
 
 
+# A stage's two variants: CHEAP on the stage's own queue (rules, the local model), CLAUDE when re-run on
+# the claude worker's queue with the network-bound tier. A cheap run that hands over stores its output in
+# the ticket's context under `cheap_output(stage)`, beside the stages' outputs under their own names.
+CHEAP, CLAUDE = "cheap", "claude"
+
+
+# The context's keys besides the stages' outputs (each under its stage's name): a person's decision, and
+# why the ticket was escalated (the stage and the reason, for the escalate stage's holding reply).
+HUMAN, ESCALATION = "human", "escalation"
+
+
+def cheap_output(stage: str) -> str:
+    """The context key of a stage's cheap output once it handed the stage over to Claude."""
+    return f"{stage}_cheap"
+
+
 @dataclass
 class StageContext:
     """What the outside world lends a stage."""
@@ -106,12 +122,12 @@ class StageContext:
     history: Sequence[Mapping[str, Any]] = ()
     holding_reply: str = ""
     attempt: int = 1
-    # "cpu" on the stage's own queue; "llm" when re-run on the llm queue (thread pool) with the
-    # network-bound tiers. `can_handoff` says an llm variant is configured to hand over to.
-    variant: str = "cpu"
+    # CHEAP or CLAUDE (above). `can_handoff` says a Claude variant is configured to hand over to.
+    variant: str = CHEAP
     can_handoff: bool = False
-    llm: Any = None  # the model client (agents/llm) when variant == "llm"
-    scope: Any = None  # the ticket as the Claude tier may know it (agents.llm.scope.TicketScope), llm variant
+    # Claude drafting a reply (agents.llm.drafting.draft_reply over the model client), CLAUDE variant.
+    draft: Any = None
+    scope: Any = None  # the ticket as the Claude tier may know it (agents.llm.scope.TicketScope), CLAUDE variant
 
 
 @dataclass
@@ -121,7 +137,7 @@ class StageResult:
     output: dict[str, Any]
     confidence: float | None = None
     escalate: str | None = None  # a review reason when the ticket needs a person
-    handoff: str | None = None  # "llm": persist this output, re-run the stage on the llm queue
+    handoff: str | None = None  # CLAUDE: persist this output, re-run the stage on the claude worker's queue
     tier: str = ""
     model: str = ""
     input_tokens: int = 0

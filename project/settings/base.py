@@ -142,7 +142,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "EXCEPTION_HANDLER": "tickets.api_errors.exception_handler",
+    "EXCEPTION_HANDLER": "tickets.api.errors.exception_handler",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Agent pipeline API",
@@ -153,10 +153,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
-    # OpenAPI 3.1 for its `webhooks`: the callbacks, one per event (tickets/schema.py).
+    # OpenAPI 3.1 for its `webhooks`: the callbacks, one per event (tickets/api/schema.py).
     "OAS_VERSION": "3.1.0",
-    "WEBHOOKS": [f"tickets.schema.{name}" for name in ("RESOLVED", "AWAITING_REVIEW", "DEAD_LETTERED")],
-    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "tickets.schema.postprocess"],
+    "WEBHOOKS": [f"tickets.api.schema.{name}" for name in ("RESOLVED", "AWAITING_REVIEW", "DEAD_LETTERED")],
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "tickets.api.schema.postprocess"],
     "SWAGGER_UI_SETTINGS": {"persistAuthorization": True},
 }
 

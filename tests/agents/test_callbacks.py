@@ -202,7 +202,7 @@ def test_by_default_a_refused_callback_is_tried_for_about_three_days(settings):
 
 
 def test_an_abandoned_callback_is_counted_and_can_be_resent_under_the_same_key(db, api, recorder, settings):
-    from agents.metrics import CALLBACKS_ABANDONED
+    from agents.callbacks import CALLBACKS_ABANDONED
 
     settings.PIPELINE = {**settings.PIPELINE, "CALLBACK_MAX_ATTEMPTS": 1}
     _, client = api(callback_url=recorder.url)

@@ -213,19 +213,9 @@ def test_measure_script_runs(measure: ModuleType, tmp_path: Path, capsys: pytest
     assert "per rule" in out
 
 
-def test_loader_accepts_the_pack_when_available() -> None:
-    """The project's own validator (agents.intents.read_pack) accepts the pack, if Django can be set up."""
-    try:
-        import django
-        from django.conf import settings
+def test_the_projects_own_loader_accepts_the_pack() -> None:
+    """The project's own validator (agents.intents.read_pack) accepts the pack."""
+    from agents.intents import read_pack
 
-        if not settings.configured:
-            import os
-
-            os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
-        django.setup()
-        from agents.intents import read_pack
-    except Exception as exc:  # pragma: no cover - depends on the environment
-        pytest.skip(f"Django project not importable here: {exc}")
     parsed = read_pack(PACK)
     assert len(parsed) == 77

@@ -155,7 +155,7 @@ def test_a_lost_message_is_recovered_by_the_sweeper(pipeline, api):
     ticket = Ticket.objects.create(
         client=client,
         body="My card still hasn't arrived",
-        status=Status.CLASSIFYING,
+        status="classifying",
         context={"parse": {"text": "my card still hasn't arrived", "language": "en"}},
     )
     Ticket.objects.filter(pk=ticket.pk).update(updated_at=ticket.updated_at.replace(year=2000))
@@ -180,15 +180,15 @@ def test_the_resolution_callback_is_signed_with_the_clients_secret(pipeline, api
 
 def test_a_customers_requests_are_decided_in_order_of_arrival(pipeline, api):
     http, client = api()
-    older = Ticket.objects.create(client=client, customer_ref="zoe", body="first", status=Status.ESCALATING)
+    older = Ticket.objects.create(client=client, customer_ref="zoe", body="first", status="escalating")
     newer_id = submit(http, body="My card still hasn't arrived", customer_ref="zoe")
 
-    wait_for(lambda: Ticket.objects.get(pk=newer_id).status == Status.DECIDING, what="the newer ticket to reach decide")
+    wait_for(lambda: Ticket.objects.get(pk=newer_id).status == "deciding", what="the newer ticket to reach decide")
     # While the older one is in flight the newer one waits: its wait loop marks it alive, again and
     # again, and decides nothing.
     seen = {Ticket.objects.get(pk=newer_id).updated_at}
     wait_for(lambda: seen.add(Ticket.objects.get(pk=newer_id).updated_at) or len(seen) >= 3, what="two wait loops")
-    assert Ticket.objects.get(pk=newer_id).status == Status.DECIDING
+    assert Ticket.objects.get(pk=newer_id).status == "deciding"
     assert not Trace.objects.filter(ticket_id=newer_id, stage="decide").exists()
 
     released = timezone.now()
@@ -202,7 +202,7 @@ def test_a_customers_requests_are_decided_in_order_of_arrival(pipeline, api):
 def test_a_request_waits_for_its_customers_stuck_request_only_until_the_deadline(pipeline, api, settings):
     settings.PIPELINE = {**settings.PIPELINE, "CUSTOMER_WAIT_MAX_SECONDS": 2.0}
     http, client = api()
-    Ticket.objects.create(client=client, customer_ref="yann", body="first", status=Status.EXECUTING)  # stuck
+    Ticket.objects.create(client=client, customer_ref="yann", body="first", status="executing")  # stuck
     newer_id = submit(http, body="My card still hasn't arrived", customer_ref="yann")
 
     ticket = settled(newer_id)

@@ -17,7 +17,15 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.deploy.topology import ROLES, ROOT, declared_queues, procfile, task_time_limit, worker_queues
+from tests.deploy.topology import (
+    ROLES,
+    ROOT,
+    declared_queues,
+    hand_listed_queues,
+    procfile,
+    task_time_limit,
+    worker_queues,
+)
 
 COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
 SERVICES: dict[str, dict] = COMPOSE["services"]
@@ -51,6 +59,10 @@ def test_the_worker_roles_consume_the_topologys_queues_and_together_every_queue(
     consumed = {name: worker_queues(s["command"]) for name, s in APP.items() if worker_queues(s["command"])}
     assert consumed == ROLES
     assert frozenset().union(*consumed.values()) == declared_queues()
+
+
+def test_no_service_lists_queues_by_hand():
+    assert not [name for name, s in APP.items() if hand_listed_queues(s["command"])]
 
 
 def test_exactly_one_beat_and_workers_get_longer_than_a_task_to_finish():
@@ -99,10 +111,16 @@ def test_secrets_come_from_the_environment_never_from_the_file():
 
 
 def test_the_procfiles_worker_roles_are_the_topologys_and_serve_every_queue():
-    assert set(ROLES) == {"cpu", "io", "llm", "maintenance"}
+    assert set(ROLES) == {"cheap", "io", "claude", "maintenance"}
     assert frozenset().union(*ROLES.values()) == declared_queues()
 
 
 def test_every_worker_role_runs_the_procfiles_command():
     for role in ROLES:
         assert SERVICES[role]["command"] == shlex.split(procfile()[role]), role
+
+
+def test_prometheus_scrapes_every_worker_role_by_its_service_name():
+    config = yaml.safe_load((ROOT / "deploy" / "compose" / "prometheus.yml").read_text())
+    (workers,) = [job for job in config["scrape_configs"] if job["job_name"] == "pipeline-workers"]
+    assert set(workers["dns_sd_configs"][0]["names"]) == set(ROLES)

@@ -14,7 +14,7 @@ from django.db.migrations.recorder import MigrationRecorder
 from django.test import Client
 from kombu import Queue
 
-from project import health
+from project import health, heartbeat
 from project.metrics import PipelineStateCollector, queue_depths
 from tests.conftest import wait_for
 
@@ -58,33 +58,34 @@ def test_readyz_is_503_while_a_migration_is_not_applied(http, db):
 def test_a_running_worker_touches_its_heartbeat_file_and_is_counted_per_queue(pipeline, tmp_path, monkeypatch):
     beat = tmp_path / "alive"
     monkeypatch.setenv("WORKER_HEARTBEAT_FILE", str(beat))
-    wait_for(beat.exists, timeout=health.HEARTBEAT_SECONDS * 3, what="the heartbeat file")
+    wait_for(beat.exists, timeout=heartbeat.HEARTBEAT_SECONDS * 3, what="the heartbeat file")
     first = beat.stat().st_mtime
-    wait_for(lambda: beat.stat().st_mtime > first, timeout=health.HEARTBEAT_SECONDS * 3, what="a second heartbeat")
+    wait_for(lambda: beat.stat().st_mtime > first, timeout=heartbeat.HEARTBEAT_SECONDS * 3, what="a second heartbeat")
 
-    live = health.live_workers()
+    live = heartbeat.live_workers()
     assert pipeline.hostname in live
     assert {"parse", "execute", "webhooks", "maintenance"} <= set(live[pipeline.hostname]["queues"])
     samples = {
         (m.name, s.labels.get("queue")): s.value for m in PipelineStateCollector(0)._workers() for s in m.samples
     }
     assert samples[("pipeline_queue_workers", "parse")] >= 1
-    assert samples[("pipeline_queue_in_flight", "parse")] >= 0
+    held = sum(int(r.get("in_flight", {}).get("parse", 0)) for r in heartbeat.live_workers().values())
+    assert samples[("pipeline_queue_in_flight", "parse")] == held
 
 
 def test_a_worker_that_stopped_beating_is_no_longer_counted(db):
-    key = health._registry_key()
+    key = heartbeat._registry_key()
     name = f"gone@{uuid.uuid4().hex[:6]}"
-    record = {"at": time.time() - health.HEARTBEAT_STALE_SECONDS - 1, "queues": ["parse"], "in_flight": {"parse": 3}}
-    health._redis().hset(key, name, json.dumps(record))
-    assert name not in health.live_workers()
-    assert not health._redis().hexists(key, name)  # the stale record is removed
+    record = {"at": time.time() - heartbeat.HEARTBEAT_STALE_SECONDS - 1, "queues": ["parse"], "in_flight": {"parse": 3}}
+    heartbeat._redis().hset(key, name, json.dumps(record))
+    assert name not in heartbeat.live_workers()
+    assert not heartbeat._redis().hexists(key, name)  # the stale record is removed
 
 
 def test_in_flight_is_counted_by_queue_whatever_delay_prefix_rabbitmq_added():
     delayed = "0." * 27 + "1.execute"
-    assert health._queue_of({"routing_key": delayed}) == "execute"
-    assert health._queue_of({"routing_key": "parse"}) == "parse"
+    assert heartbeat._queue_of({"routing_key": delayed}) == "execute"
+    assert heartbeat._queue_of({"routing_key": "parse"}) == "parse"
 
 
 def test_queue_depth_counts_waiting_messages_on_this_broker_and_a_missing_queue_is_empty(db):

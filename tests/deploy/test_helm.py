@@ -9,6 +9,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,16 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.deploy.topology import ROLES, ROOT, declared_queues, procfile, task_time_limit, worker_queues
+from tests.deploy.topology import (
+    ROLES,
+    ROOT,
+    WORKER_ENTRY,
+    declared_queues,
+    hand_listed_queues,
+    procfile,
+    task_time_limit,
+    worker_queues,
+)
 
 helm = pytest.importorskip("helm_python", reason="helm-python-sdk is not installed (the dev lock has it)")
 CHART = ROOT / "deploy" / "helm" / "agent-pipeline"
@@ -132,6 +142,19 @@ def test_a_pod_disruption_budget_covers_web_and_every_worker_role():
         assert tuple(sorted(doc["spec"]["selector"]["matchLabels"].items())) in budgets, doc["metadata"]["name"]
 
 
+def test_no_worker_lists_queues_by_hand_and_the_charts_queue_file_is_the_specs():
+    assert not [
+        d["metadata"]["name"] for d in kind("Deployment") for c in containers(d) if hand_listed_queues(c["command"])
+    ]
+    printed = subprocess.run(
+        [sys.executable, "-m", WORKER_ENTRY, "--roles"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    assert (CHART / "queues.yaml").read_text() == printed, "run: python -m agents.pipeline.worker --roles > " + str(
+        (CHART / "queues.yaml").relative_to(ROOT)
+    )
+    assert {role: frozenset(q) for role, q in yaml.safe_load(printed).items()} == ROLES
+
+
 def measured_rss_mb() -> dict[str, float]:
     """Peak RSS per worker from the benchmark's headline table (docs/performance.md)."""
     line = next(x for x in (ROOT / "docs" / "performance.md").read_text().splitlines() if "worker RSS, peak" in x)
@@ -152,7 +175,9 @@ def test_worker_memory_requests_cover_the_benchmarks_measured_peak_per_process()
         main = doc["spec"]["template"]["spec"]["containers"][0]
         command = main["command"]
         processes = int(command[command.index("--concurrency") + 1]) if "prefork" in command else 1
-        per_process = rss["model"] if role in ("cpu", "maintenance") else rss["llm"] if role == "llm" else rss["other"]
+        per_process = (
+            rss["model"] if role in ("cheap", "maintenance") else rss["llm"] if role == "claude" else rss["other"]
+        )
         assert mebibytes(main["resources"]["requests"]["memory"]) >= processes * per_process, role
         assert mebibytes(main["resources"]["limits"]["memory"]) > mebibytes(main["resources"]["requests"]["memory"])
 

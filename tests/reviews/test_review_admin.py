@@ -143,7 +143,7 @@ def test_resolving_on_the_review_page_with_a_corrected_intent_resumes_the_ticket
         Decision.CORRECT,
         "lost_or_stolen_card",
     )
-    assert review.ticket.status == Status.EXECUTING and Feedback.objects.get().overridden
+    assert review.ticket.status == "executing" and Feedback.objects.get().overridden
 
 
 def test_a_rejected_decision_keeps_the_reviewers_edits_and_says_why(browser, escalate, reviewer):
@@ -221,7 +221,7 @@ def test_dead_letters_sit_in_the_same_queue_with_a_replay_action(browser, escala
     assert b'name="_replay"' in review_page.content and b"downstream refused with 400" in review_page.content
     letter.refresh_from_db()
     assert (letter.status, letter.decision) == ("dismissed", "replay")
-    assert letter.ticket.status == Status.EXECUTING
+    assert letter.ticket.status == "executing"
 
 
 def test_the_feedback_page_shows_override_rates_per_intent(client, escalate, reviewer, admin_user):

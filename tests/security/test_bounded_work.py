@@ -24,6 +24,7 @@ from agents.tiers.rules import RulesTier
 from project.textnorm import MAX_COMBINING_RUN, nfkc
 
 parse_module = importlib.import_module("agents.stages.parse")
+sensitive_module = importlib.import_module("project.sensitive")
 PACK = Path(__file__).resolve().parents[2] / "agents" / "packs" / "banking77.yaml"
 BOUND_SECONDS = 1.0
 
@@ -99,7 +100,12 @@ def test_other_hostile_bodies_stay_quick(case: str, tier_and_catalog) -> None:
 
 
 def test_parse_scans_only_with_re2_where_a_pattern_could_back_track() -> None:
-    compiled = {name: v for name, v in vars(parse_module).items() if isinstance(v, (re.Pattern, re2._Regexp))}
+    compiled = {
+        name: v
+        for module in (parse_module, sensitive_module)
+        for name, v in vars(module).items()
+        if isinstance(v, (re.Pattern, re2._Regexp))
+    }
 
     assert {"_EMAIL", "_CARD", "_PHONE", "_QUOTE_HEADER", "_SIGNATURE", "_WANTS_HUMAN"} <= set(compiled)
     assert all(isinstance(v, re2._Regexp) for v in compiled.values()), compiled
@@ -126,7 +132,7 @@ def test_a_long_run_of_combining_marks_is_cut_before_normalising() -> None:
 def test_parse_still_finds_unicode_digits_and_words_as_pythons_re_did() -> None:
     text = "carte ٤١١١١١١١١١١١١١١١ ou écrivez à josé.garcía@correo.es, tel +34 912 345 678"
 
-    found = {(s["type"], text[s["start"] : s["end"]]) for s in parse_module.find_sensitive(text)}
+    found = {(s["type"], text[s["start"] : s["end"]]) for s in sensitive_module.find_sensitive(text)}
 
     assert found == {
         ("card_number", "٤١١١١١١١١١١١١١١١"),

@@ -51,12 +51,12 @@ def test_terminal_states_have_no_way_out_but_review_and_replay():
     # Every possible move out of each terminal state: only a person's decision or a replay leaves one.
     allowed = {
         Status.RESOLVED: set(),
-        Status.AWAITING_REVIEW: {Status.EXECUTING, Status.RESOLVED},  # resume at execute, or dismiss
+        Status.AWAITING_REVIEW: {"executing", Status.RESOLVED},  # resume at execute, or dismiss
         Status.DEAD_LETTERED: {s.status for s in SPEC.stages} | {Status.RESOLVED},  # replay, or dismiss
     }
     assert set(allowed) == TERMINAL
     for current, ways_out in allowed.items():
-        for new in Status:
+        for new in SPEC.statuses:
             if new in ways_out:
                 check_transition(current, new)
             else:

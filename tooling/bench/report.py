@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 NON_CLAUDE = ("rules", "local", "escalated")
-WORKER_PARTS = ("cpu", "io", "maintenance", "llm")  # the Procfile's worker roles
+WORKER_PARTS = ("cheap", "io", "maintenance", "claude")  # the Procfile's worker roles
 
 
 def write(report: dict[str, Any], out: Path) -> dict[str, Path]:

@@ -60,7 +60,7 @@ class BenchSystem(System):
         cmd = super().command(name)
         if name == "web":
             return [cmd[0], "-c", "python:tooling.bench.gunicorn_conf", *cmd[1:]]
-        if name in (*WORKERS, "llm"):
+        if name in (*WORKERS, "claude"):
             return [*cmd, "--include", "tooling.bench.worker_probe"]
         return cmd
 
@@ -117,9 +117,9 @@ class BenchSystem(System):
         self.extra_env["BENCH_LLM_RPM"] = str(rpm)
         for name in WORKERS:
             self.terminate(name)
-        for name in (*WORKERS, "llm"):
+        for name in (*WORKERS, "claude"):
             self.spawn(name)
-        for name in (*WORKERS, "llm"):
+        for name in (*WORKERS, "claude"):
             self.wait_ready(name, timeout=180)
         return self.simulator.base_url
 

@@ -11,11 +11,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from agents.localmodel import train as train_module
-from agents.localmodel.crossval import cross_validate
 from agents.localmodel.data import load_csv
-from agents.localmodel.evaluate import format_report
-from agents.localmodel.train import train_model
+from agents.training import train as train_module
+from agents.training.crossval import cross_validate
+from agents.training.evaluate import format_report
+from agents.training.train import train_model
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "agents" / "data" / "banking77" / "train.csv"
 DEFAULT_PACK = Path(__file__).resolve().parents[2] / "agents" / "packs" / "banking77.yaml"
@@ -104,8 +104,8 @@ def benchmark(texts: list[str], labels: list[str], *, seed: int, n_latency: int 
 
 
 def _system(texts: list[str], labels: list[str], args: argparse.Namespace) -> dict:
-    """Run and print the rules -> model -> decide figure (see agents/localmodel/system.py)."""
-    from agents.localmodel.system import system_cross_validate
+    """Run and print the rules -> model -> decide figure (see agents/training/system.py)."""
+    from agents.training.system import system_cross_validate
 
     progress = ProgressLine()
     started = time.monotonic()

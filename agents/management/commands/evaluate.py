@@ -11,9 +11,9 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from agents.catalog import get_catalog
 from agents.learning import model_active
 from agents.localmodel.data import load_csv
-from agents.localmodel.evaluate import evaluate, format_report
-from agents.localmodel.system import score_system, summarise
 from agents.models import Intent
+from agents.training.evaluate import evaluate, format_report
+from agents.training.system import score_system, summarise
 
 
 class Command(BaseCommand):

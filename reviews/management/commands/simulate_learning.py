@@ -202,9 +202,11 @@ def _measure(ids: dict[str, str], answers: int) -> dict[str, float]:
 def _worker() -> Any:
     from celery.contrib.testing.worker import start_worker
 
+    from agents.pipeline.spec import CHEAP, CLAUDE, IO, worker_roles
     from project.celery import app
 
-    queues = ["parse", "classify", "decide", "execute", "escalate", "llm", "webhooks"]
+    roles = worker_roles()  # every lane and stage queue, the callbacks' and Claude's, as the spec has them
+    queues = [*roles[CHEAP], *roles[IO], *roles[CLAUDE]]
     with start_worker(app, pool="threads", concurrency=4, perform_ping_check=False, queues=queues, shutdown_timeout=60):
         yield
 

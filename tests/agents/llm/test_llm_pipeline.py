@@ -6,25 +6,25 @@ from datetime import UTC, datetime
 
 import pytest
 
-import agents.llm.tasks  # noqa: F401 - registers the batch tasks with the worker's app
+import agents.tasks  # noqa: F401 - registers the batch tasks with the worker's app
 from agents.llm import batches
 from agents.llm.anthropic_client import AnthropicClient
 from agents.llm.base import Usage
 from agents.llm.pricing import cost_usd
 from agents.llm.selectors import llm_cost_by_client, llm_cost_by_intent, llm_cost_for_ticket
 from agents.models import Trace
+from agents.pipeline.intake import ticket_submit
 from reviews.models import Review
 from tests.conftest import wait_for
 from tests.factories import client_with_token
 from tickets.models import TERMINAL, Priority, Status, Ticket
-from tickets.services import ticket_create
 
 pytestmark = pytest.mark.pipeline
 
 
 def submit(client, body: str, **fields) -> str:
     payload = {"body": body, "customer_ref": "alice", "channel": "email", **fields}
-    ticket, _ = ticket_create(client=client, payload=payload)
+    ticket, _ = ticket_submit(client=client, payload=payload)
     return str(ticket.pk)
 
 

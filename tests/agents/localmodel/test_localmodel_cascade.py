@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agents.localmodel import IntentModel, load_csv, train_model
+from agents.localmodel import IntentModel, load_csv
 from agents.localmodel import encoder as encoder_module
 from agents.localmodel.encoder import get_encoder, read_table, table_key, write_table
+from agents.training.train import train_model
 
 ROOT = Path(__file__).resolve().parents[3]
 TRAIN = ROOT / "agents" / "data" / "banking77" / "train.csv"

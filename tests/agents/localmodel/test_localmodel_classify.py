@@ -61,7 +61,8 @@ def test_claude_reads_only_the_candidate_set_the_cheap_tiers_left():
     claude = Tier("claude", TierAnswer("card_delivery_estimate", 0.95, "claude"))
 
     result = classify(
-        ticket(parse={"text": "x"}, classify_cpu=cheap), StageContext(catalog=CATALOG, tiers=[claude], variant="llm")
+        ticket(parse={"text": "x"}, classify_cheap=cheap),
+        StageContext(catalog=CATALOG, tiers=[claude], variant="claude"),
     )
 
     assert claude.seen == ["card_arrival", "card_delivery_estimate", "exchange_rate"]
@@ -71,6 +72,8 @@ def test_claude_reads_only_the_candidate_set_the_cheap_tiers_left():
 def test_claude_reads_the_whole_catalogue_when_there_is_no_candidate_set():
     claude = Tier("claude", TierAnswer("age_limit", 0.95, "claude"))
 
-    classify(ticket(parse={"text": "x"}, classify_cpu={}), StageContext(catalog=CATALOG, tiers=[claude], variant="llm"))
+    classify(
+        ticket(parse={"text": "x"}, classify_cheap={}), StageContext(catalog=CATALOG, tiers=[claude], variant="claude")
+    )
 
     assert claude.seen == sorted(CATALOG)

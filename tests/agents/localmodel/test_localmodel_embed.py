@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agents.localmodel import IntentModel, load_csv, train_model
-from agents.localmodel import train as train_module
+from agents.localmodel import IntentModel, load_csv
 from agents.localmodel.embed import DEFAULT_EMBEDDING, StaticEmbedder, get_embedder
+from agents.training import train as train_module
+from agents.training.train import train_model
 
 DATA = Path(__file__).resolve().parents[3] / "agents" / "data" / "banking77" / "train.csv"
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agents.localmodel import IntentModel, evaluate, format_report, load_csv
+from agents.localmodel import IntentModel, load_csv
+from agents.training.evaluate import evaluate, format_report
 
 
 class FixedVectorizer:

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agents.localmodel import IntentModel, load_csv, train_model
+from agents.localmodel import IntentModel, load_csv
 from agents.localmodel.model import _analyzer, _lean_blocks
-from agents.localmodel.train import build_vectorizer
+from agents.training.train import build_vectorizer, train_model
 
 ROOT = Path(__file__).resolve().parents[3]
 TRAIN = ROOT / "agents" / "data" / "banking77" / "train.csv"

@@ -7,9 +7,9 @@ import random
 from pathlib import Path
 
 from agents.localmodel import load_csv
-from agents.localmodel.system import FoldModelTier, catalog_for, load_pack, run_stages, system_cross_validate
-from agents.localmodel.train import train_model
 from agents.tiers.rules import RulesTier
+from agents.training.system import FoldModelTier, catalog_for, load_pack, run_stages, system_cross_validate
+from agents.training.train import train_model
 from tooling.research.cv import main
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -11,9 +11,10 @@ from agents.stages.classify import classify
 from agents.stages.decide import decide, render_reply
 from agents.stages.escalate import escalate
 from agents.stages.execute import execute
-from agents.stages.parse import clean, detect_language, find_sensitive, luhn_ok, mask, parse
+from agents.stages.parse import clean, detect_language, parse
 from agents.stages.types import IntentPolicy, StageContext, StageError, TicketInput, TierAnswer, ToolResult
 from agents.tiers.rules import RulesTier
+from project.sensitive import find_sensitive, luhn_ok, mask
 
 CATALOG = {
     "card_arrival": IntentPolicy(
@@ -238,7 +239,7 @@ def test_decide_hands_an_intent_without_a_canned_reply_to_the_llm_queue_when_one
     drafted = {**CATALOG, "card_arrival": IntentPolicy(name="card_arrival", threshold=0.9, reply_template="")}
     t = ticket(parse={"text": "x", "language": "en"}, classify={"intent": "card_arrival", "confidence": 0.95})
     handed = decide(t, StageContext(catalog=drafted, can_handoff=True))
-    assert handed.handoff == "llm" and handed.escalate is None
+    assert handed.handoff == "claude" and handed.escalate is None
     alone = decide(t, StageContext(catalog=drafted, can_handoff=False))
     assert alone.handoff is None and alone.escalate == "policy"  # no model to draft with: a person writes it
 

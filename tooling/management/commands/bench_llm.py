@@ -56,7 +56,7 @@ class Command(BaseCommand):
             choices=("handoff", "api"),
             default="handoff",
             help="handoff: tickets enter where classify hands them to Claude (parse and the rules already run, "
-            "in the driver); api: through ticket_create, every stage on the workers",
+            "in the driver); api: through ticket_submit, every stage on the workers",
         )
         parser.add_argument("--latency", default="lognormal:median=0.4,p99=2,min=0.1,max=4")
         parser.add_argument("--database", default="bench_llm")

@@ -1,0 +1,29 @@
+"""A request enters the pipeline: stored once per idempotency key (`tickets.services.ticket_create`),
+then its first stage published once the row is committed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+
+from agents.pipeline.dispatch import stage_enqueue
+from agents.pipeline.spec import SPEC
+from tickets.models import Client, Ticket
+from tickets.services import ticket_create
+
+
+def ticket_submit(
+    *, client: Client, payload: dict[str, Any], idempotency_key: str | None = None
+) -> tuple[Ticket, bool]:
+    """Store a new ticket and start its pipeline; a known key returns the first ticket instead."""
+    ticket, created = ticket_create(client=client, payload=payload, idempotency_key=idempotency_key)
+    if created:
+        # Enqueued only once the row is committed (at once in autocommit, at the caller's commit
+        # inside a transaction): a worker never sees a ticket that isn't there. robust: a broker
+        # outage after the commit must not turn a stored ticket into a 500 (a client would retry and
+        # get two); the sweeper starts it from Postgres instead.
+        transaction.on_commit(
+            lambda: stage_enqueue(ticket.id, SPEC.first.name, client_id=ticket.client_id), robust=True
+        )
+    return ticket, created
