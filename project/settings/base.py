@@ -277,12 +277,26 @@ OBSERVABILITY = {
     "REVIEW_SLA_SECONDS": env.int("REVIEW_SLA_SECONDS", default=4 * 3600),
     "STATE_CACHE_SECONDS": env.float("METRICS_STATE_CACHE_SECONDS", default=10.0),
 }
+
+
+def _archive_storage_options() -> dict[str, Any]:
+    """The local directory (the default), or the bucket when TRACE_ARCHIVE_STORAGE is the S3 one."""
+    if env.str("TRACE_ARCHIVE_STORAGE", default="").endswith("S3ArchiveStorage"):
+        return {
+            "bucket": env.str("TRACE_ARCHIVE_S3_BUCKET", default=""),
+            "prefix": env.str("TRACE_ARCHIVE_S3_PREFIX", default="traces"),
+            "endpoint_url": env.str("TRACE_ARCHIVE_S3_ENDPOINT_URL", default=""),
+            "region_name": env.str("TRACE_ARCHIVE_S3_REGION", default=""),
+        }
+    return {"location": env.str("TRACE_ARCHIVE_DIR", default=str(BASE_DIR / "var" / "archive" / "traces"))}
+
+
 TRACE_RETENTION = {
     "ARCHIVE_AFTER_DAYS": env.float("TRACE_ARCHIVE_AFTER_DAYS", default=30.0),
     "BATCH_SIZE": env.int("TRACE_ARCHIVE_BATCH_SIZE", default=5000),
     "TIME_BUDGET_SECONDS": env.float("TRACE_ARCHIVE_TIME_BUDGET_SECONDS", default=45.0),
     "STORAGE": env.str("TRACE_ARCHIVE_STORAGE", default="agents.retention.LocalArchiveStorage"),
-    "STORAGE_OPTIONS": {"location": env.str("TRACE_ARCHIVE_DIR", default=str(BASE_DIR / "var" / "archive" / "traces"))},
+    "STORAGE_OPTIONS": _archive_storage_options(),
 }
 LOGGING = logging_config(
     level=env.str("LOG_LEVEL", default="INFO"), json_lines=env.str("LOG_FORMAT", default="json") != "plain"

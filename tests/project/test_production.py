@@ -63,9 +63,14 @@ def test_flower_is_refused_without_a_real_password(auth):
 
 def test_flower_listens_on_loopback_unless_told_otherwise():
     argv = flower_argv({"FLOWER_BASIC_AUTH": "admin:a-long-enough-password"})
-    assert "--address=127.0.0.1" in argv and "--basic-auth=admin:a-long-enough-password" in argv
+    assert "--address=127.0.0.1" in argv
     wide = flower_argv({"FLOWER_BASIC_AUTH": "admin:a-long-enough-password", "FLOWER_ADDRESS": "0.0.0.0"})
     assert "--address=0.0.0.0" in wide
+
+
+def test_flower_keeps_its_password_off_the_command_line():
+    argv = flower_argv({"FLOWER_BASIC_AUTH": "admin:a-long-enough-password"})
+    assert not any("a-long-enough-password" in arg or arg.startswith("--basic-auth") for arg in argv)
 
 
 @pytest.fixture
