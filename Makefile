@@ -9,7 +9,7 @@ VENV ?= .venv
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install lock run test faults-production services services-stop bootstrap lint clean bench
+.PHONY: install lock run test faults-production image compose-test services services-stop bootstrap lint clean bench
 
 # requirements.txt is the development lock (requirements/dev.txt, with hashes): pip checks every
 # package's hash. The image installs requirements/runtime.txt alone (Dockerfile).
@@ -50,6 +50,12 @@ test: services  ## the whole suite, against real Postgres, Redis and Celery work
 
 faults-production: install  ## the fault suite at production settings, ~12 min (docs/reliability.md)
 	python -m pytest -m faults_production tests/reliability/test_fault_suite_production.py
+
+image: install  ## the image and the services' image with podman, from Debian's packages and the hashed lock (no registry)
+	deploy/images/build
+
+compose-test: install  ## builds the images, runs compose.yaml under podman and checks it (docs/deploy.md)
+	python -m pytest -m compose tests/deploy/test_compose_stack.py -s
 
 bench: install  ## the benchmark, on servers of its own: results under var/bench/ (docs/performance.md)
 	python -m tooling.bench $(BENCH_ARGS)
