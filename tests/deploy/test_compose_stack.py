@@ -33,7 +33,10 @@ from tests.deploy.topology import ROOT
 
 pytestmark = pytest.mark.compose
 
-PROJECT = f"ap-test-{os.getpid()}"
+# COMPOSE_TEST_PROJECT: run against a stack already up (its ports and secrets in the environment,
+# as deploy/compose/up had them) instead of building and starting one; it is left running.
+REUSE = os.environ.get("COMPOSE_TEST_PROJECT", "")
+PROJECT = REUSE or f"ap-test-{os.getpid()}"
 FILES = "compose.yaml tests/deploy/compose/test.yaml"
 TERMINAL = {"resolved", "awaiting_review", "dead_lettered"}
 SAMPLES = [
@@ -73,7 +76,8 @@ def sh(*args: str, env: dict[str, str] | None = None, check: bool = True, timeou
 
 class Stack:
     def __init__(self) -> None:
-        self.ports = {name: _free_port() for name in ("WEB_PORT", "FLOWER_PORT", "PROMETHEUS_PORT", "RECEIVER_PORT")}
+        names = ("WEB_PORT", "FLOWER_PORT", "PROMETHEUS_PORT", "RECEIVER_PORT")
+        self.ports = {name: int(os.environ[name]) if REUSE else _free_port() for name in names}
         secret = uuid.uuid4().hex
         self.env = {
             **os.environ,
@@ -88,6 +92,8 @@ class Stack:
             "GRAFANA_PASSWORD": "unused-grafana-is-not-started",
             "CALLBACK_ALLOWED_HOSTS": "hooks.compose.test:8080",
         }
+        if REUSE:
+            self.env = {**self.env, **os.environ}
         self.web = f"http://127.0.0.1:{self.ports['WEB_PORT']}"
         self.prometheus = f"http://127.0.0.1:{self.ports['PROMETHEUS_PORT']}"
         self.receiver = f"http://127.0.0.1:{self.ports['RECEIVER_PORT']}"
@@ -118,16 +124,18 @@ def stack() -> Any:
             pytest.fail(f"the compose test must run in CI: {reason}")
         pytest.skip(reason)
     t0 = time.monotonic()
-    sh("make", "image", timeout=1800)
+    if not REUSE:
+        sh("make", "image", timeout=1800)
     built = time.monotonic() - t0
     s = Stack()
     try:
-        s.up()
+        if not REUSE:
+            s.up()
         s.up_seconds = time.monotonic() - t0 - built  # type: ignore[attr-defined]
         s.build_seconds = built  # type: ignore[attr-defined]
         yield s
     finally:
-        if os.environ.get("COMPOSE_TEST_KEEP") != "1":
+        if not REUSE and os.environ.get("COMPOSE_TEST_KEEP") != "1":
             s.compose("down", "-v", "-t", "5", check=False)
         out = ROOT / "var" / "compose-test.json"
         out.parent.mkdir(exist_ok=True)
