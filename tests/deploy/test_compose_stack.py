@@ -113,7 +113,9 @@ class Stack:
         return sh("podman", "exec", self.container(service), *args)
 
     def sql(self, query: str) -> str:
-        return self.exec("postgres", "psql", "-U", "agents", "-d", "agents", "-At", "-c", query).strip()
+        # The server's own socket and port: Debian's psql wrapper would otherwise pick a cluster config.
+        args = ("psql", "-h", "/var/run/postgresql", "-p", "5432", "-U", "agents", "-d", "agents", "-At", "-c", query)
+        return self.exec("postgres", *args).strip()
 
 
 @pytest.fixture(scope="module")
