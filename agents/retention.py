@@ -10,7 +10,8 @@ a ticket still in flight or waiting for a person keeps its whole story in Postgr
 row — status, intent, confidence, action, reply, cost, timestamps — is never touched.
 
 Storage is a small contract (`ArchiveStorage`), chosen by dotted path in
-`settings.TRACE_RETENTION["STORAGE"]`, so object storage can follow the local filesystem.
+`settings.TRACE_RETENTION["STORAGE"]`: the local filesystem (the development default) or any
+S3-compatible object store through django-storages (`S3ArchiveStorage`).
 """
 
 from __future__ import annotations
@@ -134,6 +135,57 @@ class LocalArchiveStorage(ArchiveStorage):
             return []
         found = (p.relative_to(self.root).as_posix() for p in self.root.rglob("*.jsonl.gz") if p.is_file())
         return sorted(n for n in found if n.startswith(prefix))
+
+
+class S3ArchiveStorage(ArchiveStorage):
+    """A bucket of an S3-compatible object store, through django-storages' S3 backend.
+
+    A PUT replaces an object whole, so a reader never sees half of one. Credentials come from
+    boto3's usual chain (`AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`, a pod's web identity, ...)
+    unless given here; `endpoint_url` names a server other than AWS (MinIO, Ceph, ...).
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "traces",
+        endpoint_url: str | None = None,
+        region_name: str | None = None,
+        access_key: str | None = None,
+        secret_key: str | None = None,
+    ) -> None:
+        from storages.backends.s3 import S3Storage
+
+        if not bucket:
+            raise ValueError("S3ArchiveStorage needs a bucket (TRACE_ARCHIVE_S3_BUCKET)")
+        self.prefix = prefix.strip("/")
+        self.backend = S3Storage(
+            bucket_name=bucket,
+            location=self.prefix,
+            endpoint_url=endpoint_url or None,
+            region_name=region_name or None,
+            access_key=access_key or None,
+            secret_key=secret_key or None,
+            file_overwrite=True,  # a rerun after a crash replaces the same object (see above)
+            default_acl=None,
+            querystring_auth=False,
+        )
+
+    def write(self, name: str, data: bytes) -> str:
+        from django.core.files.base import ContentFile
+
+        self.backend.save(name, ContentFile(data))
+        key = f"{self.prefix}/{name}" if self.prefix else name
+        return f"s3://{self.backend.bucket_name}/{key}"
+
+    def read(self, name: str) -> bytes:
+        with self.backend.open(name, "rb") as fh:
+            return fh.read()
+
+    def names(self, prefix: str = "") -> list[str]:
+        root = f"{self.prefix}/" if self.prefix else ""
+        found = self.backend.bucket.objects.filter(Prefix=root + prefix)
+        return sorted(o.key[len(root) :] for o in found if o.key.endswith(".jsonl.gz"))
 
 
 def archive_storage() -> ArchiveStorage:

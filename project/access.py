@@ -1,6 +1,8 @@
 """Operator endpoints (`/metrics`) are not open to the world: a scrape is answered only from the
-networks in `METRICS_ALLOWED_CIDRS` (loopback by default) or with `Authorization: Bearer
-<METRICS_TOKEN>` when a token is set. Everything else gets a 403, never the metrics."""
+networks in `METRICS_ALLOWED_CIDRS` (loopback by default), with `Authorization: Bearer
+<METRICS_TOKEN>` when a token is set, or on `METRICS_PORT`: a second port gunicorn listens on that
+no Service or Ingress routes (the chart), so the cluster's Prometheus scrapes it by pod IP and the
+internet never reaches it. Everything else gets a 403, never the metrics."""
 
 from __future__ import annotations
 
@@ -20,8 +22,24 @@ def _networks(cidrs: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress
     return tuple(ipaddress.ip_network(c.strip(), strict=False) for c in cidrs if c.strip())
 
 
+def arrived_on_metrics_port(request: HttpRequest) -> bool:
+    """The connection came in on METRICS_PORT: gunicorn's own socket says so (not the Host header,
+    which a client writes)."""
+    port = settings.METRICS_PORT
+    sock = request.META.get("gunicorn.socket")
+    if not port or sock is None:
+        return False
+    try:
+        return sock.getsockname()[1] == port
+    except OSError:
+        return False
+
+
 def request_allowed(request: HttpRequest) -> bool:
-    """From an allowed network (the peer address, never a forwarded header), or with the token."""
+    """On the metrics port, from an allowed network (the peer address, never a forwarded header), or
+    with the token."""
+    if arrived_on_metrics_port(request):
+        return True
     token = settings.METRICS_TOKEN
     header = request.headers.get("Authorization", "")
     if token and hmac.compare_digest(header.encode(), f"Bearer {token}".encode()):

@@ -1,6 +1,8 @@
 """`python -m project.flower`: Flower, refused without a password. It listens on `FLOWER_ADDRESS`
 (loopback unless the operator says otherwise) with basic auth from `FLOWER_BASIC_AUTH`
-(`user:password`, a password of 12 characters at least), then runs `celery flower` in its place."""
+(`user:password`, a password of 12 characters at least), then runs `celery flower` in its place.
+The password stays in the environment, which Flower reads itself (its `FLOWER_*` options): it is
+never on the command line, where `ps` and /proc/<pid>/cmdline show it to every user of the host."""
 
 from __future__ import annotations
 
@@ -26,7 +28,6 @@ def flower_argv(environ: dict[str, str]) -> list[str]:
         "flower",
         f"--port={environ.get('FLOWER_PORT', '5555')}",
         f"--address={environ.get('FLOWER_ADDRESS', '127.0.0.1')}",
-        f"--basic-auth={auth}",
         "--persistent=False",
     ]
 

@@ -24,8 +24,14 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 
 def readyz(request: HttpRequest) -> JsonResponse:
-    """Readiness: Postgres answers, migrations are applied, the broker answers."""
+    """Readiness: Postgres answers, migrations are applied, the broker answers.
+
+    `?skip=broker` leaves the broker out: a Service's readiness probe uses it, so a broker blip does
+    not take every web pod out of the Service at once; the API itself then answers 503 with
+    Retry-After (backpressure), which a client can act on, instead of the ingress's error page."""
     checks = {"postgres": check_postgres, "migrations": check_migrations, "broker": check_broker}
+    if "broker" in request.GET.getlist("skip"):
+        del checks["broker"]
     failed: dict[str, str] = {}
     for name, check in checks.items():
         try:

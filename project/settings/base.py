@@ -60,6 +60,9 @@ AXES_RESET_ON_SUCCESS = True
 # `/metrics` answers only these networks (the peer address) or a bearer METRICS_TOKEN (project/access.py).
 METRICS_ALLOWED_CIDRS = env.list("METRICS_ALLOWED_CIDRS", default=["127.0.0.0/8", "::1/128"])
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+# A second port of the web server (gunicorn --bind 0.0.0.0:<port>) where /metrics answers anyone who
+# reaches it: for a port no Service or Ingress routes (the chart's 9100). 0: none.
+METRICS_PORT = env.int("METRICS_PORT", default=0)
 
 ROOT_URLCONF = "project.urls"
 WSGI_APPLICATION = "project.wsgi.application"
@@ -79,7 +82,12 @@ TEMPLATES = [
 ]
 
 # --- Postgres (the system of record) and Redis (broker, shared limiter, cache) ---------------
-DB_SERVER_SIDE_BINDING = env.bool("DB_SERVER_SIDE_BINDING", default=True)
+# Behind a pooler in transaction mode (PgBouncer: compose and the chart) a server connection serves
+# another client after each transaction, so nothing may outlive one: no server-side binding or
+# prepared statements, no server-side (named) cursors. The database's TimeZone must be UTC there too,
+# or Django sets it per connection (the compose and chart Postgres run with timezone=UTC).
+DB_TRANSACTION_POOLING = env.bool("DB_TRANSACTION_POOLING", default=False)
+DB_SERVER_SIDE_BINDING = env.bool("DB_SERVER_SIDE_BINDING", default=not DB_TRANSACTION_POOLING)
 DB_PREPARE_THRESHOLD = env.int("DB_PREPARE_THRESHOLD", default=5)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # Test sessions keep their queues, caches and flags apart (project/settings/test.py).
@@ -93,10 +101,12 @@ def servers(database: dict[str, Any], redis_url: str, broker_url: str = "", key_
     # Server-side parameters and prepared statements (psycopg prepares a statement the 5th time a
     # connection runs it): Postgres parses and plans the hot path's few statements once per
     # connection, which took a third off its CPU per ticket in the benchmark (docs/performance.md).
-    # DB_SERVER_SIDE_BINDING=0 behind a pooler in transaction mode (PgBouncer < 1.21).
+    # Off behind a pooler in transaction mode (DB_TRANSACTION_POOLING).
     if DB_SERVER_SIDE_BINDING:
         options = {"server_side_binding": True, "prepare_threshold": DB_PREPARE_THRESHOLD}
         database["OPTIONS"] = {**database.get("OPTIONS", {}), **options}
+    if DB_TRANSACTION_POOLING:
+        database["DISABLE_SERVER_SIDE_CURSORS"] = True
     cache = {"BACKEND": "project.cache.RedisCache", "LOCATION": redis_url}
     cache["KEY_PREFIX"] = env.str("CACHE_KEY_PREFIX", default="ap") + key_prefix
     return {
@@ -277,12 +287,26 @@ OBSERVABILITY = {
     "REVIEW_SLA_SECONDS": env.int("REVIEW_SLA_SECONDS", default=4 * 3600),
     "STATE_CACHE_SECONDS": env.float("METRICS_STATE_CACHE_SECONDS", default=10.0),
 }
+
+
+def _archive_storage_options() -> dict[str, Any]:
+    """The local directory (the default), or the bucket when TRACE_ARCHIVE_STORAGE is the S3 one."""
+    if env.str("TRACE_ARCHIVE_STORAGE", default="").endswith("S3ArchiveStorage"):
+        return {
+            "bucket": env.str("TRACE_ARCHIVE_S3_BUCKET", default=""),
+            "prefix": env.str("TRACE_ARCHIVE_S3_PREFIX", default="traces"),
+            "endpoint_url": env.str("TRACE_ARCHIVE_S3_ENDPOINT_URL", default=""),
+            "region_name": env.str("TRACE_ARCHIVE_S3_REGION", default=""),
+        }
+    return {"location": env.str("TRACE_ARCHIVE_DIR", default=str(BASE_DIR / "var" / "archive" / "traces"))}
+
+
 TRACE_RETENTION = {
     "ARCHIVE_AFTER_DAYS": env.float("TRACE_ARCHIVE_AFTER_DAYS", default=30.0),
     "BATCH_SIZE": env.int("TRACE_ARCHIVE_BATCH_SIZE", default=5000),
     "TIME_BUDGET_SECONDS": env.float("TRACE_ARCHIVE_TIME_BUDGET_SECONDS", default=45.0),
     "STORAGE": env.str("TRACE_ARCHIVE_STORAGE", default="agents.retention.LocalArchiveStorage"),
-    "STORAGE_OPTIONS": {"location": env.str("TRACE_ARCHIVE_DIR", default=str(BASE_DIR / "var" / "archive" / "traces"))},
+    "STORAGE_OPTIONS": _archive_storage_options(),
 }
 LOGGING = logging_config(
     level=env.str("LOG_LEVEL", default="INFO"), json_lines=env.str("LOG_FORMAT", default="json") != "plain"

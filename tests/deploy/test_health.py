@@ -46,6 +46,17 @@ def test_readyz_is_503_naming_the_broker_when_the_broker_does_not_answer(http, d
     assert set(response.json()["failed"]) == {"broker"}
 
 
+def test_readyz_without_the_broker_stays_ready_through_a_broker_outage(http, db, settings):
+    health._migrated.clear()
+    url = settings.CELERY_BROKER_URL
+    settings.CELERY_BROKER_URL = (
+        "redis://127.0.0.1:1/0" if url.startswith("redis") else "amqp://guest:guest@127.0.0.1:1//"
+    )
+    response = http.get("/readyz?skip=broker")
+    assert response.status_code == 200, response.content
+    assert response.json()["checks"] == ["migrations", "postgres"]
+
+
 def test_readyz_is_503_while_a_migration_is_not_applied(http, db):
     health._migrated.clear()
     MigrationRecorder.Migration.objects.filter(app="tickets").order_by("-id").first().delete()

@@ -68,11 +68,19 @@ def test_the_image_installs_the_hashed_runtime_lock_and_nothing_else():
     runs = [
         i["value"] for stage in stages() for i in stage if i["instruction"] == "RUN" and "pip install" in i["value"]
     ]
-    assert len(runs) == 1 and "--require-hashes" in runs[0] and "/tmp/runtime.txt" in runs[0]
+    assert len(runs) == 1 and runs[0].count("--require-hashes") == runs[0].count("pip install") == 2
+    assert "-r /tmp/runtime.txt" in runs[0] and "-r /tmp/encoder.txt" in runs[0]
     copied = [
         i["value"] for stage in stages() for i in stage if i["instruction"] == "COPY" and "requirements" in i["value"]
     ]
-    assert copied == ["requirements/runtime.txt /tmp/runtime.txt"]
+    assert copied == ["requirements/runtime.txt /tmp/runtime.txt", "requirements-encoder.txt /tmp/encoder.txt"]
+
+
+def test_the_base_image_is_pinned_by_digest_to_an_official_slim_python_311():
+    base = next(
+        i["value"] for i in DockerfileParser(path=str(ROOT / "Dockerfile")).structure if i["instruction"] == "ARG"
+    )
+    assert re.fullmatch(r"PYTHON_IMAGE=python:3\.11\.\d+-slim-bookworm@sha256:[0-9a-f]{64}", base), base
 
 
 def test_the_runtime_lock_has_no_test_bench_or_embedded_server_package():

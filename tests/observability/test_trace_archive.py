@@ -177,3 +177,85 @@ def test_the_beat_task_and_the_command_use_the_configured_storage(tickets, tmp_p
 def test_an_object_name_cannot_escape_the_archive(tmp_path):
     with pytest.raises(ValueError):
         LocalArchiveStorage(tmp_path / "a").write("../outside.jsonl.gz", b"")
+
+
+# --- Object storage: the S3 API, against a real S3-compatible server (moto's, over HTTP) ---------
+
+
+@pytest.fixture(scope="module")
+def s3_server() -> Any:
+    """moto's S3-compatible server on a free loopback port, for this module's tests."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> dict[str, str]:
+    import boto3
+
+    for name, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test-secret"}.items():
+        monkeypatch.setenv(name, value)
+    bucket = f"archive-{request.node.name.replace('_', '-')[:40].lower().strip('-')}"
+    s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+    s3.create_bucket(Bucket=bucket)
+    return {"bucket": bucket, "endpoint_url": s3_server, "region_name": "us-east-1"}
+
+
+def test_traces_are_archived_to_an_s3_bucket_exactly_once_then_deleted_and_restored_unchanged(tickets, s3_bucket):
+    import boto3
+
+    storage = retention.S3ArchiveStorage(**s3_bucket)
+    everything = snapshot(Trace.objects.all())
+    due = snapshot(
+        Trace.objects.filter(
+            started_at__lt=timezone.now() - timedelta(days=30), ticket__status__in=["resolved", "dead_lettered"]
+        )
+    )
+
+    report = traces_archive(older_than=timedelta(days=30), batch_size=10, storage=storage)
+
+    assert report.archived == 26 and report.batches == 3
+    assert all(uri.startswith(f"s3://{s3_bucket['bucket']}/traces/") for uri in report.objects)
+    s3 = boto3.client("s3", endpoint_url=s3_bucket["endpoint_url"], region_name="us-east-1")
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket["bucket"])["Contents"]]
+    assert len(keys) == 3 and all(k.startswith("traces/") and k.endswith(".jsonl.gz") for k in keys)
+    assert {r["id"]: r for r in archived_traces(storage)} == due  # every field, from the server's bytes
+    assert not Trace.objects.filter(id__in=due).exists()
+
+    assert traces_restore(storage=storage) == 26
+    assert snapshot(Trace.objects.all()) == everything
+
+
+def test_nothing_is_deleted_when_the_bucket_does_not_take_the_object(tickets, s3_bucket):
+    from botocore.exceptions import ClientError
+
+    storage = retention.S3ArchiveStorage(**{**s3_bucket, "bucket": "no-such-bucket"})
+    before = snapshot(Trace.objects.all())
+
+    with pytest.raises(ClientError):
+        traces_archive(older_than=timedelta(days=30), batch_size=10, storage=storage)
+
+    assert snapshot(Trace.objects.all()) == before
+
+
+def test_the_s3_storage_is_chosen_from_the_environment(tickets, s3_bucket, monkeypatch, settings):
+    from project.settings import base
+
+    monkeypatch.setenv("TRACE_ARCHIVE_STORAGE", "agents.retention.S3ArchiveStorage")
+    monkeypatch.setenv("TRACE_ARCHIVE_S3_BUCKET", s3_bucket["bucket"])
+    monkeypatch.setenv("TRACE_ARCHIVE_S3_ENDPOINT_URL", s3_bucket["endpoint_url"])
+    monkeypatch.setenv("TRACE_ARCHIVE_S3_REGION", "us-east-1")
+    settings.TRACE_RETENTION = {
+        "STORAGE": "agents.retention.S3ArchiveStorage",
+        "STORAGE_OPTIONS": base._archive_storage_options(),
+    }
+
+    call_command("archive_traces", "--older-than-days", "30", "--until-done", stdout=open("/dev/null", "w"))  # noqa: SIM115
+
+    assert isinstance(retention.archive_storage(), retention.S3ArchiveStorage)
+    assert len(list(archived_traces())) == 26 and Trace.objects.count() == 7

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -63,9 +64,14 @@ def test_flower_is_refused_without_a_real_password(auth):
 
 def test_flower_listens_on_loopback_unless_told_otherwise():
     argv = flower_argv({"FLOWER_BASIC_AUTH": "admin:a-long-enough-password"})
-    assert "--address=127.0.0.1" in argv and "--basic-auth=admin:a-long-enough-password" in argv
+    assert "--address=127.0.0.1" in argv
     wide = flower_argv({"FLOWER_BASIC_AUTH": "admin:a-long-enough-password", "FLOWER_ADDRESS": "0.0.0.0"})
     assert "--address=0.0.0.0" in wide
+
+
+def test_flower_keeps_its_password_off_the_command_line():
+    argv = flower_argv({"FLOWER_BASIC_AUTH": "admin:a-long-enough-password"})
+    assert not any("a-long-enough-password" in arg or arg.startswith("--basic-auth") for arg in argv)
 
 
 @pytest.fixture
@@ -92,6 +98,35 @@ def test_metrics_answer_loopback_an_allowed_network_and_the_token(metrics_view, 
     assert metrics_view(with_token).status_code == 200
     wrong = factory.get("/metrics", REMOTE_ADDR="203.0.113.9", HTTP_AUTHORIZATION="Bearer guess")
     assert metrics_view(wrong).status_code == 403
+
+
+def _accepted_on(listener: socket.socket) -> tuple[socket.socket, socket.socket]:
+    peer = socket.create_connection(listener.getsockname())
+    conn, _ = listener.accept()
+    return conn, peer
+
+
+def test_metrics_answer_on_the_metrics_port_and_a_spoofed_host_does_not_open_the_main_one(metrics_view, settings):
+    settings.METRICS_TOKEN = ""
+    with socket.create_server(("127.0.0.1", 0)) as main, socket.create_server(("127.0.0.1", 0)) as metrics:
+        settings.METRICS_PORT = metrics.getsockname()[1]
+        factory, outside = RequestFactory(), "203.0.113.9"
+        on_metrics, peer1 = _accepted_on(metrics)
+        on_main, peer2 = _accepted_on(main)
+        try:
+            scrape = factory.get("/metrics", REMOTE_ADDR=outside, **{"gunicorn.socket": on_metrics})
+            assert metrics_view(scrape).status_code == 200
+            spoofed = factory.get(
+                "/metrics",
+                REMOTE_ADDR=outside,
+                HTTP_HOST=f"api.example.com:{settings.METRICS_PORT}",
+                SERVER_PORT=str(settings.METRICS_PORT),
+                **{"gunicorn.socket": on_main},
+            )
+            assert metrics_view(spoofed).status_code == 403
+        finally:
+            for s in (on_metrics, peer1, on_main, peer2):
+                s.close()
 
 
 def test_the_metrics_url_is_guarded(client):

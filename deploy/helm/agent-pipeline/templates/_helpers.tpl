@@ -88,3 +88,48 @@ affinity:
   volumeMounts:
     {{- include "ap.scratchMounts" . | nindent 4 }}
 {{- end -}}
+
+{{/* Pod annotations that roll the pods when their settings change: the ConfigMap's values and the
+Secret's (the chart's own from `secrets`; an existing one read from the cluster at install, plus
+`existingSecretRevision`, which a secret store's sync can bump). */}}
+{{- define "ap.checksums" -}}
+checksum/config: {{ toJson .Values.config | sha256sum }}
+{{- if .Values.existingSecret }}
+{{- $found := lookup "v1" "Secret" .Release.Namespace .Values.existingSecret }}
+checksum/secret: {{ toJson (dict "data" (get $found "data") "revision" .Values.existingSecretRevision) | sha256sum }}
+{{- else }}
+checksum/secret: {{ toJson .Values.secrets | sha256sum }}
+{{- end }}
+{{- end -}}
+
+{{/* The chart's own Secret must hold what the product cannot start without: fail at render. */}}
+{{- define "ap.requireSecrets" -}}
+{{- if not .Values.existingSecret }}
+{{- range $key := list "SECRET_KEY" "DATABASE_URL" "REDIS_URL" }}
+{{- $_ := required (printf "secrets.%s is required (or name an existingSecret that holds it)" $key) (get $.Values.secrets $key) }}
+{{- end }}
+{{- if lt (len .Values.secrets.SECRET_KEY) 50 }}
+{{- fail "secrets.SECRET_KEY must be 50 characters or more (openssl rand -hex 32)" }}
+{{- end }}
+{{- if .Values.flower.enabled }}
+{{- $_ := required "secrets.FLOWER_BASIC_AUTH (admin:<12+ characters>) is required while flower.enabled" .Values.secrets.FLOWER_BASIC_AUTH }}
+{{- end }}
+{{- if .Values.pgbouncer.enabled }}
+{{- $_ := required "secrets.PGBOUNCER_USERLIST (\"user\" \"password\", PgBouncer's auth_file) is required while pgbouncer.enabled" .Values.secrets.PGBOUNCER_USERLIST }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* keda.enabled needs KEDA's CRDs: fail at render rather than at apply (or never scale). */}}
+{{- define "ap.requireKeda" -}}
+{{- if and .Values.keda.enabled (not .Values.keda.skipCapabilityCheck) (not (.Capabilities.APIVersions.Has "keda.sh/v1alpha1/ScaledObject")) }}
+{{- fail "keda.enabled is true but this cluster has no keda.sh/v1alpha1 ScaledObject: install KEDA 2.x first, or set keda.enabled=false (the workers then run their minReplicas). For `helm template` pass --api-versions keda.sh/v1alpha1/ScaledObject" }}
+{{- end }}
+{{- end -}}
+
+{{/* Trace archives must outlive the pod: a bucket, a claim, or an explicit `archive.ephemeral`. */}}
+{{- define "ap.requireArchive" -}}
+{{- if not (or .Values.archive.s3.bucket .Values.archive.existingClaim .Values.archive.ephemeral) }}
+{{- fail "archive: set archive.s3.bucket (object storage), archive.existingClaim (a volume), or archive.ephemeral=true (archives lost with the pod): agents/retention.py deletes traces from Postgres once archived" }}
+{{- end }}
+{{- end -}}
