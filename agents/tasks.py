@@ -17,7 +17,6 @@ from agents.llm import batches
 from agents.llm.base import ModelClient
 from agents.pipeline import context, runner, sweeper
 from agents.pipeline.backoff import backoff_seconds
-from agents.pipeline.context import parts
 from agents.pipeline.spec import LLM_TASK, QUEUES, STAGES, TIERS, StageSpec, lane_queues
 from agents.stages.types import CLAUDE
 
@@ -171,7 +170,7 @@ def thresholds_follow_reviewers() -> int:
 # --- The Message Batches API: beat tasks ------------------------------------------------------
 def _llm_client() -> ModelClient | None:
     """The per-process model client the Claude tier uses (None without an API key)."""
-    return parts.llm().get("client")
+    return context.parts.llm().get("client")
 
 
 @shared_task(name="agents.llm_batch_submit")
