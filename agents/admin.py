@@ -8,8 +8,8 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from agents.callbacks import callback_resend
+from agents.intents.safe_regex import RuleError, validate_rule
 from agents.models import DeadLetter, Intent, LedgerStatus, SideEffect, Trace
-from agents.safe_regex import RuleError, validate_rule
 
 
 class IntentForm(forms.ModelForm):

@@ -153,7 +153,7 @@ def sweep_stuck_tickets(**kwargs: Any) -> int:
 @shared_task(name="agents.retrain_local_model", soft_time_limit=1800, time_limit=2000)
 def retrain_local_model() -> str:
     """Beat: retrain from base data + reviewers' decisions; activate only if not worse."""
-    from agents.learning import model_retrain
+    from agents.intents.learning import model_retrain
 
     version, activated, why = model_retrain()
     return f"{version.version} {'activated' if activated else 'kept previous'}: {why}"
@@ -162,7 +162,7 @@ def retrain_local_model() -> str:
 @shared_task(name="agents.thresholds_follow_reviewers")
 def thresholds_follow_reviewers() -> int:
     """Beat: move per-intent thresholds with the reviewers' override rates."""
-    from agents.learning import thresholds_follow_reviewers as follow
+    from agents.intents.learning import thresholds_follow_reviewers as follow
 
     return len(follow())
 

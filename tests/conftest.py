@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from rest_framework.test import APIClient
 
-from agents.catalog import clear_cache
-from agents.intents import intent_pack_load
+from agents.intents.catalog import clear_cache
+from agents.intents.packs import intent_pack_load
 from tests.factories import client_with_token
 
 TEST_PACK = Path(__file__).parent / "data" / "pack.yaml"

@@ -51,7 +51,7 @@ def figures(samples: list[dict[str, Any]], opts: dict[str, Any], total: int) -> 
 
 def texts(total: int, catalog: Any) -> list[str]:
     """Requests no rule recognises (so each goes to Claude), all different (so none is a cache hit)."""
-    from agents.tiers.rules import RulesTier
+    from agents.intents.rules import RulesTier
 
     rules, rng = RulesTier(), random.Random(1)
     intents = sorted(name for name, p in catalog.items() if not p.always_review)
@@ -85,10 +85,10 @@ def offer_at_handoff(client: Any, texts: list[str], rate: float) -> None:
 
     from celery import current_app
 
-    from agents.catalog import get_catalog
+    from agents.intents.catalog import get_catalog
+    from agents.intents.rules import RulesTier
     from agents.stages import STAGES
     from agents.stages.types import StageContext, TicketInput
-    from agents.tiers.rules import RulesTier
     from tickets.models import Ticket
 
     catalog, rules, contexts = get_catalog(), RulesTier(), []

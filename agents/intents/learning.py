@@ -12,8 +12,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from agents.localmodel.data import in_holdout, load_csv
-from agents.localmodel.model import IntentModel
+from agents.intents.localmodel.data import in_holdout, load_csv
+from agents.intents.localmodel.model import IntentModel
 from agents.models import Intent, ModelVersion, Risk, ThresholdChange
 from agents.people import review_queue
 from agents.training.evaluate import evaluate

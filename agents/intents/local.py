@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Mapping
 
-from agents.localmodel.model import IntentModel
+from agents.intents.localmodel.model import IntentModel
 from agents.models import ModelVersion
 from agents.stages.types import IntentPolicy, TierAnswer
 

@@ -10,8 +10,8 @@ from typing import Any
 import yaml
 from django.db import transaction
 
+from agents.intents.safe_regex import RuleError, validate_rule
 from agents.models import Intent, Risk
-from agents.safe_regex import RuleError, validate_rule
 
 TOOLS = frozenset({"reply", "webhook"})
 PLACEHOLDER = re.compile(r"\{([^{}]*)\}")

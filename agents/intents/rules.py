@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from agents.safe_regex import RuleSet, compile_rules
+from agents.intents.safe_regex import RuleSet, compile_rules
 from agents.stages.types import IntentPolicy, TierAnswer
 
 RULE_CONFIDENCE = 0.99

@@ -9,7 +9,7 @@ from typing import Any
 from django.conf import settings
 from django.utils.module_loading import import_string
 
-from agents.catalog import get_catalog
+from agents.intents.catalog import get_catalog
 from agents.llm.scope import TicketScope
 from agents.pipeline.spec import HANDOFF, HISTORY, TIERS, TOOLS, StageSpec
 from agents.stages.types import CHEAP, CLAUDE, ClassifierTier, StageContext, TicketInput, cheap_output

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from agents.localmodel.model import IntentModel
+from agents.intents.localmodel.model import IntentModel
 from agents.training.evaluate import evaluate, report_from_predictions
 from agents.training.thresholds import expected_calibration_error
 from agents.training.train import INNER_FOLDS, _check, _encode, _splits, method_description, train_model

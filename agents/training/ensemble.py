@@ -1,4 +1,4 @@
-"""Fitting the costlier second tier (agents/localmodel/head.py): a linear head on a sentence encoder's
+"""Fitting the costlier second tier (agents/intents/localmodel/head.py): a linear head on a sentence encoder's
 vector, a logit-space ensemble with the cheap tier, and the cascade threshold below which it runs.
 
 The cheap tier's calibrated probability decides first: at or above `cascade_threshold` its answer
@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from agents.localmodel.candidates import coverage_of
-from agents.localmodel.head import EncoderHead
-from agents.localmodel.scores import softmax_rows
+from agents.intents.localmodel.candidates import coverage_of
+from agents.intents.localmodel.head import EncoderHead
+from agents.intents.localmodel.scores import softmax_rows
 
 HEAD_C = 50.0  # inverse L2 strength of the head's logistic regression (unit-length inputs)
 WEIGHTS = (0.3, 0.4, 0.5, 0.6)  # the cheap tier's share of the ensemble, chosen on out-of-fold NLL
@@ -30,7 +30,7 @@ CASCADE_PRECISION = 0.995  # the cheap answer stands where its own out-of-fold p
 MAX_ENCODED_SHARE = 0.35
 
 
-# Embeddings of the base training data, precomputed (`python -m agents.localmodel.encoder CSV OUT`):
+# Embeddings of the base training data, precomputed (`python -m agents.intents.localmodel.encoder CSV OUT`):
 # the first model is trained in under a minute instead of spending ~40 s of CPU encoding 10,000 texts.
 TABLE = Path(__file__).resolve().parents[1] / "data" / "banking77" / "train.minilm.npz"
 _CACHE: dict[str, np.ndarray] = {}  # text -> embedding, while training runs (folds embed the same texts)
@@ -38,7 +38,7 @@ _CACHE: dict[str, np.ndarray] = {}  # text -> embedding, while training runs (fo
 
 def embed_texts(texts: Sequence[str], workers: int = 2) -> np.ndarray:
     """Embeddings of many texts: from the precomputed table, else batched on `workers` threads."""
-    from agents.localmodel.encoder import get_encoder, read_table, table_key
+    from agents.intents.localmodel.encoder import get_encoder, read_table, table_key
 
     todo = sorted({t for t in texts if t not in _CACHE})
     if todo:

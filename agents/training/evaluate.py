@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from agents.localmodel.model import IntentModel
+from agents.intents.localmodel.model import IntentModel
 
 
 def _safe_div(num: float, den: float) -> float | None:

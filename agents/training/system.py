@@ -5,7 +5,7 @@ For each outer fold of the nested cross-validation, `train_model()` sees only th
 model, its cascade, its temperatures, its thresholds and its candidate-set size never saw the fold);
 the held-out requests then go through the real stage functions — parse, classify (tiers: rules, then
 that fold's model) and decide — with a catalogue built from the intent pack whose thresholds are the
-fold model's, clamped as `agents.learning.model_activate()` clamps them. The rules tier only answers
+fold model's, clamped as `agents.intents.learning.model_activate()` clamps them. The rules tier only answers
 where no model does (agents/stages/classify.py), so every automated request in the figure was
 decided by a model that had not seen it: the figure is out of sample.
 """
@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 import yaml
 
-from agents.localmodel.model import IntentModel
+from agents.intents.localmodel.model import IntentModel
 from agents.training.crossval import fold_models
 
 DEFAULT_PACK = Path(__file__).resolve().parents[1] / "packs" / "banking77.yaml"
-# As agents.learning's defaults: the floors and cap model_activate() applies to a model's thresholds.
+# As agents.intents.learning's defaults: the floors and cap model_activate() applies to a model's thresholds.
 THRESHOLD_MIN, THRESHOLD_MIN_HIGH_RISK, THRESHOLD_MAX = 0.3, 0.9, 0.999
 
 
@@ -110,7 +110,7 @@ def score_system(
     texts: Sequence[str], labels: Sequence[str], catalog: Mapping[str, Any], model: IntentModel, tag: str = "cv"
 ) -> list[dict[str, Any]]:
     """One row per request: what the deployed tiers (the model, rules where it does not answer) and decide did."""
-    from agents.tiers.rules import RulesTier
+    from agents.intents.rules import RulesTier
 
     local = FoldModelTier(model, tag)
     tiers = [RulesTier(), local]

@@ -18,9 +18,9 @@ from sklearn.model_selection import KFold, StratifiedKFold
 from sklearn.pipeline import FeatureUnion
 from sklearn.svm import LinearSVC
 
-from agents.localmodel.candidates import fit_top_k
-from agents.localmodel.model import IntentModel
-from agents.localmodel.scores import softmax_rows
+from agents.intents.localmodel.candidates import fit_top_k
+from agents.intents.localmodel.model import IntentModel
+from agents.intents.localmodel.scores import softmax_rows
 from agents.training.ensemble import cascade_metrics, fit_cascade
 from agents.training.evaluate import report_from_predictions
 from agents.training.thresholds import (  # noqa: F401  (re-exported: the thresholds' home used to be here)
@@ -38,7 +38,7 @@ from agents.training.thresholds import (  # noqa: F401  (re-exported: the thresh
 Progress = Callable[[str, int, int], None]
 
 SVM_C = 0.5
-# A static sentence embedding appended to the tf-idf features (agents/localmodel/embed.py), or None.
+# A static sentence embedding appended to the tf-idf features (agents/intents/localmodel/embed.py), or None.
 # Mean- and max-pooled wordllama vectors: +1.4 points accuracy, +4.7 points automated share in nested CV.
 EMBEDDING: str | None = "wordllama:l2_supercat_256:meanmax"
 EMBEDDING_WEIGHT = 1.0
@@ -51,7 +51,7 @@ MIN_CALIBRATION = 50
 # 3 keeps the first model under a minute; the nested CV's inner folds are the same.
 INNER_FOLDS = 3
 # Linear fits run side by side (liblinear releases the GIL): the first model in under a minute on 2 cores.
-# The second tier: a sentence encoder run only where the cheap tier is unsure (agents/localmodel/head.py, fitted by agents/training/ensemble.py).
+# The second tier: a sentence encoder run only where the cheap tier is unsure (agents/intents/localmodel/head.py, fitted by agents/training/ensemble.py).
 ENCODER = os.environ.get("LOCALMODEL_ENCODER", "1") != "0"
 TRAIN_WORKERS = int(os.environ.get("LOCALMODEL_TRAIN_WORKERS", "2"))
 
@@ -71,7 +71,7 @@ def method_description(embedding: str | None = EMBEDDING) -> str:
 @cache
 def _embedded(name: str, text: str) -> np.ndarray:
     """A text's embedding, cached while train_model() runs (its folds embed the same texts many times)."""
-    from agents.localmodel.embed import get_embedder
+    from agents.intents.localmodel.embed import get_embedder
 
     return get_embedder(name).embed_one(text)
 
@@ -378,7 +378,7 @@ def _train(
 
 def use_encoder() -> bool:
     """Whether train_model() adds the sentence encoder's tier (ENCODER on, and its package installed)."""
-    from agents.localmodel.encoder import available
+    from agents.intents.localmodel.encoder import available
 
     return ENCODER and available()
 

@@ -228,7 +228,7 @@ INTENT_PACK = env.str("INTENT_PACK", default=str(BASE_DIR / "agents" / "packs" /
 CLASSIFIER_TIERS = [
     t
     for t in env.str(
-        "CLASSIFIER_TIERS", default="agents.tiers.rules.RulesTier,agents.tiers.local.LocalModelTier"
+        "CLASSIFIER_TIERS", default="agents.intents.rules.RulesTier,agents.intents.local.LocalModelTier"
     ).split(",")
     if t
 ]
@@ -237,7 +237,7 @@ ANTHROPIC_API_KEY = env.str("ANTHROPIC_API_KEY", default="")
 ANTHROPIC_BASE_URL = env.str("ANTHROPIC_BASE_URL", default="")
 # The network-bound tier runs on the `llm` queue only when an API key is configured.
 LLM_ENABLED = bool(ANTHROPIC_API_KEY)
-LLM_TIER = env.str("LLM_TIER", default="agents.llm.tier.ClaudeTier")
+LLM_TIER = env.str("LLM_TIER", default="agents.intents.claude.ClaudeTier")
 
 # --- The Claude tier (agents/llm; every key, its default and its meaning: agents/llm/config.py) -
 # Prices (USD per million tokens) live only in agents.llm.config.DEFAULTS; override them here by class.

@@ -17,7 +17,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from agents.catalog import get_catalog
+from agents.intents.catalog import get_catalog
 from agents.llm.base import LimiterBusy
 from agents.models import DeadLetter, SideEffect, Trace
 from agents.pipeline import runner as pipeline

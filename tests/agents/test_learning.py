@@ -10,10 +10,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from agents import learning
-from agents.localmodel.data import load_csv
+from agents.intents import learning
+from agents.intents.local import LocalModelTier
+from agents.intents.localmodel.data import load_csv
 from agents.models import Intent, ModelVersion, ThresholdChange
-from agents.tiers.local import LocalModelTier
 from reviews.models import Decision, Feedback, Reason
 from tests.factories import client_with_token, ticket_make
 
@@ -114,7 +114,7 @@ def test_the_tier_loads_the_active_model_and_picks_up_a_new_one_without_restart(
 
     second = learning.model_train()
     learning.model_activate(version=second, reason="test")
-    monkeypatch.setattr("agents.tiers.local.CHECK_EVERY_SECONDS", 0.0)
+    monkeypatch.setattr("agents.intents.local.CHECK_EVERY_SECONDS", 0.0)
     assert tier.classify("how old do I need to be", {}).model == f"local:{second.version}"
 
 
@@ -317,7 +317,7 @@ def test_the_evaluate_command_scores_the_whole_local_decision_with_the_threshold
 
     from django.core.management import call_command
 
-    from agents.catalog import clear_cache
+    from agents.intents.catalog import clear_cache
 
     learning.model_retrain()
     Intent.objects.update(reply_template="We are on it.")  # decide automates only an intent with a reply

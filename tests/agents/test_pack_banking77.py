@@ -214,8 +214,8 @@ def test_measure_script_runs(measure: ModuleType, tmp_path: Path, capsys: pytest
 
 
 def test_the_projects_own_loader_accepts_the_pack() -> None:
-    """The project's own validator (agents.intents.read_pack) accepts the pack."""
-    from agents.intents import read_pack
+    """The project's own validator (agents.intents.packs.read_pack) accepts the pack."""
+    from agents.intents.packs import read_pack
 
     parsed = read_pack(PACK)
     assert len(parsed) == 77

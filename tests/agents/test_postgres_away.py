@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from django.db import OperationalError
 
-from agents import catalog
+from agents.intents import catalog
 from agents.pipeline import context
 from tests.agents.test_pipeline import settled, submit
 from tickets.models import Status

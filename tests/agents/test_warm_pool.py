@@ -8,9 +8,9 @@ from typing import Any
 
 from django.db import connection
 
+from agents.intents.rules import RulesTier
 from agents.pipeline.context import parts
 from agents.tasks import _warm_before_the_pool
-from agents.tiers.rules import RulesTier
 
 
 def _worker(*queues: str) -> Any:

@@ -19,8 +19,8 @@ import pytest
 import re2
 import yaml
 
+from agents.intents.rules import RulesTier
 from agents.stages.types import IntentPolicy, StageContext, TicketInput
-from agents.tiers.rules import RulesTier
 from project.textnorm import MAX_COMBINING_RUN, nfkc
 
 parse_module = importlib.import_module("agents.stages.parse")

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agents.intents import PackError, read_pack
+from agents.intents.packs import PackError, read_pack
+from agents.intents.rules import RulesTier
+from agents.intents.safe_regex import MAX_RULE_CHARS, RuleError, compile_rules, parse_rule, validate_rule
 from agents.models import Intent
-from agents.safe_regex import MAX_RULE_CHARS, RuleError, compile_rules, parse_rule, validate_rule
 from agents.stages.types import IntentPolicy
-from agents.tiers.rules import RulesTier
 
 REPO = Path(__file__).resolve().parents[2]
 PACK = REPO / "agents" / "packs" / "banking77.yaml"
@@ -74,7 +74,7 @@ def test_a_bad_rule_already_stored_silences_itself_not_the_pipeline(caplog) -> N
         "card_arrival": IntentPolicy(name="card_arrival", rules=(r"\bcard\b.{0,20}\bnot arrived\b",)),
     }
 
-    with caplog.at_level(logging.WARNING, logger="agents.safe_regex"):
+    with caplog.at_level(logging.WARNING, logger="agents.intents.safe_regex"):
         answer = RulesTier().classify("my card has not arrived", catalog)
 
     assert answer is not None and answer.intent == "card_arrival"

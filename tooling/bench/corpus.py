@@ -7,9 +7,9 @@ import random
 
 import yaml
 
+from agents.intents.rules import RulesTier
 from agents.stages.parse import clean
 from agents.stages.types import IntentPolicy
-from agents.tiers.rules import RulesTier
 from tooling.bench.system import PACK, ROOT
 
 CORPUS = ROOT / "agents" / "data" / "banking77" / "train.csv"

@@ -21,7 +21,7 @@ from tooling.bench.yardstick import QUEUE as YARDSTICK_QUEUE
 from tooling.system import BIN, PYTHON, ROOT, WORKERS, SimulatorProcess, System
 
 PACK = ROOT / "agents" / "packs" / "banking77.yaml"
-TIERS = {"rules": "agents.tiers.rules.RulesTier", "local": "agents.tiers.local.LocalModelTier"}
+TIERS = {"rules": "agents.intents.rules.RulesTier", "local": "agents.intents.local.LocalModelTier"}
 # Production values of what the fault suite shortens (settings.py defaults), and bench-only knobs.
 BENCH_ENV = {
     "INTENT_PACK": str(PACK),

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.localmodel.data import in_holdout, load_csv
+from agents.intents.localmodel.data import in_holdout, load_csv
 from agents.training.system import DEFAULT_PACK, catalog_for, load_pack
 from agents.training.train import train_model
 

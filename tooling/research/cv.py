@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from agents.localmodel.data import load_csv
+from agents.intents.localmodel.data import load_csv
 from agents.training import train as train_module
 from agents.training.crossval import cross_validate
 from agents.training.evaluate import format_report
@@ -26,7 +26,7 @@ def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * __import__("os").sysconf("SC_PAGE_SIZE")
 import numpy, scipy.sparse, sklearn.feature_extraction.text, sklearn.pipeline
-from agents.localmodel.model import IntentModel
+from agents.intents.localmodel.model import IntentModel
 before = rss()
 data = open(sys.argv[1], "rb").read()
 model = IntentModel.from_bytes(data)

@@ -260,7 +260,7 @@ def encoder_id() -> str:
     return f"{PACKAGE}=={version(PACKAGE.replace('_', '-'))}" + ("+int8" if INT8 else "")
 
 
-if __name__ == "__main__":  # python -m agents.localmodel.encoder CSV OUT.npz
+if __name__ == "__main__":  # python -m agents.intents.localmodel.encoder CSV OUT.npz
     import sys
 
     from .data import load_csv

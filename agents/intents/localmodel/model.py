@@ -148,11 +148,11 @@ class IntentModel:
     metrics: dict = field(default_factory=dict)
     version: str = ""
     # Optional dense block after the tf-idf columns: `embedding_weight` x a static sentence embedding
-    # (agents/localmodel/embed.py), named here, loaded once per process, never pickled with the model.
+    # (agents/intents/localmodel/embed.py), named here, loaded once per process, never pickled with the model.
     embedding: str | None = None
     embedding_weight: float = 1.0
     lean: list[dict[str, Any]] | None = None  # _lean_blocks(vectorizer); derived when not given
-    # Optional second tier (agents/localmodel/head.py): a sentence encoder's head, run only where the
+    # Optional second tier (agents/intents/localmodel/head.py): a sentence encoder's head, run only where the
     # cheap confidence is below its cascade threshold; and the size of the candidate set for Claude.
     head: EncoderHead | None = None
     candidates_k: int = 3

@@ -8,9 +8,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from agents.catalog import get_catalog
-from agents.learning import model_active
-from agents.localmodel.data import load_csv
+from agents.intents.catalog import get_catalog
+from agents.intents.learning import model_active
+from agents.intents.localmodel.data import load_csv
 from agents.models import Intent
 from agents.training.evaluate import evaluate, format_report
 from agents.training.system import score_system, summarise

@@ -7,7 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from agents.intents import PackError, intent_pack_load
+from agents.intents.packs import PackError, intent_pack_load
 
 
 class Command(BaseCommand):

@@ -8,7 +8,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 from tqdm import tqdm
 
-from agents.learning import model_retrain, model_rollback
+from agents.intents.learning import model_retrain, model_rollback
 from agents.models import ModelVersion
 
 

@@ -21,8 +21,8 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.test import Client as HttpClient
 
-from agents import learning
-from agents.localmodel.data import load_csv
+from agents.intents import learning
+from agents.intents.localmodel.data import load_csv
 from agents.models import Intent
 from agents.pipeline.context import ticket_input
 from agents.stages.decide import render_reply

@@ -7,11 +7,11 @@ import uuid
 
 import pytest
 
+from agents.intents.claude import ClaudeTier
 from agents.llm import batches
 from agents.llm.anthropic_client import AnthropicClient
 from agents.llm.base import ModelError
 from agents.llm.scope import TicketScope
-from agents.llm.tier import ClaudeTier
 
 
 @pytest.fixture

@@ -110,7 +110,7 @@ def test_a_low_priority_ticket_goes_through_a_message_batch_at_the_batch_price(p
 
 
 def test_an_intent_without_a_canned_reply_gets_one_drafted_by_claude(pipeline, llm):
-    from agents.catalog import clear_cache
+    from agents.intents.catalog import clear_cache
     from agents.models import Intent
 
     Intent.objects.filter(name="card_arrival").update(reply_template="")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from agents.intents.claude import ClaudeTier
 from agents.llm.base import LimiterBusy, Usage
 from agents.llm.cache import AnswerCache
 from agents.llm.scope import TicketScope, ticket_scope
 from agents.llm.spend import client_spend_today, spend_record, usage_on
-from agents.llm.tier import ClaudeTier
 from agents.stages.types import StageError
 from tests.factories import client_with_token
 

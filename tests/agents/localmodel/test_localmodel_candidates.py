@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from agents.localmodel.candidates import coverage_of, fit_top_k, true_ranks
+from agents.intents.localmodel.candidates import coverage_of, fit_top_k, true_ranks
 
 
 def test_true_ranks_count_from_one():

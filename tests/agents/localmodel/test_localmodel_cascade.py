@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agents.localmodel import IntentModel, load_csv
-from agents.localmodel import encoder as encoder_module
-from agents.localmodel.encoder import get_encoder, read_table, table_key, write_table
+from agents.intents.localmodel import IntentModel, load_csv
+from agents.intents.localmodel import encoder as encoder_module
+from agents.intents.localmodel.encoder import get_encoder, read_table, table_key, write_table
 from agents.training.train import train_model
 
 ROOT = Path(__file__).resolve().parents[3]

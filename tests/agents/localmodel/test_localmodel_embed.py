@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agents.localmodel import IntentModel, load_csv
-from agents.localmodel.embed import DEFAULT_EMBEDDING, StaticEmbedder, get_embedder
+from agents.intents.localmodel import IntentModel, load_csv
+from agents.intents.localmodel.embed import DEFAULT_EMBEDDING, StaticEmbedder, get_embedder
 from agents.training import train as train_module
 from agents.training.train import train_model
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agents.localmodel import IntentModel, load_csv
+from agents.intents.localmodel import IntentModel, load_csv
 from agents.training.evaluate import evaluate, format_report
 
 

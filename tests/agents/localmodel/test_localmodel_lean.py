@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agents.localmodel import IntentModel, load_csv
-from agents.localmodel.model import _analyzer, _lean_blocks
+from agents.intents.localmodel import IntentModel, load_csv
+from agents.intents.localmodel.model import _analyzer, _lean_blocks
 from agents.training.train import build_vectorizer, train_model
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -52,7 +52,7 @@ def test_a_worker_that_classifies_never_imports_scikit_learn(tmp_path):
     blob = tmp_path / "model.bin"
     blob.write_bytes(train_model([texts_[i] for i in keep], [labels[i] for i in keep], folds=2).to_bytes())
     script = (
-        "import sys; from agents.localmodel.model import IntentModel; "
+        "import sys; from agents.intents.localmodel.model import IntentModel; "
         f"m = IntentModel.from_bytes(open({str(blob)!r}, 'rb').read()); "
         "p = m.predict('my card has still not arrived'); "
         "print(p.intent, 'sklearn' in sys.modules, 'scipy' in sys.modules)"

@@ -6,8 +6,8 @@ import csv
 import random
 from pathlib import Path
 
-from agents.localmodel import load_csv
-from agents.tiers.rules import RulesTier
+from agents.intents.localmodel import load_csv
+from agents.intents.rules import RulesTier
 from agents.training.system import FoldModelTier, catalog_for, load_pack, run_stages, system_cross_validate
 from agents.training.train import train_model
 from tooling.research.cv import main

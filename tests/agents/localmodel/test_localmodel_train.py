@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agents.localmodel import IntentModel, Prediction, load_csv
+from agents.intents.localmodel import IntentModel, Prediction, load_csv
 from agents.training.evaluate import evaluate
 from agents.training.train import choose_thresholds, lowest_threshold, train_model
 

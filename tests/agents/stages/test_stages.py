@@ -7,13 +7,13 @@ from typing import Any
 
 import pytest
 
+from agents.intents.rules import RulesTier
 from agents.stages.classify import classify
 from agents.stages.decide import decide, render_reply
 from agents.stages.escalate import escalate
 from agents.stages.execute import execute
 from agents.stages.parse import clean, detect_language, parse
 from agents.stages.types import IntentPolicy, StageContext, StageError, TicketInput, TierAnswer, ToolResult
-from agents.tiers.rules import RulesTier
 from project.sensitive import find_sensitive, luhn_ok, mask
 
 CATALOG = {

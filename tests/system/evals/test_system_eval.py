@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from agents.localmodel import load_csv
-from agents.localmodel.data import in_holdout
+from agents.intents.localmodel import load_csv
+from agents.intents.localmodel.data import in_holdout
 from agents.training.system import DEFAULT_PACK, catalog_for, load_pack, score_system, summarise
 from agents.training.train import train_model
 

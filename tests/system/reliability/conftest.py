@@ -33,8 +33,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def llm_tier_works() -> bool:
-    """Whether the Claude tier (agents/llm/tier.py) exists and builds; the simulator row needs it."""
-    if os.environ.get("RELIABILITY_SIMULATOR", "1") == "0" or not (ROOT / "agents" / "llm" / "tier.py").exists():
+    """Whether the Claude tier (agents/intents/claude.py) exists and builds; the simulator row needs it."""
+    if os.environ.get("RELIABILITY_SIMULATOR", "1") == "0" or not (ROOT / "agents" / "intents" / "claude.py").exists():
         return False
     probe = (
         "import django, os; os.environ['ANTHROPIC_API_KEY']='sim'; django.setup();"

@@ -94,7 +94,7 @@ class Command(BaseCommand):
             f"DATABASES['default']['NAME'] = {name!r}\n"
             f"LLM = merged(getattr(_base, 'LLM', {{}}), {llm!r})\n"
             f"ANTHROPIC_API_KEY = 'bench'\nANTHROPIC_BASE_URL = 'http://127.0.0.1:{port}'\nLLM_ENABLED = True\n"
-            "CLASSIFIER_TIERS = ['agents.tiers.rules.RulesTier']\n"
+            "CLASSIFIER_TIERS = ['agents.intents.rules.RulesTier']\n"
             "DEBUG = False  # as in production: no per-connection query log growing in the workers\n"
         )
         env = {
@@ -129,8 +129,8 @@ class Command(BaseCommand):
 
     # --- inner: everything runs with the bench settings -------------------------------------------
     def bench(self, opts: dict[str, Any]) -> None:
-        from agents.catalog import get_catalog
-        from agents.intents import intent_pack_load
+        from agents.intents.catalog import get_catalog
+        from agents.intents.packs import intent_pack_load
         from agents.models import Intent
         from project.celery import app
 
