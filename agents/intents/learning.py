@@ -14,10 +14,10 @@ from django.utils import timezone
 
 from agents.intents.localmodel.data import in_holdout, load_csv
 from agents.intents.localmodel.model import IntentModel
+from agents.intents.training.evaluate import evaluate
+from agents.intents.training.train import train_model
 from agents.models import Intent, ModelVersion, Risk, ThresholdChange
 from agents.people import review_queue
-from agents.training.evaluate import evaluate
-from agents.training.train import train_model
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
@@ -28,7 +28,7 @@ def learning_settings() -> dict[str, Any]:
     defaults = {
         "BASE_DATA": str(Path(settings.BASE_DIR) / "agents" / "data" / "banking77" / "train.csv"),
         "TARGET_PRECISION": 0.98,
-        "FOLDS": 3,  # the out-of-fold predictions that calibrate (agents.training.train.INNER_FOLDS)
+        "FOLDS": 3,  # the out-of-fold predictions that calibrate (agents.intents.training.train.INNER_FOLDS)
         "HOLDOUT_PERCENT": 10,
         "MAX_REGRESSION": 0.002,  # a candidate may be this much worse on the holdout and still win
         "GATE_Z": 2.0,  # ... or lose up to this many standard deviations of the paired difference

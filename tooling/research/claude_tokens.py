@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from agents.intents.localmodel.data import in_holdout, load_csv
-from agents.training.system import DEFAULT_PACK, catalog_for, load_pack
-from agents.training.train import train_model
+from agents.intents.training.system import DEFAULT_PACK, catalog_for, load_pack
+from agents.intents.training.train import train_model
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "agents" / "data" / "banking77" / "train.csv"
 MODEL = "claude-haiku-4-5"

@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 from agents.intents.localmodel.data import load_csv
-from agents.training import train as train_module
-from agents.training.crossval import cross_validate
-from agents.training.evaluate import format_report
-from agents.training.train import train_model
+from agents.intents.training import train as train_module
+from agents.intents.training.crossval import cross_validate
+from agents.intents.training.evaluate import format_report
+from agents.intents.training.train import train_model
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "agents" / "data" / "banking77" / "train.csv"
 DEFAULT_PACK = Path(__file__).resolve().parents[2] / "agents" / "packs" / "banking77.yaml"
@@ -104,8 +104,8 @@ def benchmark(texts: list[str], labels: list[str], *, seed: int, n_latency: int 
 
 
 def _system(texts: list[str], labels: list[str], args: argparse.Namespace) -> dict:
-    """Run and print the rules -> model -> decide figure (see agents/training/system.py)."""
-    from agents.training.system import system_cross_validate
+    """Run and print the rules -> model -> decide figure (see agents/intents/training/system.py)."""
+    from agents.intents.training.system import system_cross_validate
 
     progress = ProgressLine()
     started = time.monotonic()

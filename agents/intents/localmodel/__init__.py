@@ -1,6 +1,6 @@
 """Local intent-classifier tier as a worker serves it: a small TF-IDF + linear model with calibrated
 confidence, and the encoder head where it is unsure (no Django imports). Training and evaluation live
-in `agents/training/`, which nothing on the request path imports."""
+in `agents/intents/training/`, which nothing on the request path imports."""
 
 from __future__ import annotations
 

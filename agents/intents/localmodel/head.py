@@ -1,6 +1,6 @@
 """The second tier as a worker serves it: a linear head on a sentence encoder's vector, ensembled in
 logit space with the cheap tier where the cheap tier is unsure (the cascade). Fitted by
-`agents/training/ensemble.py`; how it was chosen and what it costs: docs/local-model.md."""
+`agents/intents/training/ensemble.py`; how it was chosen and what it costs: docs/local-model.md."""
 
 from __future__ import annotations
 

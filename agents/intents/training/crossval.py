@@ -8,9 +8,9 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from agents.intents.localmodel.model import IntentModel
-from agents.training.evaluate import evaluate, report_from_predictions
-from agents.training.thresholds import expected_calibration_error
-from agents.training.train import INNER_FOLDS, _check, _encode, _splits, method_description, train_model
+from agents.intents.training.evaluate import evaluate, report_from_predictions
+from agents.intents.training.thresholds import expected_calibration_error
+from agents.intents.training.train import INNER_FOLDS, _check, _encode, _splits, method_description, train_model
 
 
 def fold_models(

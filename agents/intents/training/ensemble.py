@@ -115,7 +115,7 @@ def fit_cascade(
     fits: Any, cal: np.ndarray, cheap_logits: np.ndarray, cheap: np.ndarray, y: np.ndarray
 ) -> tuple[EncoderHead, np.ndarray]:
     """Fit the second tier's constants on out-of-fold scores; return it and the cascade's probabilities."""
-    from agents.training.thresholds import fit_temperature, lowest_threshold
+    from agents.intents.training.thresholds import fit_temperature, lowest_threshold
 
     head_oof = fits.head_oof[cal]  # type: ignore[index]
     t2, w, te = fit_ensemble(cheap_logits, head_oof, y, fit_temperature)

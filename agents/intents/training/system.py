@@ -21,7 +21,7 @@ import numpy as np
 import yaml
 
 from agents.intents.localmodel.model import IntentModel
-from agents.training.crossval import fold_models
+from agents.intents.training.crossval import fold_models
 
 DEFAULT_PACK = Path(__file__).resolve().parents[1] / "packs" / "banking77.yaml"
 # As agents.intents.learning's defaults: the floors and cap model_activate() applies to a model's thresholds.

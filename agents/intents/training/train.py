@@ -21,9 +21,9 @@ from sklearn.svm import LinearSVC
 from agents.intents.localmodel.candidates import fit_top_k
 from agents.intents.localmodel.model import IntentModel
 from agents.intents.localmodel.scores import softmax_rows
-from agents.training.ensemble import cascade_metrics, fit_cascade
-from agents.training.evaluate import report_from_predictions
-from agents.training.thresholds import (  # noqa: F401  (re-exported: the thresholds' home used to be here)
+from agents.intents.training.ensemble import cascade_metrics, fit_cascade
+from agents.intents.training.evaluate import report_from_predictions
+from agents.intents.training.thresholds import (  # noqa: F401  (re-exported: the thresholds' home used to be here)
     LOWER,
     MIN_SUPPORT,
     REBALANCE,
@@ -51,7 +51,7 @@ MIN_CALIBRATION = 50
 # 3 keeps the first model under a minute; the nested CV's inner folds are the same.
 INNER_FOLDS = 3
 # Linear fits run side by side (liblinear releases the GIL): the first model in under a minute on 2 cores.
-# The second tier: a sentence encoder run only where the cheap tier is unsure (agents/intents/localmodel/head.py, fitted by agents/training/ensemble.py).
+# The second tier: a sentence encoder run only where the cheap tier is unsure (agents/intents/localmodel/head.py, fitted by agents/intents/training/ensemble.py).
 ENCODER = os.environ.get("LOCALMODEL_ENCODER", "1") != "0"
 TRAIN_WORKERS = int(os.environ.get("LOCALMODEL_TRAIN_WORKERS", "2"))
 
@@ -203,7 +203,7 @@ def _fit_all(
     embedding: str | None,
 ) -> _Fits:
     """Out-of-fold scores and (when `final`) the tiers fitted on everything, all fits side by side."""
-    from agents.training import ensemble
+    from agents.intents.training import ensemble
 
     splits = _splits(y, folds, seed)
     parts = [tr for tr, _ in splits] + ([np.arange(len(y))] if final else [])
@@ -281,7 +281,7 @@ def train_model(
         return _train(texts, labels, *args)
     finally:
         _embedded.cache_clear()
-        from agents.training.ensemble import clear_cache
+        from agents.intents.training.ensemble import clear_cache
 
         clear_cache()  # ~2 KB per text: not worth keeping in a long-lived worker
 

@@ -11,9 +11,9 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from agents.intents.catalog import get_catalog
 from agents.intents.learning import model_active
 from agents.intents.localmodel.data import load_csv
+from agents.intents.training.evaluate import evaluate, format_report
+from agents.intents.training.system import score_system, summarise
 from agents.models import Intent
-from agents.training.evaluate import evaluate, format_report
-from agents.training.system import score_system, summarise
 
 
 class Command(BaseCommand):

@@ -12,7 +12,7 @@ import pytest
 from agents.intents.localmodel import IntentModel, load_csv
 from agents.intents.localmodel import encoder as encoder_module
 from agents.intents.localmodel.encoder import get_encoder, read_table, table_key, write_table
-from agents.training.train import train_model
+from agents.intents.training.train import train_model
 
 ROOT = Path(__file__).resolve().parents[3]
 TRAIN = ROOT / "agents" / "data" / "banking77" / "train.csv"

@@ -10,8 +10,8 @@ import pytest
 
 from agents.intents.localmodel import IntentModel, load_csv
 from agents.intents.localmodel.embed import DEFAULT_EMBEDDING, StaticEmbedder, get_embedder
-from agents.training import train as train_module
-from agents.training.train import train_model
+from agents.intents.training import train as train_module
+from agents.intents.training.train import train_model
 
 DATA = Path(__file__).resolve().parents[3] / "agents" / "data" / "banking77" / "train.csv"
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from agents.intents.localmodel import IntentModel, load_csv
-from agents.training.evaluate import evaluate, format_report
+from agents.intents.training.evaluate import evaluate, format_report
 
 
 class FixedVectorizer:

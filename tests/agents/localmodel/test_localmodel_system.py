@@ -8,8 +8,8 @@ from pathlib import Path
 
 from agents.intents.localmodel import load_csv
 from agents.intents.rules import RulesTier
-from agents.training.system import FoldModelTier, catalog_for, load_pack, run_stages, system_cross_validate
-from agents.training.train import train_model
+from agents.intents.training.system import FoldModelTier, catalog_for, load_pack, run_stages, system_cross_validate
+from agents.intents.training.train import train_model
 from tooling.research.cv import main
 
 ROOT = Path(__file__).resolve().parents[3]

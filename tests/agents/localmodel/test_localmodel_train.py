@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from agents.intents.localmodel import IntentModel, Prediction, load_csv
-from agents.training.evaluate import evaluate
-from agents.training.train import choose_thresholds, lowest_threshold, train_model
+from agents.intents.training.evaluate import evaluate
+from agents.intents.training.train import choose_thresholds, lowest_threshold, train_model
 
 DATA = Path(__file__).resolve().parents[3] / "agents" / "data" / "banking77" / "train.csv"
 MIN_T, MAX_T = 0.3, 0.999

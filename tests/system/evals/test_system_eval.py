@@ -21,8 +21,8 @@ import pytest
 
 from agents.intents.localmodel import load_csv
 from agents.intents.localmodel.data import in_holdout
-from agents.training.system import DEFAULT_PACK, catalog_for, load_pack, score_system, summarise
-from agents.training.train import train_model
+from agents.intents.training.system import DEFAULT_PACK, catalog_for, load_pack, score_system, summarise
+from agents.intents.training.train import train_model
 
 ROOT = Path(__file__).resolve().parents[3]
 DATA = ROOT / "agents" / "data" / "banking77" / "train.csv"
