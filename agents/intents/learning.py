@@ -12,6 +12,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from agents.intents.blobs import blob_sign, model_load
 from agents.intents.localmodel.data import in_holdout, load_csv
 from agents.intents.localmodel.model import IntentModel
 from agents.intents.training.evaluate import evaluate
@@ -103,7 +104,7 @@ def model_train(
         n_feedback=len(feedback),
         metrics=model.metrics,
         holdout_metrics=holdout,
-        blob=model.to_bytes(),
+        blob=blob_sign(model.to_bytes()),
     )
 
 
@@ -127,7 +128,7 @@ def model_active() -> tuple[ModelVersion, IntentModel] | None:
     version = ModelVersion.objects.filter(is_active=True).first()
     if version is None:
         return None
-    return version, IntentModel.from_bytes(bytes(version.blob))
+    return version, model_load(version.blob, version=version.version)
 
 
 def candidate_wins(candidate: ModelVersion) -> tuple[bool, str]:
@@ -157,7 +158,7 @@ def model_activate(*, version: ModelVersion, reason: str) -> None:
     """Make `version` the one active model, in one transaction; adopt its per-intent thresholds."""
     ModelVersion.objects.filter(is_active=True).exclude(pk=version.pk).update(is_active=False)
     ModelVersion.objects.filter(pk=version.pk).update(is_active=True, activated_at=timezone.now(), notes=reason)
-    model = IntentModel.from_bytes(bytes(version.blob))
+    model = model_load(version.blob, version=version.version)
     cfg = learning_settings()
     for intent in Intent.objects.select_for_update().filter(name__in=model.intents):
         floor = cfg["THRESHOLD_MIN_HIGH_RISK"] if intent.risk == Risk.HIGH else cfg["THRESHOLD_MIN"]

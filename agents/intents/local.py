@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Mapping
 
+from agents.intents.blobs import BlobRefused, model_load
 from agents.intents.localmodel.model import IntentModel
 from agents.models import ModelVersion
 from agents.stages.types import IntentPolicy, TierAnswer
@@ -40,11 +41,17 @@ class LocalModelTier:
             if active != self._version:
                 blob = ModelVersion.objects.filter(version=active).values_list("blob", flat=True).first()
                 try:
-                    self._model = IntentModel.from_bytes(bytes(blob)) if blob is not None else None
-                except Exception:
-                    # A version this code cannot load must not fail every classify (and dead-letter
-                    # every ticket): keep what was loaded before, or abstain, and say so at each check.
-                    log.exception("local model %s cannot be loaded; keeping %s", active, self._version or "none")
+                    self._model = model_load(blob, version=active or "") if blob is not None else None
+                except Exception as exc:
+                    # A version this code cannot load, or whose signature does not verify (never
+                    # unpickled: agents/intents/blobs.py), must not fail every classify (and dead-letter
+                    # every ticket): keep what was loaded and verified before, or abstain so the tiers
+                    # below answer, and say so at each check.
+                    keeping = self._version or "none"
+                    if isinstance(exc, BlobRefused):
+                        log.error("%s; keeping %s", exc, keeping)
+                    else:
+                        log.exception("local model %s cannot be loaded; keeping %s", active, keeping)
                     if self._model is None:
                         self._version = None
                     self._checked = now

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from agents.intents import learning
+from agents.intents.blobs import blob_sign
 from agents.intents.local import LocalModelTier
 from agents.intents.localmodel.data import load_csv
 from agents.models import Intent, ModelVersion, ThresholdChange
@@ -365,7 +366,7 @@ def test_a_model_version_the_worker_cannot_load_is_skipped_not_fatal(small_base,
     first, _, _ = learning.model_retrain()
     tier = LocalModelTier()
     assert tier.classify("my card has not arrived", {}) is not None
-    broken = ModelVersion.objects.create(version="broken", n_examples=1, blob=b"not a model")
+    broken = ModelVersion.objects.create(version="broken", n_examples=1, blob=blob_sign(b"not a model"))
     ModelVersion.objects.filter(pk=first.pk).update(is_active=False)
     ModelVersion.objects.filter(pk=broken.pk).update(is_active=True)
     tier._checked = float("-inf")
