@@ -83,7 +83,7 @@ def _lean_blocks(vectorizer: Any) -> list[dict[str, Any]] | None:
 
 def _analyzer(block: dict[str, Any]) -> Any:
     """scikit-learn's analyzer for the block, written out (lowercase, then word or char_wb n-grams);
-    tests/agents/localmodel check it against scikit-learn's on the whole training split."""
+    tests/agents/intents/localmodel check it against scikit-learn's on the whole training split."""
     low, high = block["ngram_range"]
     if block["analyzer"] == "word":
         pattern = re.compile(block["token_pattern"])

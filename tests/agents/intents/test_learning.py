@@ -18,7 +18,7 @@ from agents.models import Intent, ModelVersion, ThresholdChange
 from reviews.models import Decision, Feedback, Reason
 from tests.factories import client_with_token, ticket_make
 
-BASE = Path(__file__).resolve().parents[2] / "agents" / "data" / "banking77" / "train.csv"
+BASE = Path(__file__).resolve().parents[3] / "agents" / "data" / "banking77" / "train.csv"
 INTENTS = ["card_arrival", "lost_or_stolen_card", "terminate_account", "exchange_rate", "age_limit", "top_up_failed"]
 
 

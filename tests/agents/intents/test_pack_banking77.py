@@ -1,7 +1,7 @@
 """The Banking77 intent pack (agents/packs/banking77.yaml): schema, catalogue and rule precision.
 
 Pure Python (no database): run with
-    .venv/bin/python -m pytest tests/agents/test_pack_banking77.py -q -p no:django
+    .venv/bin/python -m pytest tests/agents/intents/test_pack_banking77.py -q -p no:django
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 PACK = REPO / "agents" / "packs" / "banking77.yaml"
 DATA = REPO / "agents" / "data" / "banking77"
 MEASURE = REPO / "tooling" / "research" / "measure_rules.py"

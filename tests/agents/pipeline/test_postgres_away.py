@@ -8,7 +8,7 @@ from django.db import OperationalError
 
 from agents.intents import catalog
 from agents.pipeline import context
-from tests.agents.test_pipeline import settled, submit
+from tests.agents.pipeline.test_pipeline import settled, submit
 from tickets.models import Status
 
 pytestmark = pytest.mark.pipeline

@@ -21,7 +21,7 @@ from agents.stages.types import StageContext, StageResult, TicketInput
 from tests.factories import client_with_token, ticket_make
 from tickets.models import Status, Ticket
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def sentiment(ticket: TicketInput, ctx: StageContext) -> StageResult:

@@ -14,7 +14,7 @@ from agents.intents.localmodel import encoder as encoder_module
 from agents.intents.localmodel.encoder import get_encoder, read_table, table_key, write_table
 from agents.intents.training.train import train_model
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[4]
 TRAIN = ROOT / "agents" / "data" / "banking77" / "train.csv"
 INTENTS = {"card_arrival", "card_delivery_estimate", "exchange_rate", "pin_blocked", "top_up_failed", "pending_top_up"}
 

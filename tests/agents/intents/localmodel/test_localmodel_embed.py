@@ -13,7 +13,7 @@ from agents.intents.localmodel.embed import DEFAULT_EMBEDDING, StaticEmbedder, g
 from agents.intents.training import train as train_module
 from agents.intents.training.train import train_model
 
-DATA = Path(__file__).resolve().parents[3] / "agents" / "data" / "banking77" / "train.csv"
+DATA = Path(__file__).resolve().parents[4] / "agents" / "data" / "banking77" / "train.csv"
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from agents.intents.localmodel import IntentModel, load_csv
 from agents.intents.localmodel.model import _analyzer, _lean_blocks
 from agents.intents.training.train import build_vectorizer, train_model
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[4]
 TRAIN = ROOT / "agents" / "data" / "banking77" / "train.csv"
 
 

@@ -12,7 +12,7 @@ from agents.intents.training.system import FoldModelTier, catalog_for, load_pack
 from agents.intents.training.train import train_model
 from tooling.research.cv import main
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[4]
 DATA = ROOT / "agents" / "data" / "banking77" / "train.csv"
 PACK = ROOT / "agents" / "packs" / "banking77.yaml"
 INTENTS = ["card_arrival", "lost_or_stolen_card", "exchange_rate", "age_limit", "compromised_card"]

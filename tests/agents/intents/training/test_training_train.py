@@ -13,7 +13,7 @@ from agents.intents.localmodel import IntentModel, Prediction, load_csv
 from agents.intents.training.evaluate import evaluate
 from agents.intents.training.train import choose_thresholds, lowest_threshold, train_model
 
-DATA = Path(__file__).resolve().parents[3] / "agents" / "data" / "banking77" / "train.csv"
+DATA = Path(__file__).resolve().parents[4] / "agents" / "data" / "banking77" / "train.csv"
 MIN_T, MAX_T = 0.3, 0.999
 
 
