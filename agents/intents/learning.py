@@ -12,7 +12,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from agents.intents.blobs import blob_sign, model_load
+from agents.intents.blobs import BlobRefused, blob_sign, model_load
 from agents.intents.localmodel.data import in_holdout, load_csv
 from agents.intents.localmodel.model import IntentModel
 from agents.intents.training.evaluate import evaluate
@@ -90,7 +90,13 @@ def model_train(
         "n": len(hold_x),
         "candidate": _summary(evaluate(model, hold_x, hold_y)) if hold_x else {},
     }
-    active = model_active()
+    try:
+        active = model_active()
+    except BlobRefused as exc:
+        # Workers refuse it too (they abstain): a candidate that cannot be compared with it replaces it.
+        log.warning("no comparison with the active model: %s", exc)
+        holdout["active_refused"] = str(exc)
+        active = None
     if active is not None and hold_x:
         holdout["active"] = _summary(evaluate(active[1], hold_x, hold_y))
         holdout["active_version"] = active[0].version

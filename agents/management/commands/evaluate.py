@@ -8,6 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from agents.intents.blobs import BlobRefused
 from agents.intents.catalog import get_catalog
 from agents.intents.learning import model_active
 from agents.intents.localmodel.data import load_csv
@@ -27,7 +28,10 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, data: str, json: bool, system: bool, **options: Any) -> None:
-        active = model_active()
+        try:
+            active = model_active()
+        except BlobRefused as exc:
+            raise CommandError(str(exc)) from exc
         if active is None:
             raise CommandError("no active local model: run `manage.py retrain` first")
         version, model = active

@@ -377,3 +377,16 @@ def test_a_model_version_the_worker_cannot_load_is_skipped_not_fatal(small_base,
     assert "cannot be loaded" in caplog.text
     fresh = LocalModelTier()
     assert fresh.classify("my card has not arrived", {}) is None  # nothing loaded yet: abstain, no crash
+
+
+def test_a_retrain_replaces_an_active_model_whose_blob_is_refused(small_base):
+    first, _, _ = learning.model_retrain()
+    blob = bytes(ModelVersion.objects.get(pk=first.pk).blob)
+    ModelVersion.objects.filter(pk=first.pk).update(blob=blob[:-1] + bytes([blob[-1] ^ 1]))  # changed in the table
+
+    second, activated, why = learning.model_retrain()
+
+    assert activated and why == "no active model to compare with"
+    assert "does not verify" in second.holdout_metrics["active_refused"]
+    answer = LocalModelTier().classify("my card still has not arrived after two weeks", {})
+    assert answer is not None and answer.model == f"local:{second.version}"
