@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from agents.intents import learning
-from agents.intents.blobs import blob_sign
+from agents.intents.blobs import blob_sign, is_signed
 from agents.intents.local import LocalModelTier
 from agents.intents.localmodel.data import load_csv
 from agents.models import Intent, ModelVersion, ThresholdChange
@@ -45,6 +45,7 @@ def test_a_first_model_is_trained_stored_and_activated_with_its_thresholds(small
     assert activated and why == "no active model to compare with"
     stored = ModelVersion.objects.get(is_active=True)
     assert stored.version == version.version and stored.n_examples > 0
+    assert is_signed(bytes(stored.blob))  # HMAC under SECRET_KEY, checked before any load
     assert stored.metrics["accuracy"] > 0.8
     assert stored.holdout_metrics["n"] > 0 and stored.holdout_metrics["candidate"]["accuracy"] > 0.8
     changes = ThresholdChange.objects.filter(model_version=version.version)

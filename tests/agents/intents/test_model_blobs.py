@@ -97,7 +97,7 @@ def test_a_refused_version_leaves_the_verified_model_in_place(db):
     assert tier.classify("my card has not arrived", {}).model == "local:good"
 
 
-def test_the_learning_loop_stores_signed_blobs_that_load(db):
+def test_a_signed_blob_loads_and_classifies(db):
     model = tiny_model()
     stored = activate(model.version, blobs.blob_sign(model.to_bytes()))
 
