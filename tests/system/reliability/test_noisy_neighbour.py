@@ -47,8 +47,9 @@ FIGURES = Path(__file__).resolve().parents[3] / "var" / "noisy-neighbour.json"
 @pytest.fixture(scope="module")
 def system() -> System:
     var = Path(tempfile.mkdtemp(prefix="noisy-", dir="/tmp"))
-    # The throttle well above A's traffic: what refuses A is its share of the work in flight.
-    env = {"CLIENT_THROTTLE_RATE": "60000/min", "BACKPRESSURE_MAX_IN_FLIGHT": str(IN_FLIGHT)}
+    # The product's throttle (100 a second: above A's steady traffic, below its flood); what refuses
+    # A's admitted traffic is its share of the work in flight.
+    env = {"CLIENT_THROTTLE_RATE": "6000/min", "BACKPRESSURE_MAX_IN_FLIGHT": str(IN_FLIGHT)}
     system = System(var, env=env | {"BACKPRESSURE_TENANT_FLOOR": "8"})
     try:
         system.start()
@@ -130,6 +131,16 @@ def latencies_ms(system: System, ids: list[str]) -> list[float]:
     return sorted(float(ms) for (ms,) in rows)
 
 
+def waits_ms(system: System, ids: list[str]) -> list[float]:
+    """How long each ticket waited for its first hop to start (created to the first trace row's start)."""
+    rows = system.sql(
+        "SELECT extract(epoch FROM min(r.started_at) - t.created_at) * 1000 FROM tickets_ticket t "
+        "JOIN agents_trace r ON r.ticket_id = t.id WHERE t.id::text = ANY(%s) GROUP BY t.id, t.created_at",
+        ids,
+    )
+    return sorted(float(ms) for (ms,) in rows) or [0.0]
+
+
 def callbacks_told(system: System, ids: set[str], timeout: float) -> set[str]:
     """The tickets of `ids` whose callback arrived, waiting up to `timeout` for all of them."""
     deadline = time.monotonic() + timeout
@@ -173,6 +184,8 @@ def test_one_tenant_cannot_stall_another(system: System) -> None:
         "b_beside_a_p95_ms": round(p95(loaded)),
         "b_beside_a_tickets": len(loaded),
         "ratio_p95": round(p95(loaded) / max(p95(idle), 1.0), 2),
+        "b_alone_first_hop_wait_p95_ms": round(p95(waits_ms(system, b_idle.accepted))),
+        "b_beside_a_first_hop_wait_p95_ms": round(p95(waits_ms(system, b_noisy.accepted))),
         "a_answers": a.answers,
         "a_refusals": a.refusals,
         "a_accepted": len(a.accepted),
