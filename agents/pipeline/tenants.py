@@ -171,6 +171,13 @@ def in_flight_in_postgres(client_id: int) -> int:
     return Ticket.objects.filter(client_id=client_id).exclude(status__in=SETTLED_STATUSES).count()
 
 
+def state(client_id: int) -> dict[str, int | None]:
+    """The client's count and lane as Redis holds them (None: not active) — for operators and tests."""
+    counts, lanes_key = _keys()
+    n, lane_ = redis_client().hget(counts, client_id), redis_client().hget(lanes_key, client_id)
+    return {"in_flight": int(n) if n is not None else None, "lane": int(lane_) if lane_ is not None else None}
+
+
 def reset() -> None:
     """Forget every count and lane (tests)."""
     _recent.last = None

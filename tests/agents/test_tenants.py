@@ -88,10 +88,8 @@ def test_a_settled_ticket_leaves_its_tenants_count_and_the_idle_tenant_its_lane(
     http, client = api()
     response = http.post("/api/v1/tickets/", ticket_payload(body="My card still hasn't arrived"), format="json")
     assert response.status_code == 202
-    assert tenants.redis_client().hget(tenants._keys()[0], client.pk) is not None  # counted
+    assert tenants.state(client.pk)["in_flight"] == 1  # counted at accept
 
     wait_for(lambda: Ticket.objects.get(pk=response.json()["id"]).status == Status.RESOLVED, what="resolved")
 
-    keys = tenants._keys()
-    wait_for(lambda: tenants.redis_client().hget(keys[1], client.pk) is None, what="its lane freed")
-    assert tenants.redis_client().hget(keys[0], client.pk) is None
+    wait_for(lambda: tenants.state(client.pk) == {"in_flight": None, "lane": None}, what="its count and lane freed")
