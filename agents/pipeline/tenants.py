@@ -5,7 +5,8 @@ every API process and worker sees the same figures:
   resume) and at settle (`leave`); a tenant may hold `max(TENANT_FLOOR, MAX_IN_FLIGHT / active
   tenants)` tickets in flight, so a flood is refused (429) at its own share and nobody else's;
 - **a lane per active tenant**: the first tenant's ticket takes the least used lane of the first
-  queue's pool (`parse`, `parse.1`, … `PIPELINE_LANES`), its last settled ticket frees it. The cheap
+  queue's pool (`parse.1`, … `parse.<PIPELINE_LANES-1>`; `parse` itself is for the hops published
+  without a tenant), its last settled ticket frees it. The cheap
   worker consumes its lanes in turn (kombu's rotation over a worker's queues, prefetch 1), so each
   active tenant gets a turn; two share a lane only while more tenants are active than lanes.
 
@@ -49,8 +50,11 @@ if not lane then
     local j = tonumber(l)
     if used[j] then used[j] = used[j] + 1 end
   end
-  lane = 0
-  for i = 1, lanes - 1 do if used[i] < used[lane] then lane = i end end
+  -- lane 0 (the queue itself) is kept for hops published without a tenant (a retry after a time
+  -- limit, a hop after the Claude tier): with more than one lane, tenants get the others
+  local first = lanes > 1 and 1 or 0
+  lane = first
+  for i = first + 1, lanes - 1 do if used[i] < used[lane] then lane = i end end
   redis.call('HSET', KEYS[2], client, lane)
 end
 if ARGV[6] == '1' then n = redis.call('HINCRBY', KEYS[1], client, 1) end

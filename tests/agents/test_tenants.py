@@ -47,6 +47,7 @@ def test_two_active_tenants_never_share_a_lane_while_lanes_are_free(db, lanes):
         dispatch.stage_enqueue(ticket_make(client).pk, "parse", client_id=client.pk)
 
     assert tenants.lane(a.pk) != tenants.lane(b.pk)
+    assert 0 not in (tenants.lane(a.pk), tenants.lane(b.pk))  # `parse`: the hops published without a tenant
     assert _queued() == {lane_name("parse", tenants.lane(a.pk)): 1, lane_name("parse", tenants.lane(b.pk)): 1}
 
 
@@ -73,7 +74,7 @@ def test_a_replay_keeps_its_tenants_lane_and_counts_against_its_share(db, lanes,
 
 def test_a_sweep_keeps_its_tenants_lane(db, lanes):
     (client,) = _clients(9024)
-    tenants.admit(1)  # someone else holds lane 0
+    tenants.admit(1)  # someone else holds a lane
     ticket = ticket_make(client, status="classifying")
     Ticket.objects.filter(pk=ticket.pk).update(updated_at=timezone.now() - timedelta(hours=1))
 
