@@ -34,12 +34,21 @@ PATH = (
         "`TicketInputSerializer` (limits after NFKC, the callback URL through the network guard), the output",
     ),
     Hop(
-        "API", "tickets/api/backpressure.py", "refuse new work while the client's lane (or every queue) holds too much"
+        "API",
+        "tickets/api/backpressure.py",
+        "refuse a client's new work past its share of the work in flight (429), or everyone's while the shared queues hold too much (503)",
     ),
-    Hop("agents", "agents/pipeline/intake.py", "`ticket_submit`: store, and on commit publish the first stage"),
-    Hop("tickets", "tickets/services.py", "`ticket_create`: one INSERT, the idempotency key honoured"),
     Hop(
-        "agents", "agents/pipeline/dispatch.py", "publish a stage's task to its queue (the client's lane for the first)"
+        "agents",
+        "agents/pipeline/intake.py",
+        "`ticket_submit`: store, count it in its client's work in flight, and on commit publish the first stage",
+    ),
+    Hop("tickets", "tickets/services.py", "`ticket_create`: one INSERT, the idempotency key honoured"),
+    Hop("agents", "agents/pipeline/tenants.py", "each tenant's work in flight and its lane, counted in Redis"),
+    Hop(
+        "agents",
+        "agents/pipeline/dispatch.py",
+        "publish a stage's task to its queue (a cheap stage of a known client: the client's lane)",
     ),
     Hop(
         "agents",

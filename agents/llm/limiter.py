@@ -21,6 +21,7 @@ import redis
 
 from agents.llm.base import LimiterBusy, Usage
 from agents.llm.config import llm_settings
+from agents.llm.scope import current_scope
 from agents.llm.store import key, redis_client
 
 _PRELUDE = """
@@ -62,17 +63,42 @@ local function save(now, dims)
 end
 """
 
-# ARGV: rpm itpm otpm headroom burst | need_in need_out max_wait | inflight_cap lease_id lease_ttl
+# KEYS: buckets, in-flight leases (member `<tenant>:<id>`, score: when it lapses), tenants waiting.
+# ARGV: rpm itpm otpm headroom burst | need_in need_out max_wait | inflight_cap lease_id lease_ttl | tenant
 _ACQUIRE = (
     _PRELUDE
     + """
 local now = clock()
 local dims, pause = load(now, {ARGV[1], ARGV[2], ARGV[3]}, tonumber(ARGV[4]), tonumber(ARGV[5]))
-if pause > now then return {0, tostring(pause - now), 'paused'} end
+local tenant = ARGV[12]
+local function refuse(wait, why)
+  if tenant ~= '' then  -- it wants room: others past their share give way while it waits
+    redis.call('ZADD', KEYS[3], now + math.max(2, tonumber(wait) or 0), tenant)
+    redis.call('EXPIRE', KEYS[3], 3600)
+  end
+  return {0, tostring(wait), why}
+end
+if pause > now then return refuse(pause - now, 'paused') end
 local cap = tonumber(ARGV[9])
-if cap > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-  if redis.call('ZCARD', KEYS[2]) >= cap then return {0, '0', 'in_flight'} end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+local held = redis.call('ZCARD', KEYS[2])
+if cap > 0 and held >= cap then return refuse(0, 'in_flight') end
+if tenant ~= '' then
+  -- A tenant's share of the limit while others wait: cap (or what is held now) / tenants wanting it.
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+  local wanting, mine, others = {}, 0, 0
+  for _, t in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+    if t ~= tenant then wanting[t] = true; others = others + 1 end
+  end
+  if others > 0 then
+    for _, m in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+      local t = string.match(m, '^(.*):[^:]*$') or ''
+      if t == tenant then mine = mine + 1
+      elseif t ~= '' and not wanting[t] then wanting[t] = true; others = others + 1 end
+    end
+    local total = cap > 0 and cap or (held + 1)
+    if mine >= math.max(1, math.floor(total / (others + 1))) then return refuse(0, 'share') end
+  end
 end
 local need = {1, tonumber(ARGV[6]), tonumber(ARGV[7])}
 local wait = 0
@@ -83,15 +109,14 @@ for d = 1, 3 do
     if x.level < n then wait = math.max(wait, (n - x.level) / x.rate) end
   end
 end
-if wait > tonumber(ARGV[8]) then return {0, tostring(wait), 'limit'} end
+if wait > tonumber(ARGV[8]) then return refuse(wait, 'limit') end
 for d = 1, 3 do
   if dims[d].limit > 0 then dims[d].level = dims[d].level - need[d] end
 end
 save(now, dims)
-if cap > 0 then
-  redis.call('ZADD', KEYS[2], now + wait + tonumber(ARGV[11]), ARGV[10])
-  redis.call('EXPIRE', KEYS[2], 3600)
-end
+redis.call('ZADD', KEYS[2], now + wait + tonumber(ARGV[11]), ARGV[10])
+redis.call('EXPIRE', KEYS[2], 3600)
+if tenant ~= '' then redis.call('ZREM', KEYS[3], tenant) end
 return {1, tostring(wait), 'ok'}
 """
 )
@@ -172,7 +197,7 @@ class RateLimiter:
         self._pause = self.redis.register_script(_PAUSE)
 
     def _keys(self, model_class: str) -> list[str]:
-        return [key("limit", model_class), key("limit", model_class, "inflight")]
+        return [key("limit", model_class), key("limit", model_class, "inflight"), key("limit", model_class, "waiting")]
 
     def _limits(self, model_class: str) -> list[Any]:
         cfg = llm_settings()
@@ -180,18 +205,31 @@ class RateLimiter:
         return [lim.get("rpm", 0), lim.get("itpm", 0), lim.get("otpm", 0), cfg["HEADROOM"], cfg["BURST_SECONDS"]]
 
     def acquire(
-        self, model_class: str, *, input_tokens: int, output_tokens: int, max_wait: float | None = None
+        self,
+        model_class: str,
+        *,
+        input_tokens: int,
+        output_tokens: int,
+        max_wait: float | None = None,
+        tenant: int | str | None = None,
     ) -> Lease:
         """Reserve one request and the token estimates, sleeping at most `max_wait` for room.
+
+        `tenant` (default: the client of the ticket in scope) gets its share: while another tenant
+        waits for room, one holding `MAX_IN_FLIGHT / tenants wanting room` leases (or that share of
+        the leases held, with no cap) waits too, so the next free slot goes to the other.
 
         Raises `LimiterBusy(retry_after=...)` when there is no room within the wait (nothing taken).
         """
         cfg = llm_settings()
         budget = cfg["MAX_WAIT_SECONDS"] if max_wait is None else max_wait
         deadline = time.monotonic() + budget
-        lease_id = uuid.uuid4().hex
+        if tenant is None:
+            tenant = current_scope().client_id
+        tenant = "" if tenant is None else str(tenant).replace(":", "_")
+        lease_id = f"{tenant}:{uuid.uuid4().hex}"
         args = [*self._limits(model_class), int(input_tokens), int(output_tokens)]
-        tail = [int(cfg["MAX_IN_FLIGHT"]), lease_id, float(cfg["LEASE_SECONDS"])]
+        tail = [int(cfg["MAX_IN_FLIGHT"]), lease_id, float(cfg["LEASE_SECONDS"]), tenant]
         started = time.monotonic()
         while True:
             remaining = max(0.0, deadline - time.monotonic())
@@ -202,7 +240,7 @@ class RateLimiter:
                     self.sleep(wait)  # our booked slot; everyone behind us booked a later one
                 return Lease(model_class, lease_id, int(input_tokens), int(output_tokens), time.monotonic() - started)
             why = why.decode() if isinstance(why, bytes) else str(why)
-            if why == "in_flight":
+            if why in ("in_flight", "share"):
                 wait = random.uniform(0.05, 0.2)  # a slot frees when some call ends: poll, spread out
             if wait >= remaining:
                 raise LimiterBusy(

@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from agents.models import DeadLetter, Trace, TraceStatus
 from agents.people import review_close_for_replay
+from agents.pipeline import tenants
 from agents.pipeline.dispatch import after_commit, stage_enqueue
 from agents.pipeline.events import announce
 from agents.pipeline.spec import REVIEW, SPEC
@@ -35,8 +36,15 @@ def ticket_replay(*, ticket: Ticket) -> Ticket:
         if letter:
             DeadLetter.objects.filter(pk=letter.pk).update(replayed_at=timezone.now())
         review_close_for_replay(ticket=locked, stage=spec.name)
-        transaction.on_commit(lambda: stage_enqueue(locked.pk, spec.name, context=locked.context))
+        # Back in flight: counted against its tenant's share, and published in the tenant's lane.
+        transaction.on_commit(lambda: _reenter(locked, spec.name, locked.context))
     return locked
+
+
+def _reenter(ticket: Ticket, stage: str, context: dict[str, Any] | None = None) -> None:
+    """A settled ticket goes back in flight: one more for its tenant, a cheap stage in the tenant's lane."""
+    tenants.enter(ticket.client_id)
+    stage_enqueue(ticket.pk, stage, context=context, client_id=ticket.client_id)
 
 
 def _decision_trace(ticket: Ticket, decision: dict[str, Any], started_at: datetime | None = None) -> Trace:
@@ -76,7 +84,7 @@ def ticket_resume(
         _decision_trace(
             locked, {"decision": decision, "intent": intent, "reply": reply, "reviewer": reviewer}, started_at
         )
-        transaction.on_commit(lambda: stage_enqueue(locked.pk, resume.name))
+        transaction.on_commit(lambda: _reenter(locked, resume.name))
 
 
 def ticket_dismiss(*, ticket: Ticket, reason: str, reviewer: str = "", started_at: datetime | None = None) -> Ticket:
@@ -94,5 +102,5 @@ def ticket_dismiss(*, ticket: Ticket, reason: str, reviewer: str = "", started_a
         locked.save(update_fields=["status", "action", "resolved_at", "callback_due_at", "context", "updated_at"])
         trace = _decision_trace(locked, {"decision": "dismiss", "reason": reason, "reviewer": reviewer}, started_at)
         announce(locked, trace, "ok", Status.RESOLVED, locked.context)
-        after_commit(locked.pk, Status.RESOLVED)
+        after_commit(locked.pk, Status.RESOLVED, leaves_flight=False)  # it waited: settled already
     return locked

@@ -1,5 +1,6 @@
 """A request enters the pipeline: stored once per idempotency key (`tickets.services.ticket_create`),
-then its first stage published once the row is committed."""
+counted in its tenant's work in flight, then its first stage published (in the tenant's lane) once
+the row is committed."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 from django.db import transaction
 
+from agents.pipeline import tenants
 from agents.pipeline.dispatch import stage_enqueue
 from agents.pipeline.spec import SPEC
 from tickets.models import Client, Ticket
@@ -14,10 +16,22 @@ from tickets.services import ticket_create
 
 
 def ticket_submit(
-    *, client: Client, payload: dict[str, Any], idempotency_key: str | None = None
+    *, client: Client, payload: dict[str, Any], idempotency_key: str | None = None, admitted: bool = False
 ) -> tuple[Ticket, bool]:
-    """Store a new ticket and start its pipeline; a known key returns the first ticket instead."""
-    ticket, created = ticket_create(client=client, payload=payload, idempotency_key=idempotency_key)
+    """Store a new ticket and start its pipeline; a known key returns the first ticket instead.
+
+    `admitted`: the caller's `tenants.admit` already counted it (the API); a ticket not made after
+    all (a known key, a conflict, an error) is then uncounted here. Otherwise it is counted now."""
+    try:
+        ticket, created = ticket_create(client=client, payload=payload, idempotency_key=idempotency_key)
+    except BaseException:
+        if admitted:
+            tenants.leave(client.pk)
+        raise
+    if created and not admitted:
+        tenants.enter(client.pk)
+    elif admitted and not created:
+        tenants.leave(client.pk)
     if created:
         # Enqueued only once the row is committed (at once in autocommit, at the caller's commit
         # inside a transaction): a worker never sees a ticket that isn't there. robust: a broker

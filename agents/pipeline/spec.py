@@ -172,7 +172,7 @@ def lane_queues(queue: str) -> list[str]:
     return [queue, *(f"{queue}.{lane}" for lane in range(1, settings.PIPELINE["LANES"]))]
 
 
-def lane_of(queue: str, client_id: int) -> str:
-    """The lane of `queue` a client's new tickets go to."""
-    lane = client_id % max(1, settings.PIPELINE["LANES"])
+def lane_name(queue: str, lane: int) -> str:
+    """Lane `lane` of `queue`: the queue itself for lane 0. Which tenant holds which lane is kept in
+    Redis (agents/pipeline/tenants.py): one lane per active tenant, not `client % LANES`."""
     return f"{queue}.{lane}" if lane else queue

@@ -34,7 +34,7 @@ def tickets_sweep_stuck(*, older_than_seconds: int | None = None, limit: int = 1
         Ticket.objects.filter(pk=pk, status=status).update(
             updated_at=timezone.now(), stage_attempts=F("stage_attempts") + 1
         )
-        stage_enqueue(pk, SPEC.by_status[status].name, context=context)
+        stage_enqueue(pk, SPEC.by_status[status].name, context=context, keep_tenant=True)
     return len(stuck) + callbacks_sweep_lost(cutoff=cutoff, limit=limit)
 
 

@@ -136,6 +136,10 @@ STATIC_ROOT = BASE_DIR / "var" / "static"
 # with Retry-After instead of letting queues grow without bound (checked at most once a second).
 BACKPRESSURE_MAX_QUEUED = env.int("BACKPRESSURE_MAX_QUEUED", default=50_000)
 BACKPRESSURE_RETRY_AFTER = env.int("BACKPRESSURE_RETRY_AFTER", default=5)
+# A tenant may hold max(BACKPRESSURE_TENANT_FLOOR, BACKPRESSURE_MAX_IN_FLIGHT / active tenants) tickets
+# in flight; past its share its new work is refused with 429 (agents/pipeline/tenants.py).
+BACKPRESSURE_MAX_IN_FLIGHT = env.int("BACKPRESSURE_MAX_IN_FLIGHT", default=50_000)
+BACKPRESSURE_TENANT_FLOOR = env.int("BACKPRESSURE_TENANT_FLOOR", default=100)
 # Requests larger than this are refused with 413 before any parsing (documented in the README).
 MAX_REQUEST_BYTES = env.int("MAX_REQUEST_BYTES", default=64 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES

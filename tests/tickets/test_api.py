@@ -12,7 +12,6 @@ import pytest
 from rest_framework.renderers import JSONRenderer
 from rest_framework.test import APIClient
 
-from agents.pipeline.spec import lane_of
 from tests.factories import ticket_make, ticket_payload
 from tickets.models import Status, Ticket
 
@@ -276,30 +275,51 @@ def _queue_messages(queue: str, n: int) -> None:
 
 @pytest.fixture
 def bounded(settings):
-    """Backpressure at a bound of 8 queued messages (one per lane), the queues empty before and after."""
+    """Backpressure at a bound of 8 queued messages and 4 tickets in flight (a floor of 1 each), the
+    queues and the tenants' counts empty before and after."""
     from celery import current_app
 
+    from agents.pipeline import tenants
     from tickets.api import backpressure
 
     current_app.control.purge()
     settings.BACKPRESSURE_MAX_QUEUED = 8
+    settings.BACKPRESSURE_MAX_IN_FLIGHT, settings.BACKPRESSURE_TENANT_FLOOR = 4, 1
     backpressure.reset()
+    tenants.reset()
     yield backpressure
     current_app.control.purge()
     backpressure.reset()
+    tenants.reset()
 
 
-def test_a_full_lane_refuses_its_clients_new_work_with_503_and_stores_nothing(api, bounded):
+def test_a_tenant_past_its_share_of_work_in_flight_gets_429_and_another_is_still_admitted(api, bounded):
     flooding, flooder = api("flooding")
-    quiet, other = api("quiet")
-    assert lane_of("parse", flooder.pk) != lane_of("parse", other.pk)
-    _queue_messages(lane_of("parse", flooder.pk), 3)  # its lane's share of the bound is 1
+    quiet, _ = api("quiet")
+    assert all(post(flooding).status_code == 202 for _ in range(4))  # alone, its share is the bound
 
     refused = post(flooding)
-    assert refused.status_code == 503
+    assert refused.status_code == 429
     assert refused.json()["error"] == "overloaded" and int(refused["Retry-After"]) > 0
-    assert Ticket.objects.count() == 0
-    assert post(quiet).status_code == 202  # another lane: another client's flood does not refuse it
+    assert Ticket.objects.filter(client=flooder).count() == 4  # the refused one is not stored
+    assert post(quiet).status_code == 202  # its own share: another tenant's flood does not refuse it
+    assert post(quiet).status_code == 202  # two tenants active: 4 / 2 each
+
+
+def test_a_retry_of_a_known_key_is_not_counted_in_flight_twice(api, bounded):
+    http, _ = api("retrying")
+    assert post(http, HTTP_IDEMPOTENCY_KEY="k-1").status_code == 202
+    assert all(post(http, HTTP_IDEMPOTENCY_KEY="k-1").status_code == 200 for _ in range(5))
+    assert all(post(http).status_code == 202 for _ in range(3))  # 1 + 3 = its share of 4
+
+
+def test_a_lost_decrement_does_not_lock_a_tenant_out(api, bounded):
+    http, client = api("unlucky")
+    assert all(post(http).status_code == 202 for _ in range(4))  # its share: the next would be refused
+    # Its tickets settle, but the workers that settled them died before telling Redis.
+    Ticket.objects.filter(client=client).update(status=Status.RESOLVED)
+
+    assert post(http).status_code == 202  # the refusal recounted from Postgres
 
 
 def test_past_the_bound_of_the_shared_queues_everyone_is_refused(api, bounded):

@@ -1,14 +1,17 @@
-"""Backpressure: refuse new work while the queues hold more than a bound — only from the clients
-whose lane is full, unless the queues every client shares are (docs/reliability.md, "Lanes")."""
+"""Backpressure: refuse a tenant's new work past its share of the work in flight (429, its own
+refusal: another tenant is never refused because of it), and everyone's while the queues every
+tenant shares hold more than a bound (503) (docs/reliability.md, "One tenant cannot stall the others")."""
 
 from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 
 from django.conf import settings
 
-from agents.pipeline.spec import LLM_QUEUE, QUEUES, lane_of, lane_queues
+from agents.pipeline import tenants
+from agents.pipeline.spec import LLM_QUEUE, QUEUES, lane_queues
 
 CHECK_EVERY_SECONDS = 1.0
 
@@ -44,19 +47,30 @@ def _depths() -> dict[str, int]:
         return dict(_state["depths"])  # type: ignore[arg-type]
 
 
-def overloaded(client_id: int | None = None) -> bool:
-    """Whether to refuse this client's new work: the queues all clients share (past the first hop)
-    hold more than BACKPRESSURE_MAX_QUEUED, or its own lane more than its share of it. A flood fills
-    its client's lane and is refused there; the other lanes still admit."""
-    depths = _depths()
+@dataclass(frozen=True)
+class Refusal:
+    status: int
+    detail: str
+
+
+def overloaded() -> bool:
+    """Whether the queues all tenants share (past the first hop's lanes) hold more than
+    BACKPRESSURE_MAX_QUEUED: then everyone's new work waits."""
     lanes = set(lane_queues(QUEUES[0]))
-    bound = settings.BACKPRESSURE_MAX_QUEUED
-    shared = sum(n for queue, n in depths.items() if queue not in lanes)
-    if shared > bound:
-        return True
-    if client_id is None:
-        return sum(depths.values()) > bound
-    return depths.get(lane_of(QUEUES[0], client_id), 0) > max(1, bound // len(lanes))
+    return sum(n for queue, n in _depths().items() if queue not in lanes) > settings.BACKPRESSURE_MAX_QUEUED
+
+
+def admit(client_id: int) -> Refusal | None:
+    """Admit (and count) a new ticket of the client, or say why not: 503 while the shared queues are
+    full, 429 while the client holds its share of the work in flight. One Redis round trip."""
+    if overloaded():
+        return Refusal(503, "too much work queued; retry later")
+    admission = tenants.admit(client_id)
+    if not admission.admitted:
+        return Refusal(
+            429, f"{admission.in_flight} of your requests are in flight, your share is {admission.share}; retry later"
+        )
+    return None
 
 
 def reset() -> None:

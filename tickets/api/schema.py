@@ -44,7 +44,7 @@ _ERROR_TEXT = {
     409: "Conflict (see `error`).",
     413: "The request body is over the limit.",
     415: "Send `Content-Type: application/json`.",
-    429: "Over the client's rate; see `Retry-After` and `RateLimit`.",
+    429: "Over the client's rate, or its share of the work in flight; see `Retry-After` and `RateLimit`.",
     503: "Overloaded or a backing service is down; see `Retry-After`.",
 }
 

@@ -18,7 +18,7 @@ from rest_framework.response import Response
 from agents.callbacks import callback_resend
 from agents.pipeline.human import ticket_replay
 from agents.pipeline.intake import ticket_submit
-from tickets.api.backpressure import overloaded
+from tickets.api.backpressure import admit
 from tickets.api.base import (
     ClientApi,
     InvalidCursor,
@@ -103,14 +103,17 @@ class TicketListCreateApi(ClientApi):
             raise ValidationError({"Idempotency-Key": "at most 255 printable ASCII characters"})
         serializer = TicketInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        if overloaded(request.user.pk):
+        refused = admit(request.user.pk)
+        if refused:
             return Response(
-                {"error": "overloaded", "detail": "too much work queued; retry later"},
-                status=status.HTTP_503_SERVICE_UNAVAILABLE,
+                {"error": "overloaded", "detail": refused.detail},
+                status=refused.status,
                 headers={"Retry-After": str(settings.BACKPRESSURE_RETRY_AFTER)},
             )
         try:
-            ticket, created = ticket_submit(client=request.user, payload=serializer.validated_data, idempotency_key=key)
+            ticket, created = ticket_submit(
+                client=request.user, payload=serializer.validated_data, idempotency_key=key, admitted=True
+            )
         except IdempotencyConflict as exc:
             return Response({"error": "idempotency_conflict", "detail": str(exc)}, status=status.HTTP_409_CONFLICT)
         body = ticket_representation(ticket)

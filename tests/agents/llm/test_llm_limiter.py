@@ -129,6 +129,24 @@ def test_calls_in_flight_are_capped_across_workers_and_a_dead_workers_slot_expir
     RateLimiter().acquire("small", input_tokens=1, output_tokens=1, max_wait=0.2)
 
 
+def test_a_tenant_past_its_share_gives_way_to_another_waiting_for_the_shared_limit(limits, configure):
+    limiter = limits(rpm=60_000)
+    configure(MAX_IN_FLIGHT=4)
+    hog = [limiter.acquire("small", input_tokens=1, output_tokens=1, tenant="a") for _ in range(4)]  # alone: all of it
+    with pytest.raises(LimiterBusy):  # the cap is full: b waits (and is known to be waiting)
+        limiter.acquire("small", input_tokens=1, output_tokens=1, max_wait=0, tenant="b")
+    limiter.settle(hog.pop())
+
+    with pytest.raises(LimiterBusy, match="share"):  # a holds 3 of 4 while b waits: its share is 2
+        limiter.acquire("small", input_tokens=1, output_tokens=1, max_wait=0, tenant="a")
+    lease = limiter.acquire("small", input_tokens=1, output_tokens=1, max_wait=0, tenant="b")  # the slot is b's
+
+    limiter.settle(lease)
+    limiter.settle(hog.pop())
+    limiter.settle(hog.pop())  # a holds 1 now, below its share: b waiting or not, it is served
+    limiter.acquire("small", input_tokens=1, output_tokens=1, max_wait=0, tenant="a")
+
+
 def test_unreadable_headers_are_ignored():
     assert reported_limits({"anthropic-ratelimit-requests-limit": "lots"})[:2] == [-1, -1]
     assert reported_limits(None) == [-1] * 6

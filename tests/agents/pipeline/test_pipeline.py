@@ -10,8 +10,7 @@ from celery.signals import task_postrun
 from django.utils import timezone
 
 from agents.models import DeadLetter, Intent, SideEffect, Trace
-from agents.pipeline import dispatch, runner, sweeper
-from agents.pipeline.spec import lane_of
+from agents.pipeline import dispatch, runner, sweeper, tenants
 from reviews.models import Review
 from tests.conftest import verified, wait_for
 from tests.factories import ticket_make, ticket_payload
@@ -213,9 +212,10 @@ def test_a_request_waits_for_its_customers_stuck_request_only_until_the_deadline
 
 
 def test_one_clients_flood_waits_in_its_own_lane_not_ahead_of_everyone(pipeline, api):
+    tenants.reset()
     _, flood = api("flood")
     _, quiet = api("quiet")
-    assert lane_of("parse", flood.pk) != lane_of("parse", quiet.pk)
+    assert tenants.lane(flood.pk) != tenants.lane(quiet.pk)  # each active tenant: a lane of its own
     flooded = Ticket.objects.bulk_create(
         Ticket(client=flood, body="My card still hasn't arrived", customer_ref=f"f{i}") for i in range(400)
     )

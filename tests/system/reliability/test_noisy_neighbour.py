@@ -1,12 +1,16 @@
-"""Noisy neighbour: tenant A sends CPU bombs, points its callbacks at an endpoint that trickles one
-byte every two seconds, floods the API to its limit and sends 50 requests for one customer, while
-tenant B sends ordinary tickets at a steady rate. B's tickets still settle and get their callbacks,
-every accepted ticket of both ends in a terminal state, and B's latency is printed beside an idle
-run's (figures, not a timed assertion: the machine is shared; the bound below only catches a stall).
+"""Noisy neighbour: tenant A sends ten times B's steady traffic, floods the API past its share of the
+work in flight, sends CPU bombs, points its callbacks at an endpoint that trickles one byte every two
+seconds and sends 50 requests for one customer, while tenant B sends ordinary tickets at a steady
+rate. B is never refused (A is, at its own share: 429), B's tickets all settle and get their
+callbacks, every accepted ticket of both ends in a terminal state, and B's latency beside A is
+printed and written to var/noisy-neighbour.json beside an idle run's (figures, not a timed
+assertion: the machine is shared; the bound below only catches a stall). The target (issue #24):
+B's p95 beside A at most 2× B's p95 alone.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import statistics
 import tempfile
@@ -34,12 +38,19 @@ BOMBS = [
     "my card " * 2_400,
 ]
 SECONDS = 12.0
+B_EVERY = 0.2  # B's steady rate: 5 a second; A's steady traffic is ten times that, its flood on top
+# The system's bound of tickets in flight: with two tenants active, each may hold half of it.
+IN_FLIGHT = 64
+FIGURES = Path(__file__).resolve().parents[3] / "var" / "noisy-neighbour.json"
 
 
 @pytest.fixture(scope="module")
 def system() -> System:
     var = Path(tempfile.mkdtemp(prefix="noisy-", dir="/tmp"))
-    system = System(var, env={"CLIENT_THROTTLE_RATE": "600/min"})
+    # The product's throttle (100 a second: above A's steady traffic, below its flood); what refuses
+    # A's admitted traffic is its share of the work in flight.
+    env = {"CLIENT_THROTTLE_RATE": "6000/min", "BACKPRESSURE_MAX_IN_FLIGHT": str(IN_FLIGHT)}
+    system = System(var, env=env | {"BACKPRESSURE_TENANT_FLOOR": "8"})
     try:
         system.start()
         yield system
@@ -56,6 +67,7 @@ class Tenant:
         self.http = httpx.Client(headers={"Authorization": f"Bearer {client.token}"}, timeout=30)
         self.accepted: list[str] = []
         self.answers: dict[str, int] = {}
+        self.refusals: dict[str, int] = {}  # the `error` of each 429/503: "overloaded" (its share) or "throttled"
         self.lock = threading.Lock()
 
     def post(self, body: str, customer_ref: str) -> None:
@@ -68,12 +80,15 @@ class Tenant:
             self.answers[code] = self.answers.get(code, 0) + 1
             if response is not None and response.status_code == 202:
                 self.accepted.append(response.json()["id"])
+            elif response is not None and response.status_code in (429, 503):
+                error = response.json().get("error", "")
+                self.refusals[error] = self.refusals.get(error, 0) + 1
 
 
-def steady(tenant: Tenant, seconds: float, every: float = 0.2) -> None:
+def steady(tenant: Tenant, seconds: float, every: float = B_EVERY, prefix: str = "b") -> None:
     end, i = time.monotonic() + seconds, 0
     while time.monotonic() < end:
-        tenant.post("My card still hasn't arrived, where is it?", f"b-{i}")
+        tenant.post("My card still hasn't arrived, where is it?", f"{prefix}-{i}")
         i += 1
         time.sleep(every)
 
@@ -88,6 +103,8 @@ def flood(tenant: Tenant, seconds: float, stop: threading.Event) -> None:
 def noisy(system: System, a: Tenant, seconds: float) -> list[threading.Thread]:
     stop = threading.Event()
     threads = [threading.Thread(target=flood, args=(a, seconds, stop)) for _ in range(4)]
+    # Ten times B's steady traffic, besides the flood: ten senders at B's rate.
+    threads += [threading.Thread(target=steady, args=(a, seconds, B_EVERY, f"a{n}")) for n in range(10)]
     threads.append(threading.Thread(target=lambda: [a.post(body, f"bomb-{i}") for i, body in enumerate(BOMBS)]))
     threads.append(
         threading.Thread(target=lambda: [a.post(f"Where is my card? ({i})", "one-customer") for i in range(50)])
@@ -112,6 +129,16 @@ def latencies_ms(system: System, ids: list[str]) -> list[float]:
         "SELECT extract(epoch FROM updated_at - created_at) * 1000 FROM tickets_ticket WHERE id::text = ANY(%s)", ids
     )
     return sorted(float(ms) for (ms,) in rows)
+
+
+def waits_ms(system: System, ids: list[str]) -> list[float]:
+    """How long each ticket waited for its first hop to start (created to the first trace row's start)."""
+    rows = system.sql(
+        "SELECT extract(epoch FROM min(r.started_at) - t.created_at) * 1000 FROM tickets_ticket t "
+        "JOIN agents_trace r ON r.ticket_id = t.id WHERE t.id::text = ANY(%s) GROUP BY t.id, t.created_at",
+        ids,
+    )
+    return sorted(float(ms) for (ms,) in rows) or [0.0]
 
 
 def callbacks_told(system: System, ids: set[str], timeout: float) -> set[str]:
@@ -149,15 +176,28 @@ def test_one_tenant_cannot_stall_another(system: System) -> None:
     a_rows = wait_terminal(system, a.accepted, timeout=240)
     idle, loaded = latencies_ms(system, b_idle.accepted), latencies_ms(system, b_noisy.accepted)
     told = callbacks_told(system, set(b_ids), timeout=30)
-    print(
-        f"\nnoisy neighbour: B idle p50 {statistics.median(idle):.0f} ms p95 {p95(idle):.0f} ms ({len(idle)} tickets); "
-        f"B beside A p50 {statistics.median(loaded):.0f} ms p95 {p95(loaded):.0f} ms ({len(loaded)} tickets); "
-        f"A's answers {a.answers}, accepted {len(a.accepted)}; B's answers {b_idle.answers} / {b_noisy.answers}"
-    )
+    figures = {
+        "b_alone_p50_ms": round(statistics.median(idle)),
+        "b_alone_p95_ms": round(p95(idle)),
+        "b_alone_tickets": len(idle),
+        "b_beside_a_p50_ms": round(statistics.median(loaded)),
+        "b_beside_a_p95_ms": round(p95(loaded)),
+        "b_beside_a_tickets": len(loaded),
+        "ratio_p95": round(p95(loaded) / max(p95(idle), 1.0), 2),
+        "b_alone_first_hop_wait_p95_ms": round(p95(waits_ms(system, b_idle.accepted))),
+        "b_beside_a_first_hop_wait_p95_ms": round(p95(waits_ms(system, b_noisy.accepted))),
+        "a_answers": a.answers,
+        "a_refusals": a.refusals,
+        "a_accepted": len(a.accepted),
+        "b_answers": [b_idle.answers, b_noisy.answers],
+    }
+    FIGURES.parent.mkdir(exist_ok=True)
+    FIGURES.write_text(json.dumps(figures, indent=2) + "\n")
+    print(f"\nnoisy neighbour ({FIGURES}): {json.dumps(figures)}")
 
     assert set(b_rows.values()) <= TERMINAL and len(b_rows) == len(b_ids), "a ticket of B never settled"
     assert set(a_rows.values()) <= TERMINAL and len(a_rows) == len(a.accepted), "a ticket of A never settled"
     assert b_noisy.answers.get("202") == sum(b_noisy.answers.values()), f"B was refused: {b_noisy.answers}"
     assert told >= set(b_ids), f"{len(set(b_ids) - told)} of B's callbacks never arrived"
-    assert a.answers.get("429", 0) > 0, "A never reached its limit: the flood was not a flood"
+    assert a.refusals.get("overloaded", 0) > 0, f"A was never refused at its share: {a.refusals}"
     assert p95(loaded) < max(10 * p95(idle), 3000), "B's tickets stalled behind A's"
