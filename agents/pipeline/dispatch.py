@@ -9,9 +9,9 @@ from typing import Any
 from celery import current_app
 from django.db import transaction
 
-from agents.callbacks import callback_due
 from agents.pipeline.spec import LLM_TASK, SPEC, handed_over, lane_of
 from tickets.models import TERMINAL
+from tickets.webhooks import callback_due
 
 
 def stage_enqueue(
