@@ -38,6 +38,7 @@ def callback_hosts_allowed(settings: Any) -> None:
     """Tests' callbacks go to local recorders: let loopback through the outbound guard
     (project/netguard/). example.com is what API tests submit; the test machine has no DNS."""
     settings.CALLBACK_ALLOWED_HOSTS = ("127.0.0.1", "localhost", "example.com")
+    settings.DOWNSTREAM_ALLOWED_HOSTS = ("127.0.0.1", "localhost", "example.com")  # the intents' webhooks
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 Closed while the client's endpoint answers. After `CALLBACK_BREAKER_FAILURES` failed attempts in a
 row it opens: the client's due callbacks wait (in Postgres, not an attempt each) for
-`CALLBACK_BREAKER_OPEN_SECONDS`, doubled each time it opens again, up to
+`CALLBACK_BREAKER_OPEN_SECONDS`, doubled for every further `threshold` failures, up to
 `CALLBACK_BREAKER_MAX_OPEN_SECONDS`. Then it is half-open: one callback goes as the probe while the
 others wait; a delivered probe closes it, a failed one opens it again. So an endpoint that never
 answers costs a few POSTs per open period, not the callback threads and drains of every tenant.
@@ -90,7 +90,9 @@ def record(*, delivered: Iterable[int], failed: Iterable[int]) -> dict[int, floa
 
 def _open(client: int, failures: int) -> float:
     base = float(cfg("CALLBACK_BREAKER_OPEN_SECONDS"))
-    seconds = min(float(cfg("CALLBACK_BREAKER_MAX_OPEN_SECONDS")), base * 2 ** min(failures - threshold(), 16))
+    # Doubled for every further `threshold` failures (a batch's POSTs fail together, not one a period).
+    doublings = min((failures - threshold()) // threshold(), 16)
+    seconds = min(float(cfg("CALLBACK_BREAKER_MAX_OPEN_SECONDS")), base * 2**doublings)
     try:
         redis_client().set(_hold_key(client), b"open", px=int(seconds * 1000))
     except Exception as exc:

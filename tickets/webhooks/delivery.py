@@ -181,9 +181,10 @@ def _record(dues: list[Due]) -> int:
     dues = [d for d in dues if d.sent]
     delivered = [d for d in dues if not d.error]
     outbox.settle(delivered, [d.row_id for d in delivered])
-    for due in dues:
-        if due.error:
-            _failed(due)
+    delays = [delay for due in dues if due.error and (delay := _failed(due)) is not None]
+    if delays:  # a drain when the first is due again, and one when the last is (those between go with it)
+        drain_later(min(delays))
+        drain_later(max(delays))
     opened = breaker.record(
         delivered={d.ticket.client_id for d in delivered},
         failed=[d.ticket.client_id for d in dues if d.error and not d.permanent],
@@ -195,22 +196,23 @@ def _record(dues: list[Due]) -> int:
     return len(delivered)
 
 
-def _failed(due: Due) -> None:
-    """Counted in the ledger; due again after a backoff, or given up after `CALLBACK_MAX_ATTEMPTS`."""
+def _failed(due: Due) -> float | None:
+    """Counted in the ledger; due again after a backoff (returned), or given up after
+    `CALLBACK_MAX_ATTEMPTS`."""
     # The client's series exists from its first failure, at 0: the alert sees the step to 1.
     abandoned = CALLBACKS_ABANDONED.labels(str(due.ticket.client_id))
     attempts = outbox.count_failure(due)
     if attempts is None:
-        return  # a concurrent delivery succeeded
+        return None  # a concurrent delivery succeeded
     tickets = outbox.same_key(due)
     if attempts >= max_attempts() or due.permanent:
         _log.warning("callback for %s abandoned after %d attempts: %s", due.key, attempts, due.error)
         if tickets.update(callback_due_at=None):
             abandoned.inc()
-        return
+        return None
     delay = retry_delay(attempts)
     tickets.update(callback_due_at=_now() + timedelta(seconds=delay))
-    drain_later(delay)
+    return delay
 
 
 def _pool() -> ThreadPoolExecutor:

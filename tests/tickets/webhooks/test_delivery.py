@@ -10,6 +10,7 @@ import json
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
@@ -341,3 +342,74 @@ def _statement_kind(sql: str) -> str:
         if sql.startswith(start):
             return kind
     return sql[:60]
+
+
+def test_two_slow_clients_never_hold_the_whole_pool(transactional_db, api, recorder_factory, settings, monkeypatch):
+    # Each may have CALLBACK_PER_CLIENT = 4 of the 8 threads configured; each is held to its share.
+    settings.PIPELINE = {**settings.PIPELINE, "CALLBACK_PER_CLIENT": 4, "CALLBACK_CONCURRENCY": 8}
+    monkeypatch.setattr(delivery, "_executor", ThreadPoolExecutor(8, thread_name_prefix="callback-test"))
+    monkeypatch.setattr(delivery, "drain_later", lambda delay: None)  # the test drains itself
+    slow_a, slow_b = recorder_factory(), recorder_factory()
+    slow_a.delay = slow_b.delay = 1.0
+    for name, rec in (("slow-a", slow_a), ("slow-b", slow_b)):
+        _, client = api(name, callback_url=rec.url)
+        _settled_tickets(client, 8)
+
+    drains = [threading.Thread(target=lambda: (callbacks_drain(batch=4), connections.close_all())) for _ in range(4)]
+    for drain in drains:
+        drain.start()
+    for drain in drains:
+        drain.join(timeout=30)
+
+    assert slow_a.requests and slow_b.requests
+    assert slow_a.most_at_once + slow_b.most_at_once < 8  # threads were left for every other client
+    delivery._executor.shutdown(wait=True)
+
+
+def test_a_post_that_waited_past_its_lease_is_not_sent_a_second_time(
+    transactional_db, api, recorder, settings, monkeypatch
+):
+    """Another drain claims a callback whose lease ran out; the first drain's POST of it, still
+    waiting for a thread, must not go too."""
+    settings.PIPELINE = {**settings.PIPELINE, "CALLBACK_CONCURRENCY": 8}
+    pool = ThreadPoolExecutor(8, thread_name_prefix="callback-test")
+    monkeypatch.setattr(delivery, "_executor", pool)
+    monkeypatch.setattr(delivery, "drain_later", lambda delay: None)
+    tickets = [_settled_tickets(api(f"c{i}", callback_url=recorder.url)[1], 1)[0] for i in range(2)]
+    release = threading.Event()
+    for _ in range(8):  # every thread busy (POSTs of other drains)
+        pool.submit(release.wait, 30)
+
+    first = threading.Thread(
+        target=lambda: (delivery._deliver(outbox.claim(64, per_client=8)), connections.close_all())
+    )
+    first.start()
+    wait_for(lambda: pool._work_queue.qsize() >= 2, what="the first drain's two POSTs queued")
+    # Its lease runs out while they wait: the callbacks are due again, and another drain sends them.
+    Ticket.objects.update(callback_due_at=timezone.now())
+    assert callbacks_drain(batch=1) == 2
+    later = timezone.now() + timedelta(hours=1)
+    monkeypatch.setattr(delivery, "_now", lambda: later)  # the first drain's POSTs get a thread only now
+    release.set()
+    first.join(timeout=30)
+    pool.shutdown(wait=True)
+
+    sent = Counter(body["ticket"]["id"] for body in recorder.json_bodies())
+    assert sent == Counter({str(t.id): 1 for t in tickets})
+    assert not Ticket.objects.filter(callback_due_at__isnull=False).exists()
+
+
+def test_a_clients_abandoned_counter_is_exported_at_0_from_its_first_failed_attempt(db, api, recorder, settings):
+    """So the alert's `increase()` sees its step to 1 when the first callback is abandoned."""
+    from prometheus_client import REGISTRY
+
+    settings.PIPELINE = {**settings.PIPELINE, "CALLBACK_MAX_ATTEMPTS": 3}
+    _, client = api(callback_url=recorder.url)
+    _settled_tickets(client, 1)
+    recorder.statuses = [503]
+    sample = {"client": str(client.pk)}
+    assert REGISTRY.get_sample_value("pipeline_callbacks_abandoned_total", sample) is None
+
+    assert callbacks_drain() == 0  # failed, due again: not abandoned
+
+    assert REGISTRY.get_sample_value("pipeline_callbacks_abandoned_total", sample) == 0.0
