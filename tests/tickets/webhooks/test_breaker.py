@@ -16,6 +16,7 @@ from project.redisconn import redis_client
 from tests.factories import ticket_make
 from tickets.models import CallbackDelivery, Client, Status, Ticket
 from tickets.webhooks import breaker, schedule
+from tickets.webhooks import client as webhook_client
 from tickets.webhooks.delivery import callbacks_drain
 
 
@@ -73,6 +74,7 @@ def test_an_endpoint_that_never_answers_costs_one_share_of_posts_then_a_probe_an
         "CALLBACK_BREAKER_FAILURES": 3,
         "CALLBACK_BREAKER_OPEN_SECONDS": 60.0,
     }
+    monkeypatch.setattr(webhook_client, "_clients", {})  # clients with this test's deadline, dropped after it
     drains = []
     monkeypatch.setattr(schedule, "drain_schedule", lambda countdown=None: drains.append(countdown))
     live = recorder_factory()

@@ -1,0 +1,114 @@
+"""The fault suite's callback rows (#24), on the real Celery worker, Redis and Postgres:
+
+- a tenant whose endpoint never answers, with 5,000 callbacks due: another tenant's callbacks are
+  all delivered, the dead endpoint costs a share of POSTs and then a probe (its breaker), and the
+  drain tasks stay few (no spin);
+- a replay racing its own callback: the first dead letter's callback is in flight when the replay
+  dead-letters again; both callbacks arrive, once each (0 lost, 0 duplicated).
+
+Short enough for `make test` (the endpoint's deadline is half a second here).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+import pytest
+from celery.signals import task_prerun
+from django.utils import timezone
+
+from agents.models import Intent
+from tests.conftest import wait_for
+from tests.factories import ticket_payload
+from tests.tickets.webhooks.test_breaker import Silent
+from tickets.models import CallbackDelivery, Status, Ticket
+from tickets.webhooks import callback_due
+from tickets.webhooks import client as webhook_client
+from tickets.webhooks.schedule import DRAIN_TASK
+
+pytestmark = [pytest.mark.pipeline, pytest.mark.reliability]
+
+
+@pytest.fixture
+def drains():
+    """How many drain tasks the worker ran."""
+    ran = Counter()
+    lock = threading.Lock()
+
+    def count(sender=None, **_):
+        if sender is not None and sender.name == DRAIN_TASK:
+            with lock:
+                ran["drains"] += 1
+
+    task_prerun.connect(count, weak=False)
+    yield ran
+    task_prerun.disconnect(count)
+
+
+def _due(client, n):
+    now = timezone.now()
+    Ticket.objects.bulk_create(
+        Ticket(client=client, body="b", status=Status.RESOLVED, resolved_at=now, callback_due_at=now) for _ in range(n)
+    )
+
+
+def test_a_tenant_whose_endpoint_never_answers_with_5000_callbacks_due(
+    pipeline, api, recorder, settings, drains, monkeypatch
+):
+    monkeypatch.setattr(webhook_client, "_clients", {})  # clients with this test's deadline, dropped after it
+    settings.PIPELINE = {
+        **settings.PIPELINE,
+        "WEBHOOK_TIMEOUT_SECONDS": 0.5,
+        "CALLBACK_BREAKER_FAILURES": 5,
+        "CALLBACK_BREAKER_OPEN_SECONDS": 60.0,
+    }
+    silent = Silent()
+    try:
+        _, dead = api("dead", callback_url=silent.url)
+        _, live = api("live", callback_url=recorder.url)
+        _due(dead, 5000)
+        _due(live, 100)
+        callback_due()
+
+        wait_for(lambda: len(recorder.requests) >= 100, timeout=60, what="the other tenant's callbacks")
+        wait_for(
+            lambda: not Ticket.objects.filter(client=live).exclude(callback_due_at=None).exists(),
+            what="the other tenant's callbacks settled",
+        )
+    finally:
+        silent.close()
+
+    told = Counter(body["ticket"]["id"] for body in recorder.json_bodies())
+    assert len(told) == 100 and set(told.values()) == {1}  # all delivered, none twice
+    share = settings.PIPELINE["CALLBACK_PER_CLIENT"]
+    assert silent.accepted <= 2 * share  # one share of POSTs timed out, then its breaker held the rest
+    assert CallbackDelivery.objects.filter(ticket__client=dead).count() == silent.accepted  # no other attempt
+    assert Ticket.objects.filter(client=dead).exclude(callback_due_at=None).count() == 5000  # held, never dropped
+    assert drains["drains"] <= 10, drains  # no spin: a few drains, not one per busy or failed callback
+
+
+def test_a_replay_racing_its_own_callback_loses_and_duplicates_nothing(pipeline, api, recorder_factory):
+    callbacks, downstream = recorder_factory(), recorder_factory()
+    callbacks.delay = 1.0  # the first dead letter's callback is in flight while the replay runs
+    downstream.statuses = [422] * 10  # the intent's downstream refuses: each run dead-letters at once
+    Intent.objects.filter(name="lost_or_stolen_card").update(webhook_url=downstream.url)
+    http, _ = api(callback_url=callbacks.url)
+    ticket_id = http.post("/api/v1/tickets/", ticket_payload(body="I lost my card"), format="json").json()["id"]
+    wait_for(lambda: Ticket.objects.get(pk=ticket_id).status == Status.DEAD_LETTERED, what="the first dead letter")
+    wait_for(lambda: callbacks.in_flight == 1, what="its callback in flight")
+
+    assert http.post(f"/api/v1/tickets/{ticket_id}/replay/").status_code == 202
+    wait_for(lambda: len(downstream.requests) == 2, what="the replay's run")
+    wait_for(lambda: len(callbacks.requests) >= 2, timeout=30, what="both dead letters' callbacks")
+
+    def settled():
+        ticket = Ticket.objects.get(pk=ticket_id)
+        return ticket.callback_due_at is None, (ticket.status, ticket.updated_at, ticket.callback_due_at)
+
+    wait_for(lambda: settled()[0], what="the callbacks settled")
+
+    keys = Counter(r["headers"]["Idempotency-Key"] for r in callbacks.requests)
+    assert len(keys) == 2 and set(keys.values()) == {1}  # 0 lost, 0 duplicated
+    assert [b["event"] for b in callbacks.json_bodies()] == ["ticket.dead_lettered"] * 2
+    assert CallbackDelivery.objects.filter(ticket_id=ticket_id, status="done").count() == 2
