@@ -88,7 +88,11 @@ def test_a_tenant_whose_endpoint_never_answers_with_5000_callbacks_due(
     assert drains["drains"] <= 10, drains  # no spin: a few drains, not one per busy or failed callback
 
 
-def test_a_replay_racing_its_own_callback_loses_and_duplicates_nothing(pipeline, api, recorder_factory):
+def test_a_replay_racing_its_own_callback_loses_and_duplicates_nothing(pipeline, api, recorder_factory, settings):
+    # A drain starts 2 s after a ticket settles: the first callback settles before the second
+    # dead letter's drain claims its callback (the window in which a settle on the status alone
+    # cleared it).
+    settings.PIPELINE = {**settings.PIPELINE, "CALLBACK_BATCH_WINDOW_MS": 2000}
     callbacks, downstream = recorder_factory(), recorder_factory()
     callbacks.delay = 1.0  # the first dead letter's callback is in flight while the replay runs
     downstream.statuses = [422] * 10  # the intent's downstream refuses: each run dead-letters at once
