@@ -204,11 +204,10 @@ PIPELINE = {
     # of CALLBACK_CONCURRENCY; each POST has WEBHOOK_TIMEOUT_SECONDS over the whole request).
     "CALLBACK_PER_CLIENT": env.int("CALLBACK_PER_CLIENT", default=8),
     # A client's endpoint that failed this many attempts in a row is left alone (its callbacks wait,
-    # not an attempt each) for CALLBACK_BREAKER_OPEN_SECONDS, doubled at each failure since, up to the
-    # max; then one callback goes as a probe (tickets/webhooks/breaker.py).
+    # not an attempt each) for CALLBACK_BREAKER_OPEN_SECONDS; then one callback goes as a probe, and
+    # the rest follow once it is delivered (tickets/webhooks/breaker.py).
     "CALLBACK_BREAKER_FAILURES": env.int("CALLBACK_BREAKER_FAILURES", default=5),
     "CALLBACK_BREAKER_OPEN_SECONDS": env.float("CALLBACK_BREAKER_OPEN_SECONDS", default=30.0),
-    "CALLBACK_BREAKER_MAX_OPEN_SECONDS": env.float("CALLBACK_BREAKER_MAX_OPEN_SECONDS", default=900.0),
     # Callbacks go out in batches (tickets/webhooks/): a drain starts at most this long after a
     # ticket settles, claims up to CALLBACK_BATCH_SIZE due callbacks at a time and POSTs them on
     # CALLBACK_CONCURRENCY threads.

@@ -2,10 +2,11 @@
 
 Closed while the client's endpoint answers. After `CALLBACK_BREAKER_FAILURES` failed attempts in a
 row it opens: the client's due callbacks wait (in Postgres, not an attempt each) for
-`CALLBACK_BREAKER_OPEN_SECONDS`, doubled for every further `threshold` failures, up to
-`CALLBACK_BREAKER_MAX_OPEN_SECONDS`. Then it is half-open: one callback goes as the probe while the
+`CALLBACK_BREAKER_OPEN_SECONDS`. Then it is half-open: one callback goes as the probe while the
 others wait; a delivered probe closes it, a failed one opens it again. So an endpoint that never
-answers costs a few POSTs per open period, not the callback threads and drains of every tenant.
+answers costs one POST per open period, not the callback threads and drains of every tenant, and
+one that comes back is told within a period. (A fixed period, not a growing one: a probe is one
+POST, and a longer wait would only delay the callbacks of an endpoint that is back.)
 Redis away: every client counts as closed (the per-client slots still bound it).
 """
 
@@ -89,12 +90,15 @@ def record(*, delivered: Iterable[int], failed: Iterable[int]) -> dict[int, floa
 
 
 def _open(client: int, failures: int) -> float:
-    base = float(cfg("CALLBACK_BREAKER_OPEN_SECONDS"))
-    # Doubled for every further `threshold` failures (a batch's POSTs fail together, not one a period).
-    doublings = min((failures - threshold()) // threshold(), 16)
-    seconds = min(float(cfg("CALLBACK_BREAKER_MAX_OPEN_SECONDS")), base * 2**doublings)
+    """Open (or open again after a failed probe); an open breaker is not extended by the failures
+    of POSTs that were already in flight when it opened."""
+    seconds = float(cfg("CALLBACK_BREAKER_OPEN_SECONDS"))
     try:
-        redis_client().set(_hold_key(client), b"open", px=int(seconds * 1000))
+        r = redis_client()
+        if r.get(_hold_key(client)) == b"open":
+            left = r.pttl(_hold_key(client))
+            return max(left, 0) / 1000 if left and left > 0 else seconds
+        r.set(_hold_key(client), b"open", px=int(seconds * 1000))
     except Exception as exc:
         _log.warning("callback breaker not opened: %s", exc)
     return seconds
