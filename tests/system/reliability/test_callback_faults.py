@@ -116,3 +116,44 @@ def test_a_replay_racing_its_own_callback_loses_and_duplicates_nothing(pipeline,
     assert len(keys) == 2 and set(keys.values()) == {1}  # 0 lost, 0 duplicated
     assert [b["event"] for b in callbacks.json_bodies()] == ["ticket.dead_lettered"] * 2
     assert CallbackDelivery.objects.filter(ticket_id=ticket_id, status="done").count() == 2
+
+
+# --- the heavier variant: the whole system as processes, at production settings ------------------
+
+_DUE_SQL = (
+    "INSERT INTO tickets_ticket (id, client_id, request_hash, customer_ref, channel, subject, body, metadata,"
+    " priority, callback_url, status, stage_attempts, intent, action, reply, context, cost_usd, created_at,"
+    " updated_at, resolved_at, callback_due_at)"
+    " SELECT gen_random_uuid(), %s, '', '', 'api', '', 'b', '{}', 1, '', 'resolved', 0, '', '', '', '{}', 0,"
+    " now(), now() - g * interval '1 microsecond', now(), now() - interval '10 minutes'"
+    " FROM generate_series(1, %s) AS g"
+)
+
+
+@pytest.mark.faults_production
+def test_production_a_tenant_whose_endpoint_never_answers_with_5000_callbacks_due(production_system):
+    """The io worker's own processes and production's deadlines (10 s a POST, the sweeper's 30 s):
+    callbacks overdue since before the sweeper's cutoff, 5,000 to an endpoint that never answers
+    (the recorder's trickle path: a byte every 2 s), 100 to another tenant's."""
+    system = production_system
+    dead = system.client_create("production: callbacks never answered", callbacks=False)
+    system.sql(
+        "UPDATE tickets_client SET callback_url = %s WHERE id = %s",
+        f"{system.callbacks.base_url}/trickle/dead",
+        dead.id,
+    )
+    live = system.client_create("production: callbacks beside it")
+    system.sql(_DUE_SQL, dead.id, 5000)
+    system.sql(_DUE_SQL, live.id, 100)
+    live_path = f"/callback/{live.name}"
+
+    def told() -> set[str]:
+        return {r.body["ticket"]["id"] for r in system.callbacks.snapshot() if r.path == live_path and r.applied}
+
+    wait_for(lambda: len(told()) == 100, timeout=180, interval=1, what="the other tenant's 100 callbacks")
+    dead_posts = [r for r in system.callbacks.snapshot() if r.path.startswith("/trickle/dead")]
+    (still_due,) = system.sql(
+        "SELECT count(*) FROM tickets_ticket WHERE client_id = %s AND callback_due_at IS NOT NULL", dead.id
+    )
+    assert len(dead_posts) <= 3 * 8, len(dead_posts)  # a share, then a probe a period: not thousands
+    assert still_due[0] == 5000  # held, none dropped
