@@ -145,10 +145,10 @@ def test_production_a_tenant_whose_endpoint_never_answers_with_5000_callbacks_du
     live = system.client_create("production: callbacks beside it")
     system.sql(_DUE_SQL, dead.id, 5000)
     system.sql(_DUE_SQL, live.id, 100)
-    live_path = f"/callback/{live.name}"
+    live_ids = {row[0] for row in system.sql("SELECT id::text FROM tickets_ticket WHERE client_id = %s", live.id)}
 
     def told() -> set[str]:
-        return {r.body["ticket"]["id"] for r in system.callbacks.snapshot() if r.path == live_path and r.applied}
+        return {r.body.get("ticket", {}).get("id") for r in system.callbacks.snapshot() if r.applied} & live_ids
 
     wait_for(lambda: len(told()) == 100, timeout=180, interval=1, what="the other tenant's 100 callbacks")
     dead_posts = [r for r in system.callbacks.snapshot() if r.path.startswith("/trickle/dead")]
