@@ -4,12 +4,9 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin
-from django.db.models import QuerySet
-from django.http import HttpRequest
 
-from agents.callbacks import callback_resend
 from agents.intents.safe_regex import RuleError, validate_rule
-from agents.models import DeadLetter, Intent, LedgerStatus, SideEffect, Trace
+from agents.models import DeadLetter, Intent, SideEffect, Trace
 
 
 class IntentForm(forms.ModelForm):
@@ -58,30 +55,8 @@ class DeadLetterAdmin(admin.ModelAdmin):
     raw_id_fields = ["ticket"]
 
 
-class AbandonedCallbacks(admin.SimpleListFilter):
-    """Callbacks given up after the whole retry schedule: failed, and no longer due."""
-
-    title = "callback abandoned"
-    parameter_name = "abandoned"
-
-    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
-        return [("yes", "abandoned callbacks")]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[SideEffect]) -> QuerySet[SideEffect]:
-        if self.value() != "yes":
-            return queryset
-        return queryset.filter(tool="callback", status=LedgerStatus.FAILED, ticket__callback_due_at__isnull=True)
-
-
 @admin.register(SideEffect)
 class SideEffectAdmin(admin.ModelAdmin):
     list_display = ["idempotency_key", "tool", "status", "attempts", "last_error", "created_at", "finished_at"]
-    list_filter = [AbandonedCallbacks, "tool", "status"]
+    list_filter = ["tool", "status"]
     raw_id_fields = ["ticket"]
-    actions = ["resend_callbacks"]
-
-    @admin.action(description="Resend the callback of the selected tickets")
-    def resend_callbacks(self, request: HttpRequest, queryset: QuerySet[SideEffect]) -> None:
-        tickets = {row.ticket for row in queryset.filter(tool="callback").select_related("ticket")}
-        sent = sum(callback_resend(ticket=ticket) for ticket in tickets)
-        self.message_user(request, f"{sent} callback(s) due again, with a fresh retry schedule.")

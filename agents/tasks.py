@@ -12,7 +12,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import task_postrun, task_prerun, worker_init
 from django.db import InterfaceError, OperationalError, connections
 
-from agents import callbacks, obs_tasks  # noqa: F401 - obs_tasks: archive beat, exporter, log context
+from agents import obs_tasks  # noqa: F401 - archive beat, exporter, log context
 from agents.llm import batches
 from agents.llm.base import ModelClient
 from agents.pipeline import context, runner, sweeper
@@ -136,12 +136,6 @@ def llm_stage(self: Task, ticket_id: str, stage: str) -> str:
     if outcome.retry_in is not None:
         raise self.retry(countdown=outcome.retry_in, max_retries=None)
     return outcome.kind
-
-
-@shared_task(name="agents.deliver_callbacks", acks_late=True)
-def deliver_callbacks() -> int:
-    """POST every callback that is due, a batch at a time (see `agents.callbacks`)."""
-    return callbacks.callbacks_drain()
 
 
 @shared_task(name="agents.sweep_stuck_tickets")

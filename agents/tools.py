@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
-from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
 from agents.models import LedgerStatus, SideEffect
 from agents.stages.types import OFFLINE_TOOLS, ToolResult
-from project.netguard import OutboundBlocked, guarded_client
+from project.netguard import OutboundBlocked
+from tickets.webhooks.client import downstream_client as http_client
 
 
 class ToolError(Exception):
@@ -22,23 +21,6 @@ class ToolError(Exception):
     def __init__(self, message: str, *, permanent: bool = False):
         super().__init__(message)
         self.permanent = permanent
-
-
-_client: httpx.Client | None = None
-_client_lock = threading.Lock()
-
-
-def http_client() -> httpx.Client:
-    """One client per process (thread-safe) for every call a tenant's or an intent's URL decides
-    (callbacks, downstream webhooks): it connects only to public addresses it checked itself
-    (`CALLBACK_ALLOWED_HOSTS` opens others), never follows a redirect, and gives each request
-    `WEBHOOK_TIMEOUT_SECONDS` from lookup to last byte, with the answer cut at 64 KiB."""
-    global _client
-    if _client is None:
-        with _client_lock:
-            if _client is None:
-                _client = guarded_client(timeout=settings.PIPELINE["WEBHOOK_TIMEOUT_SECONDS"])
-    return _client
 
 
 def tool_reply(arguments: Mapping[str, Any], key: str) -> dict[str, Any]:

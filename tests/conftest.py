@@ -38,6 +38,7 @@ def callback_hosts_allowed(settings: Any) -> None:
     """Tests' callbacks go to local recorders: let loopback through the outbound guard
     (project/netguard/). example.com is what API tests submit; the test machine has no DNS."""
     settings.CALLBACK_ALLOWED_HOSTS = ("127.0.0.1", "localhost", "example.com")
+    settings.DOWNSTREAM_ALLOWED_HOSTS = ("127.0.0.1", "localhost", "example.com")  # the intents' webhooks
 
 
 @pytest.fixture
@@ -76,6 +77,25 @@ def stage_spec() -> Iterator[Any]:
 
     yield SPEC
     SPEC.load(STAGES)
+
+
+@pytest.fixture(autouse=True)
+def callback_breakers_closed(request: Any) -> Iterator[None]:
+    """Each test's clients start with closed callback breakers: the breakers' counts live in Redis by
+    client id, and a later test's client may get an earlier one's id (tickets/webhooks/breaker.py)."""
+    yield
+    uses_db = {"db", "transactional_db"} & set(request.fixturenames) or request.node.get_closest_marker("django_db")
+    if not uses_db:
+        return
+    from django.conf import settings
+
+    from project.redisconn import redis_client
+
+    r = redis_client()
+    for pattern in ("callbacks:failures:*", "callbacks:hold:*"):
+        keys = list(r.scan_iter(f"{settings.BROKER_KEY_PREFIX}{pattern}", count=1000))
+        if keys:
+            r.delete(*keys)
 
 
 @pytest.fixture(scope="session")

@@ -10,9 +10,10 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 
-from tickets.models import ApiKey, Client, Ticket
+from tickets.models import ApiKey, CallbackDelivery, Client, DeliveryStatus, Ticket
 from tickets.services import api_key_create, api_key_revoke, api_key_rotate
-from tickets.webhooks import DEFAULT_OVERLAP, webhook_secret_rotate
+from tickets.webhooks import callback_resend
+from tickets.webhooks.signing import DEFAULT_OVERLAP, webhook_secret_rotate
 
 SHOWN_ONCE = "copy it now, it is not shown again"
 
@@ -100,3 +101,32 @@ class TicketAdmin(admin.ModelAdmin):
     search_fields = ["id", "customer_ref", "body", "intent"]
     readonly_fields = [f.name for f in Ticket._meta.fields]
     date_hierarchy = "created_at"
+
+
+class AbandonedCallbacks(admin.SimpleListFilter):
+    """Callbacks given up after the whole retry schedule: failed, and no longer due."""
+
+    title = "callback abandoned"
+    parameter_name = "abandoned"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [("yes", "abandoned callbacks")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[CallbackDelivery]) -> QuerySet[CallbackDelivery]:
+        if self.value() != "yes":
+            return queryset
+        return queryset.filter(status=DeliveryStatus.FAILED, ticket__callback_due_at__isnull=True)
+
+
+@admin.register(CallbackDelivery)
+class CallbackDeliveryAdmin(admin.ModelAdmin):
+    list_display = ["idempotency_key", "status", "attempts", "last_error", "created_at", "finished_at"]
+    list_filter = [AbandonedCallbacks, "status"]
+    raw_id_fields = ["ticket"]
+    actions = ["resend_callbacks"]
+
+    @admin.action(description="Resend the callback of the selected tickets")
+    def resend_callbacks(self, request: HttpRequest, queryset: QuerySet[CallbackDelivery]) -> None:
+        tickets = {row.ticket for row in queryset.select_related("ticket")}
+        sent = sum(callback_resend(ticket=ticket) for ticket in tickets)
+        self.message_user(request, f"{sent} callback(s) due again, with a fresh retry schedule.")

@@ -162,3 +162,32 @@ class Ticket(models.Model):
     @property
     def effective_callback_url(self) -> str:
         return self.callback_url or self.client.callback_url
+
+
+class DeliveryStatus(models.TextChoices):
+    STARTED = "started"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class CallbackDelivery(models.Model):
+    """The callback ledger: one row per delivery key (a ticket's move into a terminal state).
+
+    A drain that finds its key done settles the ticket without a second POST; a failed one counts
+    its attempts here until the retry schedule gives up (tickets/webhooks/)."""
+
+    ticket = models.ForeignKey(Ticket, on_delete=models.CASCADE, related_name="callback_deliveries")
+    idempotency_key = models.CharField(max_length=255, unique=True)
+    url = models.TextField(blank=True, default="")
+    status = models.CharField(max_length=10, choices=DeliveryStatus.choices, default=DeliveryStatus.STARTED)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at"]
+        verbose_name_plural = "callback deliveries"
+
+    def __str__(self) -> str:
+        return f"callback {self.idempotency_key} ({self.status})"

@@ -82,7 +82,39 @@ PATH = (
     Hop("agents", "agents/tools.py", "the tools, typed, run through the side-effect ledger: at most once per key"),
     Hop("agents", "agents/stages/escalate.py", "a holding reply; the runner opens the review through the port below"),
     Hop("agents", "agents/people.py", "`ReviewQueue`: the port the reviews app fills (open a review, feedback)"),
-    Hop("tickets", "", "the settled ticket's callback: being moved to `tickets/webhooks/` on another branch"),
+    Hop(
+        "tickets",
+        "tickets/webhooks/schedule.py",
+        "`callback_due` on the terminal commit (dispatch calls it): one drain task a batching window; the retry schedule",
+    ),
+    Hop(
+        "tickets",
+        "tickets/webhooks/tasks.py",
+        "the drain task on the `webhooks` queue (its name, `agents.deliver_callbacks`, kept for queued messages)",
+    ),
+    Hop(
+        "tickets",
+        "tickets/webhooks/delivery.py",
+        "the drain: claim a batch, each client within its share of the thread pool, POST, settle what came back",
+    ),
+    Hop(
+        "tickets",
+        "tickets/webhooks/outbox.py",
+        "the outbox's statements: claim under a lease, the ledger (`CallbackDelivery`), settle on the delivery key",
+    ),
+    Hop(
+        "tickets",
+        "tickets/webhooks/breaker.py",
+        "a circuit breaker per client in Redis: an endpoint that keeps failing is left alone, then probed",
+    ),
+    Hop("tickets", "tickets/webhooks/payload.py", "what the callback says, and its delivery key"),
+    Hop("tickets", "tickets/webhooks/signing.py", "its Standard Webhooks signature under the client's secret(s)"),
+    Hop(
+        "tickets",
+        "tickets/webhooks/client.py",
+        "the guarded HTTP clients: tenants' callbacks (`CALLBACK_ALLOWED_HOSTS`), downstream webhooks (`DOWNSTREAM_ALLOWED_HOSTS`)",
+    ),
+    Hop("project", "project/netguard/", "the guard: no private address unless the allow-list opens it, one deadline"),
 )
 
 # The classifier tiers a classify stage is lent (agents/intents/), and what they stand on.

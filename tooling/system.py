@@ -129,7 +129,8 @@ class System:
             PYTHONUNBUFFERED="1",
             **({} if self.production else SUITE_KNOBS),
             # The suite's own callback and downstream recorders, and nothing else on this host.
-            CALLBACK_ALLOWED_HOSTS=f"127.0.0.1:{self.callbacks.port},127.0.0.1:{self.downstream.port}",
+            CALLBACK_ALLOWED_HOSTS=f"127.0.0.1:{self.callbacks.port}",
+            DOWNSTREAM_ALLOWED_HOSTS=f"127.0.0.1:{self.downstream.port}",
             INTENT_PACK=str(PACK),
         )
         if self.production:

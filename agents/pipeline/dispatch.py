@@ -11,10 +11,10 @@ from typing import Any
 from celery import current_app
 from django.db import transaction
 
-from agents.callbacks import callback_due
 from agents.pipeline import tenants
 from agents.pipeline.spec import CHEAP, LLM_TASK, SPEC, handed_over, lane_name
 from tickets.models import TERMINAL, Ticket
+from tickets.webhooks import callback_due
 
 
 def stage_enqueue(

@@ -9,10 +9,10 @@ from django.conf import settings
 from django.db.models import F
 from django.utils import timezone
 
-from agents.callbacks import drain_schedule
 from agents.pipeline.dispatch import stage_enqueue
 from agents.pipeline.spec import SPEC
 from tickets.models import SETTLED_STATUSES, Ticket
+from tickets.webhooks import drain_schedule
 
 
 def tickets_sweep_stuck(*, older_than_seconds: int | None = None, limit: int = 1000) -> int:

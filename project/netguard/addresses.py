@@ -165,9 +165,10 @@ def canonical_host(host: str) -> str:
     return str(ip) if ip is not None else host
 
 
-def allowed_hosts() -> set[tuple[str, int | None]]:
-    """`CALLBACK_ALLOWED_HOSTS` (comma-separated `host[:port]`) as (canonical host, port or None)."""
-    entries = getattr(settings, "CALLBACK_ALLOWED_HOSTS", ())
+def allowed_hosts(allow_list: str = "CALLBACK_ALLOWED_HOSTS") -> set[tuple[str, int | None]]:
+    """The setting `allow_list` (comma-separated `host[:port]`: `CALLBACK_ALLOWED_HOSTS` for tenants'
+    callbacks, `DOWNSTREAM_ALLOWED_HOSTS` for the operator's webhooks) as (canonical host, port or None)."""
+    entries = getattr(settings, allow_list, ())
     if isinstance(entries, str):
         entries = entries.split(",")
     allowed = set()
@@ -176,7 +177,7 @@ def allowed_hosts() -> set[tuple[str, int | None]]:
             url = httpx.URL(f"http://{entry}/")
             allowed.add((canonical_host(url.raw_host.decode("ascii")), url.port))
         except (httpx.InvalidURL, BlockedURL, UnicodeError):
-            _log.warning("CALLBACK_ALLOWED_HOSTS entry %r is not host[:port]; ignored", entry)
+            _log.warning("%s entry %r is not host[:port]; ignored", allow_list, entry)
     return allowed
 
 
@@ -185,9 +186,11 @@ def is_allowed(host: str, port: int, allowed: set[tuple[str, int | None]]) -> bo
     return (host, None) in allowed or (host, port) in allowed
 
 
-def check_addresses(host: str, port: int, addresses: Iterable[IPAddress]) -> None:
-    """Refuse unless each address is public, or it or the host is in `CALLBACK_ALLOWED_HOSTS`."""
-    allowed = allowed_hosts()
+def check_addresses(
+    host: str, port: int, addresses: Iterable[IPAddress], *, allow_list: str = "CALLBACK_ALLOWED_HOSTS"
+) -> None:
+    """Refuse unless each address is public, or it or the host is in the allow-list."""
+    allowed = allowed_hosts(allow_list)
     if is_allowed(host, port, allowed):
         return
     for ip in addresses:

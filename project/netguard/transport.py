@@ -74,8 +74,8 @@ class _DeadlineStream(httpcore.NetworkStream):
 class _GuardedBackend(httpcore.SyncBackend):
     """Resolves once, checks every address, connects to the checked one (by address, no DNS)."""
 
-    def __init__(self, resolver: Resolver | None) -> None:
-        self._resolver = resolver
+    def __init__(self, resolver: Resolver | None, allow_list: str) -> None:
+        self._resolver, self._allow_list = resolver, allow_list
 
     def connect_tcp(self, host: str, port: int, timeout: float | None = None, **kwargs: Any) -> httpcore.NetworkStream:
         left = _left(timeout, httpcore.ConnectTimeout)  # the lookup counts against the deadline too
@@ -83,7 +83,7 @@ class _GuardedBackend(httpcore.SyncBackend):
             addresses = addresses_of(
                 host, port, self._resolver, timeout=SUBMIT_LOOKUP_SECONDS if left is None else left
             )
-            check_addresses(host, port, addresses)
+            check_addresses(host, port, addresses, allow_list=self._allow_list)
         except LookupTimeout as exc:
             raise httpcore.ConnectTimeout(str(exc)) from exc
         except BlockedURL as exc:
@@ -108,6 +108,7 @@ class GuardedTransport(httpx.HTTPTransport):
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         resolver: Resolver | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        allow_list: str = "CALLBACK_ALLOWED_HOSTS",
     ) -> None:
         super().__init__(trust_env=False)
         self._pool.close()
@@ -117,7 +118,7 @@ class GuardedTransport(httpx.HTTPTransport):
             max_connections=100,
             max_keepalive_connections=20,
             keepalive_expiry=5.0,
-            network_backend=_GuardedBackend(resolver),
+            network_backend=_GuardedBackend(resolver, allow_list),
         )
         self.deadline, self.max_response_bytes = deadline, max_response_bytes
 
@@ -160,8 +161,10 @@ def guarded_client(
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     resolver: Resolver | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    allow_list: str = "CALLBACK_ALLOWED_HOSTS",
 ) -> httpx.Client:
-    """An httpx.Client for URLs a tenant gave: public addresses only (or `CALLBACK_ALLOWED_HOSTS`),
+    """An httpx.Client for URLs a tenant gave: public addresses only (or the hosts the setting
+    `allow_list` opens: `CALLBACK_ALLOWED_HOSTS`, or `DOWNSTREAM_ALLOWED_HOSTS` for the operator's webhooks),
     checked at connect time on the address connected to; no redirects, no proxies from the
     environment; each request done within `timeout` seconds in all, its answer cut at
     `max_response_bytes`; certificates checked for the URL's host (`ssl_context` for another CA
@@ -169,7 +172,11 @@ def guarded_client(
     httpx.ConnectError; a deadline, httpx.TimeoutException; a long answer, ResponseTooLarge."""
     return httpx.Client(
         transport=GuardedTransport(
-            deadline=timeout, max_response_bytes=max_response_bytes, resolver=resolver, ssl_context=ssl_context
+            deadline=timeout,
+            max_response_bytes=max_response_bytes,
+            resolver=resolver,
+            ssl_context=ssl_context,
+            allow_list=allow_list,
         ),
         timeout=timeout,
         follow_redirects=False,

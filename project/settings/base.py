@@ -144,9 +144,13 @@ BACKPRESSURE_TENANT_FLOOR = env.int("BACKPRESSURE_TENANT_FLOOR", default=100)
 MAX_REQUEST_BYTES = env.int("MAX_REQUEST_BYTES", default=64 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
 TICKET_BODY_MAX_CHARS = env.int("TICKET_BODY_MAX_CHARS", default=20_000)
-# Callbacks are never sent to loopback, private, link-local or metadata addresses (project/netguard/)
-# except to these comma-separated `host[:port]` entries (a name or an address; no port: any port).
+# Tenants' callbacks are never sent to loopback, private, link-local or metadata addresses
+# (project/netguard/) except to these comma-separated `host[:port]` entries (a name or an address;
+# no port: any port).
 CALLBACK_ALLOWED_HOSTS: list[str] = env.list("CALLBACK_ALLOWED_HOSTS", default=[])
+# The same for the operator's downstream webhooks (the intents' `webhook` tool), a level of trust
+# of their own: a host opened here is never opened for a tenant's callback, nor the other way round.
+DOWNSTREAM_ALLOWED_HOSTS: list[str] = env.list("DOWNSTREAM_ALLOWED_HOSTS", default=[])
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["tickets.auth.ClientTokenAuthentication"],
@@ -200,9 +204,15 @@ PIPELINE = {
     ),
     "CALLBACK_MAX_ATTEMPTS": env.int("CALLBACK_MAX_ATTEMPTS", default=0),
     # One client's slow endpoint delays only that client: a drain takes at most this many of one
-    # client's due callbacks (each POST has WEBHOOK_TIMEOUT_SECONDS over the whole request).
-    "CALLBACK_PER_CLIENT": env.int("CALLBACK_PER_CLIENT", default=16),
-    # Callbacks go out in batches (agents/callbacks.py): a drain starts at most this long after a
+    # client's due callbacks, and its POSTs hold at most this many threads (never more than a quarter
+    # of CALLBACK_CONCURRENCY; each POST has WEBHOOK_TIMEOUT_SECONDS over the whole request).
+    "CALLBACK_PER_CLIENT": env.int("CALLBACK_PER_CLIENT", default=8),
+    # A client's endpoint that failed this many attempts in a row is left alone (its callbacks wait,
+    # not an attempt each) for CALLBACK_BREAKER_OPEN_SECONDS; then one callback goes as a probe, and
+    # the rest follow once it is delivered (tickets/webhooks/breaker.py).
+    "CALLBACK_BREAKER_FAILURES": env.int("CALLBACK_BREAKER_FAILURES", default=5),
+    "CALLBACK_BREAKER_OPEN_SECONDS": env.float("CALLBACK_BREAKER_OPEN_SECONDS", default=30.0),
+    # Callbacks go out in batches (tickets/webhooks/): a drain starts at most this long after a
     # ticket settles, claims up to CALLBACK_BATCH_SIZE due callbacks at a time and POSTs them on
     # CALLBACK_CONCURRENCY threads.
     "CALLBACK_BATCH_WINDOW_MS": env.int("CALLBACK_BATCH_WINDOW_MS", default=100),

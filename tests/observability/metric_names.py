@@ -8,8 +8,9 @@ import re
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agents import callbacks, metrics  # noqa: F401 - define the event metrics
+from agents import metrics  # noqa: F401 - define the event metrics
 from project.metrics import PipelineStateCollector
+from tickets.webhooks import delivery  # noqa: F401 - defines the callbacks' metric
 
 SUFFIXES = ("", "_total", "_bucket", "_count", "_sum", "_created")
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"')

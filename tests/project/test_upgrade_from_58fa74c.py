@@ -1,6 +1,9 @@
 """A database made at commit 58fa74c (before the redesign's second step) migrates forward to the head
 with every row kept, and the pipeline runs on its rows: a received ticket to resolved, a ticket
-awaiting a person resumed by a reviewer, a dead letter replayed, an API key still let in.
+awaiting a person resumed by a reviewer, a dead letter replayed, an API key still let in, and the
+callbacks' ledger rows (agents' side effects then, tickets' callback deliveries now) all kept, a
+callback due before the upgrade delivered after it under its old delivery key, one delivered before
+not sent again.
 
 The database is built by migrating the test database back to 58fa74c's last migrations: the files
 of those migrations are checked to be 58fa74c's, byte for byte, so the schema is the one it made."""
@@ -10,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -21,6 +25,7 @@ from django.utils import timezone
 
 from agents.stages.parse import parse
 from agents.stages.types import StageContext, TicketInput
+from tests.conftest import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 BODY = "My card still hasn't arrived"
@@ -47,7 +52,7 @@ TABLES = [
     "tickets_ticket",
     "agents_trace",
     "agents_deadletter",
-    "agents_sideeffect",
+    "agents_sideeffect",  # the callbacks' rows leave it for tickets_callbackdelivery (checked apart)
     "reviews_review",
     "reviews_feedback",
 ]
@@ -70,17 +75,21 @@ def as_json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
-def fill_at_58fa74c(apps: Any) -> dict[str, Any]:
+def callback_key_at_58fa74c(ticket: Any) -> str:
+    """agents/callbacks.py's `callback_key` at 58fa74c."""
+    return f"{ticket.id}:callback:{ticket.status}:{int(ticket.updated_at.timestamp() * 1_000_000)}"
+
+
+def fill_at_58fa74c(apps: Any, *, callback_url: str) -> dict[str, Any]:
     """What a database of 58fa74c holds, written with its own models: clients and API keys, tickets in
-    every kind of state, their traces, a dead letter, a side effect, reviews and feedback."""
+    every kind of state, their traces, a dead letter, side effects (a reply, callbacks delivered and
+    failed), reviews and feedback."""
     now = timezone.now()
     Client, ApiKey, Ticket = (apps.get_model("tickets", m) for m in ("Client", "ApiKey", "Ticket"))
     Trace, DeadLetter, SideEffect = (apps.get_model("agents", m) for m in ("Trace", "DeadLetter", "SideEffect"))
     Review, Feedback = (apps.get_model("reviews", m) for m in ("Review", "Feedback"))
 
-    client = Client.objects.create(
-        name="from-58fa74c", callback_url="https://example.com/cb", webhook_secret="whsec_" + "A" * 43
-    )
+    client = Client.objects.create(name="from-58fa74c", callback_url=callback_url, webhook_secret="whsec_" + "A" * 43)
     token = "sk_" + secrets.token_urlsafe(32)
     ApiKey.objects.create(
         client=client, name="default", prefix=token[:11], key_hash=hashlib.sha256(token.encode()).hexdigest()
@@ -119,6 +128,16 @@ def fill_at_58fa74c(apps: Any) -> dict[str, Any]:
         ticket=resolved, idempotency_key=f"{resolved.pk}:execute:reply", tool="reply", arguments={"text": "on its way"},
         status="done", attempts=1, result={"sent": True}, finished_at=now,
     )  # fmt: skip
+    # The resolved ticket's callback failed once and is due again; an older ticket's was delivered.
+    SideEffect.objects.create(
+        ticket=resolved, idempotency_key=callback_key_at_58fa74c(resolved), tool="callback",
+        arguments={"url": callback_url}, status="failed", attempts=1, last_error="callback answered 503",
+    )  # fmt: skip
+    told = ticket(status="resolved", intent="card_arrival", action="reply", reply="done", resolved_at=now)
+    SideEffect.objects.create(
+        ticket=told, idempotency_key=callback_key_at_58fa74c(told), tool="callback", arguments={"url": callback_url},
+        status="done", attempts=1, finished_at=now,
+    )  # fmt: skip
     review = Review.objects.create(
         ticket=waiting, reason="low_confidence", suggested_intent="card_arrival", suggested_reply="It is on its way.",
         suggested_plan=[{"tool": "reply"}], suggested_confidence=0.4, suggested_tier="local:1",
@@ -131,11 +150,14 @@ def fill_at_58fa74c(apps: Any) -> dict[str, Any]:
         review=old_review, ticket=resolved, text="My card still hasn't arrived", reason="low_confidence",
         agent_intent="card_arrival", human_intent="card_arrival", decision="approve",
     )  # fmt: skip
-    return {"token": token, "received": received.pk, "waiting": waiting.pk, "dead": dead.pk, "review": review.pk}
+    return {
+        "token": token, "received": received.pk, "waiting": waiting.pk, "dead": dead.pk, "review": review.pk,
+        "owed": callback_key_at_58fa74c(resolved), "told": callback_key_at_58fa74c(told),
+    }  # fmt: skip
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_database_of_58fa74c_migrates_to_the_head_keeping_every_row_and_the_pipeline_runs_on_it(intents):
+def test_a_database_of_58fa74c_migrates_to_the_head_keeping_every_row_and_the_pipeline_runs_on_it(intents, recorder):
     from agents.pipeline import runner
     from agents.pipeline.human import ticket_replay
     from reviews.models import Review
@@ -145,7 +167,7 @@ def test_a_database_of_58fa74c_migrates_to_the_head_keeping_every_row_and_the_pi
 
     executor = MigrationExecutor(connection)
     executor.migrate(AT_58FA74C)
-    made = fill_at_58fa74c(executor.loader.project_state(AT_58FA74C).apps)
+    made = fill_at_58fa74c(executor.loader.project_state(AT_58FA74C).apps, callback_url=recorder.url)
     before = {table: rows(table) for table in TABLES}
 
     executor = MigrationExecutor(connection)
@@ -154,9 +176,27 @@ def test_a_database_of_58fa74c_migrates_to_the_head_keeping_every_row_and_the_pi
 
     after = {table: rows(table) for table in TABLES}
     assert all(before.values())
-    assert {t: r for t, r in after.items() if t != "tickets_ticket"} == {
-        t: r for t, r in before.items() if t != "tickets_ticket"
-    }
+    moved = {"tickets_ticket", "agents_sideeffect"}
+    assert {t: r for t, r in after.items() if t not in moved} == {t: r for t, r in before.items() if t not in moved}
+
+    # The callbacks' ledger rows: in tickets now, each with its id, key, URL, status, attempts and times.
+    effects = before["agents_sideeffect"]
+    assert after["agents_sideeffect"] == [row for row in effects if row["tool"] != "callback"]
+    ledger_columns = (
+        "id",
+        "ticket_id",
+        "idempotency_key",
+        "status",
+        "attempts",
+        "last_error",
+        "created_at",
+        "finished_at",
+    )
+    callbacks = [row for row in effects if row["tool"] == "callback"]
+    assert len(callbacks) == 2
+    assert rows("tickets_callbackdelivery") == [
+        {**{c: row[c] for c in ledger_columns}, "url": as_json(row["arguments"])["url"]} for row in callbacks
+    ]
 
     def without_context(table_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [{k: v for k, v in row.items() if k != "context"} for row in table_rows]
@@ -189,3 +229,17 @@ def test_a_database_of_58fa74c_migrates_to_the_head_keeping_every_row_and_the_pi
     runner.stage_run(ticket_id=str(made["dead"]), stage="classify")
     assert Ticket.objects.get(pk=made["dead"]).status == "resolved"
     assert Review.objects.get(ticket_id=made["dead"]).status == "dismissed"  # its dead-letter review closed
+
+    # The callback due before the upgrade goes out under its old key; the one delivered is not sent again.
+    from tickets.models import CallbackDelivery
+    from tickets.webhooks.delivery import callbacks_drain
+
+    callbacks_drain()  # here, or in a worker that a settled ticket's commit above started
+
+    def keys() -> Counter[str]:
+        return Counter(r["headers"]["Idempotency-Key"] for r in list(recorder.requests))
+
+    wait_for(lambda: made["owed"] in keys(), what="the callback owed since before the upgrade")
+    assert keys()[made["owed"]] == 1 and made["told"] not in keys()
+    row = CallbackDelivery.objects.get(idempotency_key=made["owed"])
+    assert (row.status, row.attempts) == ("done", 2)

@@ -414,11 +414,11 @@ def test_an_unexpected_error_under_api_is_a_json_500(api, monkeypatch):
 
 
 def test_a_settled_tickets_callback_can_be_resent_and_nothing_else(api, monkeypatch):
-    from agents import callbacks
     from tests.factories import ticket_make
+    from tickets.webhooks import resend
 
     drains: list[float | None] = []
-    monkeypatch.setattr(callbacks, "drain_schedule", lambda countdown=None: drains.append(countdown))
+    monkeypatch.setattr(resend, "drain_schedule", lambda countdown=None: drains.append(countdown))
     http, client = api("resender")
     other, _ = api("someone-else")
     settled = ticket_make(client, status=Status.RESOLVED, reply="done")

@@ -11,7 +11,7 @@ from drf_spectacular.utils import OpenApiResponse, OpenApiWebhook, extend_schema
 from rest_framework import serializers
 
 from tickets.models import SETTLED_STATUSES
-from tickets.webhooks import ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER
+from tickets.webhooks.signing import ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER
 
 # What tickets/api/serializers.py's validation accepts, stated in the schema, so a request valid by the schema
 # is accepted.

@@ -15,7 +15,6 @@ from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from agents.callbacks import callback_resend
 from agents.pipeline.human import ticket_replay
 from agents.pipeline.intake import ticket_submit
 from tickets.api.backpressure import admit
@@ -38,6 +37,7 @@ from tickets.api.serializers import (
 from tickets.models import IllegalTransition, Ticket
 from tickets.selectors import ticket_get, ticket_list
 from tickets.services import IdempotencyConflict
+from tickets.webhooks import callback_resend
 
 
 class TicketListCreateApi(ClientApi):

@@ -87,8 +87,10 @@ class NetSystem:
             PYTHONUNBUFFERED="1",
             **SUITE_KNOBS,
             LOG_FORMAT="plain",
-            CALLBACK_ALLOWED_HOSTS=",".join(  # the recorders' ports on the client host, nothing else
-                f"{self.hosts.address['client']}:{r.port}" for r in (self.callbacks, self.downstream) if r
+            # The recorders' ports on the client host, nothing else: callbacks and downstream apart.
+            CALLBACK_ALLOWED_HOSTS=",".join(f"{self.hosts.address['client']}:{r.port}" for r in (self.callbacks,) if r),
+            DOWNSTREAM_ALLOWED_HOSTS=",".join(
+                f"{self.hosts.address['client']}:{r.port}" for r in (self.downstream,) if r
             ),
             INTENT_PACK=str(PACK),
             WORKER_HEARTBEAT_FILE=str(self.var / f"{process}.alive"),

@@ -198,9 +198,9 @@ def test_a_callback_endpoint_down_past_the_old_retry_window_is_told_under_the_sc
     assert_promises_kept(row)  # every callback delivered: none abandoned, none missing
     assert_api_answered(row)
     (attempts,) = system.sql(
-        "SELECT coalesce(max(s.attempts), 0), count(*) FILTER (WHERE s.attempts >= 2) FROM agents_sideeffect s"
+        "SELECT coalesce(max(s.attempts), 0), count(*) FILTER (WHERE s.attempts >= 2) FROM tickets_callbackdelivery s"
         " JOIN tickets_ticket t ON t.id = s.ticket_id JOIN tickets_client c ON c.id = t.client_id"
-        " WHERE s.tool = 'callback' AND c.name LIKE 'production: callback%%' AND s.status = 'done'",
+        " WHERE c.name LIKE 'production: callback%%' AND s.status = 'done'",
     )
     row.note += f"; {attempts[1]} callbacks delivered after 2+ refusals (the 2 m retry), most refusals {attempts[0]}"
     assert attempts[1] > 0, "no callback waited for the 2 m retry: the outage did not outlast the 30 s one"

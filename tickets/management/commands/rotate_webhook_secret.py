@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from tickets.management.durations import duration
 from tickets.models import Client
-from tickets.webhooks import DEFAULT_OVERLAP, webhook_secret_rotate
+from tickets.webhooks.signing import DEFAULT_OVERLAP, webhook_secret_rotate
 
 
 class Command(BaseCommand):

@@ -1,4 +1,4 @@
-"""Standard Webhooks signatures (tickets/webhooks.py), verified with the `standardwebhooks` package
+"""Standard Webhooks signatures (tickets/webhooks/signing.py), verified with the `standardwebhooks` package
 as a client would; rotation signs with both secrets through the overlap, then with the new alone."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from tests.factories import client_with_token
-from tickets import webhooks
 from tickets.models import Client
-from tickets.webhooks import webhook_headers, webhook_secret_rotate
+from tickets.webhooks import signing as webhooks
+from tickets.webhooks.signing import webhook_headers, webhook_secret_rotate
 
 BODY = json.dumps({"event": "ticket.resolved", "ticket": {"id": "t-1"}}).encode()
 

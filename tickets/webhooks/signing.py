@@ -1,4 +1,4 @@
-"""Standard Webhooks (https://www.standardwebhooks.com) for the callbacks a client receives, and what they say.
+"""Standard Webhooks (https://www.standardwebhooks.com) signatures for the callbacks a client receives.
 
 Each callback carries `webhook-id` (the same on every retry of it), `webhook-timestamp` (unix
 seconds) and `webhook-signature`: `v1,<base64 HMAC-SHA256 of "<id>.<timestamp>.<body>">` under the
@@ -11,13 +11,12 @@ from __future__ import annotations
 import threading
 import time
 from datetime import datetime, timedelta
-from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
 from standardwebhooks import Webhook
 
-from tickets.models import Client, Ticket, webhook_secret_new
+from tickets.models import Client, webhook_secret_new
 
 ID_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER = "webhook-id", "webhook-timestamp", "webhook-signature"
 DEFAULT_OVERLAP = timedelta(hours=24)
@@ -81,21 +80,3 @@ def webhook_secret_rotate(*, client: Client, overlap: timedelta = DEFAULT_OVERLA
         )
     client.refresh_from_db()
     return secret
-
-
-def callback_payload(ticket: Ticket) -> dict[str, Any]:
-    """What the client is told: the ticket's outcome, not its trace."""
-    return {
-        "event": f"ticket.{ticket.status}",
-        "ticket": {
-            "id": str(ticket.id),
-            "idempotency_key": ticket.idempotency_key,
-            "customer_ref": ticket.customer_ref,
-            "status": ticket.status,
-            "intent": ticket.intent,
-            "confidence": ticket.confidence,
-            "action": ticket.action,
-            "reply": ticket.reply,
-            "resolved_at": ticket.resolved_at.isoformat() if ticket.resolved_at else None,
-        },
-    }

@@ -1,4 +1,4 @@
-"""Batched callbacks (agents/callbacks.py): Postgres is the outbox, a drain sends what is due.
+"""Batched callbacks (tickets/webhooks/): Postgres is the outbox, a drain sends what is due.
 
 Drains run in the test process against the real Postgres and an HTTP recorder; the scheduling
 (`callback_due`) against the real Redis.
@@ -10,6 +10,7 @@ import json
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
@@ -18,12 +19,14 @@ from django.test import TestCase
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from agents import callbacks
-from agents.callbacks import callback_due, callbacks_drain
-from agents.models import LedgerStatus, SideEffect
 from tests.conftest import verified, wait_for
 from tests.factories import ticket_make
-from tickets.models import Status, Ticket
+from tickets.models import CallbackDelivery, DeliveryStatus, Status, Ticket
+from tickets.webhooks import delivery, outbox, schedule
+from tickets.webhooks.delivery import callbacks_drain
+from tickets.webhooks.payload import callback_key
+from tickets.webhooks.resend import callback_resend
+from tickets.webhooks.schedule import callback_due
 
 
 def _settled_tickets(client, n, **fields):
@@ -47,7 +50,7 @@ def test_a_drain_sends_every_due_callback_once_signed_and_takes_them_off_the_lis
     for request in recorder.requests:
         assert verified(client.webhook_secret, request)
     assert not Ticket.objects.filter(callback_due_at__isnull=False).exists()
-    assert set(SideEffect.objects.filter(tool="callback").values_list("status", "attempts")) == {(LedgerStatus.DONE, 1)}
+    assert set(CallbackDelivery.objects.values_list("status", "attempts")) == {(DeliveryStatus.DONE, 1)}
     assert str(not_due.id) not in {b["ticket"]["id"] for b in bodies}
     assert callbacks_drain() == 0 and len(recorder.requests) == 5  # nothing is sent twice
 
@@ -58,15 +61,13 @@ def test_a_ticket_without_a_callback_url_is_taken_off_the_list_without_a_call(db
     assert callbacks_drain() == 0
     ticket.refresh_from_db()
     assert ticket.callback_due_at is None and not recorder.requests
-    assert not SideEffect.objects.exists()
+    assert not CallbackDelivery.objects.exists()
 
 
 def test_a_callback_the_ledger_says_was_delivered_is_taken_off_the_list_without_a_second_call(db, api, recorder):
     _, client = api(callback_url=recorder.url)
     (ticket,) = _settled_tickets(client, 1)
-    SideEffect.objects.create(
-        ticket=ticket, idempotency_key=callbacks.callback_key(ticket), tool="callback", status=LedgerStatus.DONE
-    )
+    CallbackDelivery.objects.create(ticket=ticket, idempotency_key=callback_key(ticket), status=DeliveryStatus.DONE)
     assert callbacks_drain() == 0
     assert not recorder.requests and Ticket.objects.get(pk=ticket.pk).callback_due_at is None
 
@@ -81,30 +82,30 @@ def test_a_refused_callback_is_due_again_after_a_backoff_and_given_up_after_the_
 
     assert callbacks_drain() == 0
     ticket.refresh_from_db()
-    row = SideEffect.objects.get(tool="callback")
-    assert (row.status, row.attempts, row.last_error) == (LedgerStatus.FAILED, 1, "callback answered 503")
+    row = CallbackDelivery.objects.get()
+    assert (row.status, row.attempts, row.last_error) == (DeliveryStatus.FAILED, 1, "callback answered 503")
     assert ticket.callback_due_at > timezone.now() + timedelta(seconds=25)  # 27–33 s: the schedule's first
     assert callbacks_drain() == 0 and len(recorder.requests) == 1  # not due yet: not sent again
 
     Ticket.objects.filter(pk=ticket.pk).update(callback_due_at=timezone.now())  # the backoff is over
     assert callbacks_drain() == 0
     ticket.refresh_from_db()
-    assert ticket.callback_due_at is None and SideEffect.objects.get(tool="callback").attempts == 2  # given up
+    assert ticket.callback_due_at is None and CallbackDelivery.objects.get().attempts == 2  # given up
 
 
 def test_a_ticket_that_moved_on_while_its_callback_was_in_flight_keeps_the_next_one_due(db, api, recorder, monkeypatch):
     _, client = api(callback_url=recorder.url)
     (ticket,) = _settled_tickets(client, 1, intent="card_arrival")
     Ticket.objects.filter(pk=ticket.pk).update(status=Status.AWAITING_REVIEW)
-    post = callbacks._post
+    post = delivery._post
 
     def post_then_reviewer_resolves(due):
         post(due)
         Ticket.objects.filter(pk=ticket.pk).update(status=Status.RESOLVED, callback_due_at=timezone.now())
 
-    monkeypatch.setattr(callbacks, "_post", post_then_reviewer_resolves)
-    assert callbacks._deliver(callbacks._claim(64)) == 1
-    monkeypatch.setattr(callbacks, "_post", post)
+    monkeypatch.setattr(delivery, "_post", post_then_reviewer_resolves)
+    assert delivery._deliver(outbox.claim(64, per_client=8)) == 1
+    monkeypatch.setattr(delivery, "_post", post)
     ticket.refresh_from_db()
     assert ticket.callback_due_at is not None  # the resolution is still to be told
 
@@ -144,7 +145,7 @@ def test_concurrent_drains_never_send_the_same_callback(transactional_db, api, r
     # its slots taken by the other drains waits its turn (not an attempt). Send those now.
     unsent = {str(t.id) for t in tickets} - {json.loads(r["body"])["ticket"]["id"] for r in recorder.requests}
     still_due = Ticket.objects.filter(callback_due_at__isnull=False).values_list("pk", flat=True)
-    errors = Counter(SideEffect.objects.filter(tool="callback").values_list("status", "last_error"))
+    errors = Counter(CallbackDelivery.objects.values_list("status", "last_error"))
     assert {str(pk) for pk in still_due} == unsent, errors
     Ticket.objects.filter(callback_due_at__isnull=False).update(callback_due_at=timezone.now())
     callbacks_drain()
@@ -159,7 +160,7 @@ def test_the_first_settled_ticket_of_a_window_schedules_one_drain(db, settings, 
     settings.PIPELINE = {**settings.PIPELINE, "CALLBACK_BATCH_WINDOW_MS": 200}
     sent = []
     monkeypatch.setattr(app, "send_task", lambda name, **kw: sent.append((name, kw)))
-    callbacks.redis_client().delete(settings.BROKER_KEY_PREFIX + callbacks._DRAIN_FLAG)
+    schedule.redis_client().delete(settings.BROKER_KEY_PREFIX + schedule._DRAIN_FLAG)
 
     for _ in range(5):
         callback_due()
@@ -175,7 +176,7 @@ def test_a_settled_ticket_is_never_an_error_when_the_drain_cannot_be_scheduled(d
     def down(*args, **kwargs):
         raise redis.ConnectionError("connection refused")
 
-    monkeypatch.setattr(callbacks.redis_client(), "set", down)
+    monkeypatch.setattr(schedule.redis_client(), "set", down)
     callback_due()
     assert "the sweeper will send it" in caplog.text
 
@@ -194,15 +195,15 @@ def test_callbacks_of_a_burst_arrive_once_each_through_the_worker(pipeline, api,
 
 
 def test_by_default_a_refused_callback_is_tried_for_about_three_days(settings):
-    schedule = settings.PIPELINE["CALLBACK_RETRY_SCHEDULE"]
-    assert callbacks.max_attempts() == len(schedule) + 1 == 12
-    assert sum(callbacks._seconds(step) for step in schedule) >= 3 * 86400
-    assert 27 <= callbacks.retry_delay(1) <= 33  # the first, ±10 %
-    assert 21.6 * 3600 <= callbacks.retry_delay(40) <= 26.4 * 3600  # past the end: the last repeats
+    steps = settings.PIPELINE["CALLBACK_RETRY_SCHEDULE"]
+    assert schedule.max_attempts() == len(steps) + 1 == 12
+    assert sum(schedule.seconds(step) for step in steps) >= 3 * 86400
+    assert 27 <= schedule.retry_delay(1) <= 33  # the first, ±10 %
+    assert 21.6 * 3600 <= schedule.retry_delay(40) <= 26.4 * 3600  # past the end: the last repeats
 
 
 def test_an_abandoned_callback_is_counted_and_can_be_resent_under_the_same_key(db, api, recorder, settings):
-    from agents.callbacks import CALLBACKS_ABANDONED
+    from tickets.webhooks.delivery import CALLBACKS_ABANDONED
 
     settings.PIPELINE = {**settings.PIPELINE, "CALLBACK_MAX_ATTEMPTS": 1}
     _, client = api(callback_url=recorder.url)
@@ -216,12 +217,12 @@ def test_an_abandoned_callback_is_counted_and_can_be_resent_under_the_same_key(d
     assert ticket.callback_due_at is None  # abandoned
     assert abandoned._value.get() == before + 1
 
-    assert callbacks.callback_resend(ticket=ticket)
+    assert callback_resend(ticket=ticket)
     assert callbacks_drain() == 1
     first, again = recorder.requests
     assert again["headers"]["Idempotency-Key"] == first["headers"]["Idempotency-Key"]  # the same event
     ticket.refresh_from_db()
-    assert ticket.callback_due_at is None and SideEffect.objects.get(tool="callback").status == LedgerStatus.DONE
+    assert ticket.callback_due_at is None and CallbackDelivery.objects.get().status == DeliveryStatus.DONE
 
 
 def test_each_move_into_a_terminal_state_gets_a_callback_of_its_own(db, api, recorder):
@@ -236,7 +237,7 @@ def test_each_move_into_a_terminal_state_gets_a_callback_of_its_own(db, api, rec
     assert callbacks_drain() == 1
     first, second = recorder.requests
     assert first["headers"]["Idempotency-Key"] != second["headers"]["Idempotency-Key"]
-    assert SideEffect.objects.filter(tool="callback", status=LedgerStatus.DONE).count() == 2
+    assert CallbackDelivery.objects.filter(status=DeliveryStatus.DONE).count() == 2
 
 
 def test_one_clients_backlog_never_fills_a_drain_batch(db, api, recorder, settings):
@@ -246,14 +247,14 @@ def test_one_clients_backlog_never_fills_a_drain_batch(db, api, recorder, settin
     _settled_tickets(flood, 20)
     _settled_tickets(quiet, 2)
 
-    claimed = callbacks._claim(10)
+    claimed = outbox.claim(10, per_client=delivery.per_client_share())
 
     by_client = Counter(due.ticket.client_id for due in claimed)
     assert by_client == {flood.pk: 3, quiet.pk: 2}
 
 
 def test_a_slow_endpoint_delays_only_its_own_client(transactional_db, api, recorder_factory, settings):
-    settings.PIPELINE = {**settings.PIPELINE, "CALLBACK_CONCURRENCY": 8}
+    settings.PIPELINE = {**settings.PIPELINE, "CALLBACK_CONCURRENCY": 16}
     slow, fast = recorder_factory(), recorder_factory()
     slow.delay = 3.0
     _, slow_client = api("slow", callback_url=slow.url)
@@ -286,16 +287,16 @@ def test_a_callback_into_the_operators_network_is_refused_at_delivery_and_abando
     assert callbacks_drain() == 0
 
     ticket.refresh_from_db()
-    row = SideEffect.objects.get(tool="callback")
+    row = CallbackDelivery.objects.get()
     assert ticket.callback_due_at is None and row.attempts == 1
-    assert row.status == LedgerStatus.FAILED and row.last_error.startswith("refused:")
+    assert row.status == DeliveryStatus.FAILED and row.last_error.startswith("refused:")
 
 
 def test_concurrent_drains_hold_at_most_a_clients_share_of_the_pool(
     transactional_db, api, recorder_factory, settings, monkeypatch
 ):
     settings.PIPELINE = {**settings.PIPELINE, "CALLBACK_PER_CLIENT": 2, "CALLBACK_CONCURRENCY": 8}
-    monkeypatch.setattr(callbacks, "drain_schedule", lambda countdown=None: None)  # the test drains itself
+    monkeypatch.setattr(delivery, "drain_later", lambda delay: None)  # the test drains itself
     slow, fast = recorder_factory(), recorder_factory()
     slow.delay = 1.0
     _, slow_client = api("slow", callback_url=slow.url)
@@ -341,3 +342,74 @@ def _statement_kind(sql: str) -> str:
         if sql.startswith(start):
             return kind
     return sql[:60]
+
+
+def test_two_slow_clients_never_hold_the_whole_pool(transactional_db, api, recorder_factory, settings, monkeypatch):
+    # Each may have CALLBACK_PER_CLIENT = 4 of the 8 threads configured; each is held to its share.
+    settings.PIPELINE = {**settings.PIPELINE, "CALLBACK_PER_CLIENT": 4, "CALLBACK_CONCURRENCY": 8}
+    monkeypatch.setattr(delivery, "_executor", ThreadPoolExecutor(8, thread_name_prefix="callback-test"))
+    monkeypatch.setattr(delivery, "drain_later", lambda delay: None)  # the test drains itself
+    slow_a, slow_b = recorder_factory(), recorder_factory()
+    slow_a.delay = slow_b.delay = 1.0
+    for name, rec in (("slow-a", slow_a), ("slow-b", slow_b)):
+        _, client = api(name, callback_url=rec.url)
+        _settled_tickets(client, 8)
+
+    drains = [threading.Thread(target=lambda: (callbacks_drain(batch=4), connections.close_all())) for _ in range(4)]
+    for drain in drains:
+        drain.start()
+    for drain in drains:
+        drain.join(timeout=30)
+
+    assert slow_a.requests and slow_b.requests
+    assert slow_a.most_at_once + slow_b.most_at_once < 8  # threads were left for every other client
+    delivery._executor.shutdown(wait=True)
+
+
+def test_a_post_that_waited_past_its_lease_is_not_sent_a_second_time(
+    transactional_db, api, recorder, settings, monkeypatch
+):
+    """Another drain claims a callback whose lease ran out; the first drain's POST of it, still
+    waiting for a thread, must not go too."""
+    settings.PIPELINE = {**settings.PIPELINE, "CALLBACK_CONCURRENCY": 8}
+    pool = ThreadPoolExecutor(8, thread_name_prefix="callback-test")
+    monkeypatch.setattr(delivery, "_executor", pool)
+    monkeypatch.setattr(delivery, "drain_later", lambda delay: None)
+    tickets = [_settled_tickets(api(f"c{i}", callback_url=recorder.url)[1], 1)[0] for i in range(2)]
+    release = threading.Event()
+    for _ in range(8):  # every thread busy (POSTs of other drains)
+        pool.submit(release.wait, 30)
+
+    first = threading.Thread(
+        target=lambda: (delivery._deliver(outbox.claim(64, per_client=8)), connections.close_all())
+    )
+    first.start()
+    wait_for(lambda: pool._work_queue.qsize() >= 2, what="the first drain's two POSTs queued")
+    # Its lease runs out while they wait: the callbacks are due again, and another drain sends them.
+    Ticket.objects.update(callback_due_at=timezone.now())
+    assert callbacks_drain(batch=1) == 2
+    later = timezone.now() + timedelta(hours=1)
+    monkeypatch.setattr(delivery, "_now", lambda: later)  # the first drain's POSTs get a thread only now
+    release.set()
+    first.join(timeout=30)
+    pool.shutdown(wait=True)
+
+    sent = Counter(body["ticket"]["id"] for body in recorder.json_bodies())
+    assert sent == Counter({str(t.id): 1 for t in tickets})
+    assert not Ticket.objects.filter(callback_due_at__isnull=False).exists()
+
+
+def test_a_clients_abandoned_counter_is_exported_at_0_from_its_first_failed_attempt(db, api, recorder, settings):
+    """So the alert's `increase()` sees its step to 1 when the first callback is abandoned."""
+    from prometheus_client import REGISTRY
+
+    settings.PIPELINE = {**settings.PIPELINE, "CALLBACK_MAX_ATTEMPTS": 3}
+    _, client = api(callback_url=recorder.url)
+    _settled_tickets(client, 1)
+    recorder.statuses = [503]
+    sample = {"client": str(client.pk)}
+    assert REGISTRY.get_sample_value("pipeline_callbacks_abandoned_total", sample) is None
+
+    assert callbacks_drain() == 0  # failed, due again: not abandoned
+
+    assert REGISTRY.get_sample_value("pipeline_callbacks_abandoned_total", sample) == 0.0
