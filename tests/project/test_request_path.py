@@ -6,7 +6,13 @@ from __future__ import annotations
 from tooling import request_path
 from tooling.request_path import AROUND, DOC, PATH, ROOT, TIERS
 
-LAYER_OF_APP = {"tickets/api": "API", "tickets/urls.py": "API", "tickets": "tickets", "agents": "agents"}
+LAYER_OF_APP = {
+    "tickets/api": "API",
+    "tickets/urls.py": "API",
+    "tickets": "tickets",
+    "agents": "agents",
+    "project": "project",
+}
 
 
 def layer_of(path: str) -> str:
