@@ -13,6 +13,7 @@ import httpx
 from project.netguard.addresses import (
     SUBMIT_LOOKUP_SECONDS,
     BlockedURL,
+    LookupFailed,
     LookupTimeout,
     Resolver,
     addresses_of,
@@ -86,7 +87,9 @@ class _GuardedBackend(httpcore.SyncBackend):
             check_addresses(host, port, addresses)
         except LookupTimeout as exc:
             raise httpcore.ConnectTimeout(str(exc)) from exc
-        except BlockedURL as exc:
+        except LookupFailed as exc:  # temporary (SERVFAIL, no server answering): the caller retries
+            raise httpcore.ConnectError(str(exc)) from exc
+        except BlockedURL as exc:  # NXDOMAIN, or an address into the operator's network
             raise OutboundBlocked(str(exc)) from exc
         error: Exception = httpcore.ConnectError(f"{host} has no address")
         for ip in addresses:
@@ -166,7 +169,9 @@ def guarded_client(
     environment; each request done within `timeout` seconds in all, its answer cut at
     `max_response_bytes`; certificates checked for the URL's host (`ssl_context` for another CA
     bundle). Thread-safe: share one per process. Refusals raise OutboundBlocked, an
-    httpx.ConnectError; a deadline, httpx.TimeoutException; a long answer, ResponseTooLarge."""
+    httpx.ConnectError whose `permanent` is True (an address inside, a name that does not exist);
+    a temporary DNS failure, a plain httpx.ConnectError; a deadline, httpx.TimeoutException; a long
+    answer, ResponseTooLarge."""
     return httpx.Client(
         transport=GuardedTransport(
             deadline=timeout, max_response_bytes=max_response_bytes, resolver=resolver, ssl_context=ssl_context

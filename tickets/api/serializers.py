@@ -19,7 +19,7 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import CursorPagination
 
 from agents.pipeline.spec import SPEC
-from project.netguard import BlockedURL, check_url
+from project.netguard import BlockedURL, LookupFailed, check_url
 from project.textnorm import nfkc
 from tickets.api.base import (
     METADATA_MAX_BYTES,
@@ -27,6 +27,7 @@ from tickets.api.base import (
     MetadataField,
     QueryText,
 )
+from tickets.api.errors import LookupUnavailable
 from tickets.models import Priority, Ticket
 from tickets.selectors import ticket_trace
 
@@ -100,6 +101,8 @@ class TicketInputSerializer(StrictSerializer):
         if value:
             try:
                 check_url(value)
+            except LookupFailed as exc:
+                raise LookupUnavailable(f"this URL's name did not resolve now ({exc}); retry later") from exc
             except BlockedURL as exc:
                 raise serializers.ValidationError(f"this URL may not be called back: {exc}") from exc
         return value

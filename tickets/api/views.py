@@ -18,6 +18,7 @@ from rest_framework.response import Response
 from agents.callbacks import callback_resend
 from agents.pipeline.human import ticket_replay
 from agents.pipeline.intake import ticket_submit
+from project.netguard import lookups_for
 from tickets.api.backpressure import overloaded
 from tickets.api.base import (
     ClientApi,
@@ -102,7 +103,8 @@ class TicketListCreateApi(ClientApi):
         if key is not None and not IDEMPOTENCY_KEY.fullmatch(key):
             raise ValidationError({"Idempotency-Key": "at most 255 printable ASCII characters"})
         serializer = TicketInputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
+        with lookups_for(request.user.pk):  # its callback URL's lookups count against this client only
+            serializer.is_valid(raise_exception=True)
         if overloaded(request.user.pk):
             return Response(
                 {"error": "overloaded", "detail": "too much work queued; retry later"},
