@@ -57,6 +57,12 @@ AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
 AXES_COOLOFF_TIME = timedelta(minutes=env.float("AXES_COOLOFF_MINUTES", default=15))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
+# Behind TRUSTED_PROXY_COUNT reverse proxies (the ingress, a load balancer) the peer is the nearest
+# proxy; the client is the address the outermost of them saw, in CLIENT_ADDRESS_HEADER (each proxy
+# appends the address it saw). 0: the peer address; the header, which a client can write, is ignored.
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
+CLIENT_ADDRESS_HEADER = env.str("CLIENT_ADDRESS_HEADER", default="X-Forwarded-For")
+AXES_CLIENT_IP_CALLABLE = "project.access.client_address"
 # `/metrics` answers only these networks (the peer address) or a bearer METRICS_TOKEN (project/access.py).
 METRICS_ALLOWED_CIDRS = env.list("METRICS_ALLOWED_CIDRS", default=["127.0.0.0/8", "::1/128"])
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
