@@ -20,6 +20,7 @@ from rest_framework.pagination import CursorPagination
 
 from agents.pipeline.spec import SPEC
 from project.netguard import BlockedURL, LookupFailed, check_url
+from project.sensitive import redact_locations
 from project.textnorm import nfkc
 from tickets.api.base import (
     METADATA_MAX_BYTES,
@@ -120,6 +121,14 @@ class TicketInputSerializer(StrictSerializer):
         return attrs
 
 
+class RedactedText(serializers.CharField):
+    """An error text as a tenant may read it: URLs, addresses and host names replaced (they name the
+    operator's network); the full text stays in the trace row, for operators."""
+
+    def to_representation(self, value: Any) -> str:
+        return redact_locations(str(value))
+
+
 class TraceSerializer(serializers.Serializer):
     stage = serializers.CharField()
     attempt = serializers.IntegerField()
@@ -135,7 +144,7 @@ class TraceSerializer(serializers.Serializer):
     cost_usd = serializers.DecimalField(max_digits=12, decimal_places=6)
     cache_hit = serializers.BooleanField()
     error_class = serializers.CharField()
-    error_message = serializers.CharField()
+    error_message = RedactedText()
     output = serializers.JSONField()
 
 
