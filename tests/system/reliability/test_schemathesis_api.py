@@ -87,7 +87,7 @@ def public_dns(monkeypatch: pytest.MonkeyPatch) -> None:
     submit-time check of project/netguard runs unchanged on what it resolves to)."""
     from project.netguard import addresses
 
-    monkeypatch.setattr(addresses, "resolve", lambda host, port: [ipaddress.ip_address("93.184.215.14")])
+    monkeypatch.setattr(addresses, "resolve", lambda host, port, timeout: [ipaddress.ip_address("93.184.215.14")])
 
 
 def test_schemathesis_finds_nothing_over_every_operation_in_every_phase(
