@@ -127,11 +127,13 @@ class GuardedTransport(httpx.HTTPTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         if request.url.scheme not in ("http", "https"):
             raise OutboundBlocked("only http and https", request=request)
-        token = _DEADLINE.set(time.monotonic() + self.deadline)
+        # A request's own shorter timeout (a caller's budget: `post(..., timeout=3)`) is its whole deadline.
+        timeouts = request.extensions.get("timeout") or {}
+        deadline = min([self.deadline, *(t for t in timeouts.values() if t)])
+        token = _DEADLINE.set(time.monotonic() + deadline)
         try:
-            timeouts = request.extensions.get("timeout") or {}
             request.extensions["timeout"] = {
-                k: min(timeouts.get(k) or self.deadline, self.deadline) for k in ("connect", "read", "write", "pool")
+                k: min(timeouts.get(k) or deadline, deadline) for k in ("connect", "read", "write", "pool")
             }
             response = super().handle_request(request)
             try:
