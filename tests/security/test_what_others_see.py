@@ -75,3 +75,21 @@ def test_a_reviewer_sees_a_masked_request_and_a_superuser_sees_it_as_sent(client
     root = get_user_model().objects.create_superuser("root", "root@example.com", "pw-root-123456")
     client.force_login(root)
     assert CARD in client.get(page).content.decode()
+
+
+def test_a_reviewer_reading_the_ticket_sees_it_masked_and_the_callback_url_without_its_token(client, api, settings):
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    _, tenant = api()
+    review = _review(tenant)
+    reviewer, _ = reviewer_create(username="rita", password="review-queue-pw-1")
+    page = reverse("admin:tickets_ticket_change", args=[review.ticket_id])
+
+    client.force_login(reviewer)
+    html = client.get(page).content.decode()
+
+    assert CARD not in html and "jane.doe@example.org" not in html and "secret-token-123" not in html
+    assert "https://hooks.example.com/…" in html and "[CARD_NUMBER]" in html
+
+    root = get_user_model().objects.create_superuser("root", "root@example.com", "pw-root-123456")
+    client.force_login(root)
+    assert "secret-token-123" in client.get(page).content.decode()
