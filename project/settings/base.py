@@ -146,6 +146,13 @@ BACKPRESSURE_RETRY_AFTER = env.int("BACKPRESSURE_RETRY_AFTER", default=5)
 MAX_REQUEST_BYTES = env.int("MAX_REQUEST_BYTES", default=64 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
 TICKET_BODY_MAX_CHARS = env.int("TICKET_BODY_MAX_CHARS", default=20_000)
+# Name lookups of tenants' URLs (project/netguard/addresses.py): /etc/hosts, then the servers of
+# resolv.conf (or NETGUARD_DNS_SERVERS, "ip[:port]" each), each lookup by its deadline; at most
+# NETGUARD_LOOKUPS_PER_TENANT of one client's in flight per process.
+NETGUARD_LOOKUPS_PER_TENANT = env.int("NETGUARD_LOOKUPS_PER_TENANT", default=4)
+NETGUARD_DNS_SERVERS: list[str] = env.list("NETGUARD_DNS_SERVERS", default=[])
+NETGUARD_RESOLV_CONF = env.str("NETGUARD_RESOLV_CONF", default="/etc/resolv.conf")
+NETGUARD_HOSTS_FILE = env.str("NETGUARD_HOSTS_FILE", default="/etc/hosts")
 # Callbacks are never sent to loopback, private, link-local or metadata addresses (project/netguard/)
 # except to these comma-separated `host[:port]` entries (a name or an address; no port: any port).
 CALLBACK_ALLOWED_HOSTS: list[str] = env.list("CALLBACK_ALLOWED_HOSTS", default=[])
