@@ -79,7 +79,7 @@ class DnsServer:
 def dns_server(settings, tmp_path: Path) -> Iterator[DnsServer]:
     server = DnsServer()
     resolv = tmp_path / "resolv.conf"
-    resolv.write_text("nameserver 127.0.0.1\n")
+    resolv.write_text("nameserver 127.0.0.1\noptions timeout:30\n")  # the lookup's own deadline governs
     hosts = tmp_path / "hosts"
     hosts.write_text("127.0.0.1 localhost\n10.9.8.7 inside.test  # a host of the operator's\n")
     settings.NETGUARD_RESOLV_CONF = str(resolv)
