@@ -1,4 +1,4 @@
-"""Stages on thread pools (execute) end by a deadline of their own, and a downstream call holds no
+"""Stages on thread pools (execute, the Claude calls) end by a deadline of their own, and a downstream call holds no
 transaction or row lock: the ledger records `started` in one statement, calls, records the outcome
 in another, and still never calls twice for a key that is done."""
 
@@ -138,3 +138,74 @@ def test_a_stage_past_its_budget_starts_no_call(ticket, downstream):
 
     assert not result.ok and not result.data["permanent"] and "budget" in result.data["error"]
     assert downstream.calls == []
+
+
+MESSAGE = (
+    b'{"id":"msg_1","type":"message","role":"assistant","model":"claude-haiku-4-5","stop_reason":"end_turn",'
+    b'"stop_sequence":null,"content":[{"type":"text","text":"{}"}],"usage":{"input_tokens":5,"output_tokens":2}}'
+)
+
+
+class Trickle:
+    """A Messages API that sends its (valid) answer a few bytes at a time, each read well within a
+    per-read timeout, the whole far past the call's deadline: until the test stops it."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        trickle = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(MESSAGE)))
+                self.end_headers()
+                try:
+                    for i in range(0, len(MESSAGE), 4):
+                        if trickle.stop.wait(0.2):
+                            return
+                        self.wfile.write(MESSAGE[i : i + 4])
+                        self.wfile.flush()
+                except OSError:
+                    return  # the client gave up
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_model_call_whose_answer_trickles_ends_by_its_deadline_as_a_retryable_error(settings):
+    from agents.llm.anthropic_client import AnthropicClient
+    from agents.llm.base import ModelError, ModelRequest
+    from agents.llm.store import redis_client
+
+    trickle = Trickle()
+    unlimited = {"rpm": 60_000, "itpm": 100_000_000, "otpm": 100_000_000}
+    settings.ANTHROPIC_API_KEY, settings.ANTHROPIC_BASE_URL = "test", trickle.url
+    settings.LLM = {"KEY_PREFIX": "bounded-test:", "LIMITS": {"small": unlimited}, "TIMEOUT_SECONDS": 1.0}
+    request = ModelRequest(
+        model_class="small",
+        model="claude-haiku-4-5",
+        system="",
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=10,
+    )
+    try:
+        with pytest.raises(ModelError) as failed:  # the whole answer takes about 11 s, 0.2 s a read
+            AnthropicClient().complete(request)
+    finally:
+        trickle.close()
+        limiter_keys = redis_client()
+        for name in limiter_keys.scan_iter(match="bounded-test:*", count=1000):
+            limiter_keys.delete(name)
+
+    assert not failed.value.permanent and "Timeout" in str(failed.value)
