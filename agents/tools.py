@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
-from django.db import connection, transaction
+from django.conf import settings
+from django.db import connection
 from django.utils import timezone
 
 from agents.models import LedgerStatus, SideEffect
@@ -23,6 +26,16 @@ class ToolError(Exception):
         self.permanent = permanent
 
 
+# The time left to the stage that runs a tool (`LedgerTools`' budget), for its HTTP call: execute
+# runs on a thread pool, where Celery's time limits do not fire, so its calls end by its deadline.
+_BUDGET: threading.local = threading.local()
+
+
+def _time_left() -> float | None:
+    deadline = getattr(_BUDGET, "deadline", None)
+    return None if deadline is None else deadline - time.monotonic()
+
+
 def tool_reply(arguments: Mapping[str, Any], key: str) -> dict[str, Any]:
     """Record the reply as sent; the client receives it through the ticket and its callback."""
     text = str(arguments.get("text", ""))
@@ -37,8 +50,12 @@ def tool_webhook(arguments: Mapping[str, Any], key: str) -> dict[str, Any]:
     if not url.startswith(("http://", "https://")):
         raise ToolError(f"webhook url {url!r} is not http(s)", permanent=True)
     payload = {k: v for k, v in arguments.items() if k != "url"}
+    left = _time_left()
+    if left is not None and left <= 0:
+        raise ToolError("the stage's time budget ran out before the call")
     try:
-        response = http_client().post(url, json=payload, headers={"Idempotency-Key": key})
+        extra = {} if left is None else {"timeout": min(left, settings.PIPELINE["WEBHOOK_TIMEOUT_SECONDS"])}
+        response = http_client().post(url, json=payload, headers={"Idempotency-Key": key}, **extra)
     except OutboundBlocked as exc:
         raise ToolError(f"webhook url refused: {exc}", permanent=True) from exc
     except httpx.HTTPError as exc:
@@ -92,11 +109,34 @@ def ledger_insert(
     return row[0] if row else None
 
 
-class LedgerTools:
-    """Runs tools for one ticket; a key already done returns its recorded result."""
+_CLAIM_SQL = (
+    'UPDATE "{table}" SET "attempts" = "attempts" + 1, "status" = %s, "last_error" = \'\' '
+    'WHERE "idempotency_key" = %s AND "status" <> %s RETURNING "attempts"'
+)
+_FINISH_SQL = (
+    'UPDATE "{table}" SET "status" = %s, "result" = %s, "last_error" = %s, "finished_at" = %s '
+    'WHERE "idempotency_key" = %s AND "status" <> %s'
+)
 
-    def __init__(self, ticket_id: str):
+
+class LedgerTools:
+    """Runs tools for one ticket; a key already done returns its recorded result.
+
+    No transaction or row lock is held across a tool's call (an HTTP call can take the whole
+    budget): the attempt is recorded `started` in one statement, the call made, its outcome recorded
+    in another, each only while the row is not `done`. A key found `done` is never called again. A
+    `started` row whose call's outcome is unknown (the worker died mid-call) is called again with the
+    same `Idempotency-Key`, which the downstream dedupes (docs/reliability.md). Two deliveries of one
+    execute never run together: the runner's conditional claim lets one through.
+
+    `budget` seconds from construction (the stage's soft time limit): a call starts only within it
+    and its HTTP timeout ends by it; past it the tool fails as a temporary error, which the stage
+    retries or dead-letters as any other."""
+
+    def __init__(self, ticket_id: str, *, budget: float | None = None):
         self.ticket_id = ticket_id
+        budget = settings.PIPELINE["STAGE_SOFT_TIME_LIMIT_SECONDS"] if budget is None else budget
+        self.deadline = time.monotonic() + float(budget)
 
     def run(self, tool: str, arguments: Mapping[str, Any], *, idempotency_key: str) -> ToolResult:
         if tool not in TOOLS:
@@ -105,23 +145,44 @@ class LedgerTools:
             done = self._record(tool, arguments, idempotency_key)
             if done is not None:
                 return done
+        if time.monotonic() >= self.deadline:
+            return ToolResult(
+                tool=tool, ok=False, data={"error": "the stage's time budget ran out", "permanent": False}
+            )
         ledger_insert(ticket_id=self.ticket_id, idempotency_key=idempotency_key, tool=tool, arguments=arguments)
-        # The row lock serialises two deliveries of the same execute: the second waits, then
-        # finds the effect done. A worker that dies mid-call releases it with its connection.
-        with transaction.atomic():
-            row = SideEffect.objects.select_for_update().get(idempotency_key=idempotency_key)
-            if row.status == LedgerStatus.DONE:
-                return ToolResult(tool=tool, ok=True, data=row.result, replayed=True)
-            row.attempts += 1
-            try:
-                data = TOOLS[tool](arguments, idempotency_key)
-            except ToolError as exc:
-                row.status, row.last_error = LedgerStatus.FAILED, str(exc)
-                row.save(update_fields=["status", "last_error", "attempts"])
-                return ToolResult(tool=tool, ok=False, data={"error": str(exc), "permanent": exc.permanent})
-            row.status, row.result, row.finished_at = LedgerStatus.DONE, data, timezone.now()
-            row.save(update_fields=["status", "result", "finished_at", "attempts"])
+        table = SideEffect._meta.db_table
+        done_value = LedgerStatus.DONE.value
+        with connection.cursor() as cursor:  # autocommit: one statement, no lock held after it
+            cursor.execute(_CLAIM_SQL.format(table=table), [LedgerStatus.STARTED.value, idempotency_key, done_value])
+            claimed = cursor.fetchone()
+        if claimed is None:  # done by an earlier delivery: its result, no second call
+            row = SideEffect.objects.values("result").get(idempotency_key=idempotency_key)
+            return ToolResult(tool=tool, ok=True, data=row["result"], replayed=True)
+        _BUDGET.deadline = self.deadline
+        try:
+            data = TOOLS[tool](arguments, idempotency_key)
+        except ToolError as exc:
+            self._finish(idempotency_key, LedgerStatus.FAILED, {}, str(exc))
+            return ToolResult(tool=tool, ok=False, data={"error": str(exc), "permanent": exc.permanent})
+        finally:
+            _BUDGET.deadline = None
+        self._finish(idempotency_key, LedgerStatus.DONE, data, "")
         return ToolResult(tool=tool, ok=True, data=data)
+
+    @staticmethod
+    def _finish(key: str, status: str, result: Mapping[str, Any], error: str) -> None:
+        field = SideEffect._meta.get_field
+        done = LedgerStatus.DONE
+        params = [
+            status,
+            field("result").get_db_prep_save(dict(result), connection),
+            error[:4000],
+            timezone.now() if status == done else None,
+            key,
+            done.value,
+        ]
+        with connection.cursor() as cursor:
+            cursor.execute(_FINISH_SQL.format(table=SideEffect._meta.db_table), params)
 
     def _record(self, tool: str, arguments: Mapping[str, Any], idempotency_key: str) -> ToolResult | None:
         """An offline tool: its effect is the row, so it is written done in one statement. A key

@@ -22,6 +22,24 @@ def _networks(cidrs: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress
     return tuple(ipaddress.ip_network(c.strip(), strict=False) for c in cidrs if c.strip())
 
 
+def client_address(request: HttpRequest) -> str | None:
+    """The client's address for throttling (django-axes): the peer, or behind TRUSTED_PROXY_COUNT
+    proxies the entry of CLIENT_ADDRESS_HEADER the outermost one appended (entries to its left are
+    the client's to write). A header with fewer entries than proxies did not come through them all:
+    the peer address then."""
+    peer = request.META.get("REMOTE_ADDR") or None
+    count = settings.TRUSTED_PROXY_COUNT
+    if count <= 0:
+        return peer
+    entries = [e.strip() for e in request.headers.get(settings.CLIENT_ADDRESS_HEADER, "").split(",") if e.strip()]
+    if len(entries) < count:
+        return peer
+    try:
+        return str(ipaddress.ip_address(entries[-count]))
+    except ValueError:
+        return peer
+
+
 def arrived_on_metrics_port(request: HttpRequest) -> bool:
     """The connection came in on METRICS_PORT: gunicorn's own socket says so (not the Host header,
     which a client writes)."""

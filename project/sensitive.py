@@ -111,3 +111,53 @@ def mask(text: str, spans: list[dict[str, object]]) -> str:
         pos = end
     out.append(text[pos:])
     return "".join(out)
+
+
+# --- where the operator's network is --------------------------------------------------------------
+# Error texts name URLs, hosts and addresses (a downstream webhook's, the model provider's, a
+# server that refused): the operator's to read, not a tenant's. `redact_locations` replaces each
+# with a placeholder, the same text for the same error, so a tenant still sees what went wrong.
+_LOCATIONS = re2_compile(
+    r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>()]+"  # a URL
+    r"|\[?(?:[0-9a-fA-F]{0,4}:){2,6}\d{1,3}(?:\.\d{1,3}){3}\]?(?::\d+)?"  # IPv6 with an IPv4 tail
+    r"|\[?(?:[0-9a-fA-F]{1,4}:){7}[0-9a-fA-F]{1,4}\]?(?::\d+)?"  # a full IPv6 address
+    r"|\[?(?:[0-9a-fA-F]{1,4}:)*[0-9a-fA-F]{0,4}::(?:[0-9a-fA-F]{1,4}:)*[0-9a-fA-F]{0,4}\]?(?::\d+)?"  # with ::
+    r"|\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b"  # an IPv4 address
+    r"|\b(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\.)+[a-zA-Z]{2,63}\b\.?(?::\d+)?"  # a host name
+)
+
+
+def redact_locations(text: str) -> str:
+    """`text` with every URL, IP address and host name replaced by `[URL]`, `[ADDRESS]`, `[HOST]`."""
+
+    def placeholder(found: str) -> str:
+        if "://" in found:
+            return "[URL]"
+        if ":" in found.rstrip("0123456789").rstrip(":") or found[:1].isdigit():
+            return "[ADDRESS]"
+        return "[HOST]"
+
+    out, pos = [], 0
+    for m in _LOCATIONS.finditer(text):
+        if m.end() == m.start():
+            continue
+        out.append(text[pos : m.start()])
+        out.append(placeholder(m.group(0)))
+        pos = m.end()
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def mask_sensitive(text: str) -> str:
+    """`text` with its card numbers, e-mail addresses and phone numbers masked (`find_sensitive`)."""
+    return mask(text, find_sensitive(text)) if text else text
+
+
+def mask_url(url: str) -> str:
+    """A URL as someone who may know where it points, but not its path or query (which often
+    carry a token), reads it: `https://hooks.example.com/…`."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "…" if url else url
+    host = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0].rsplit("@", 1)[-1]
+    return f"{scheme}://{host}/…"

@@ -3,6 +3,7 @@ secret is shown once, in the message after the save; only its prefix stays visib
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django.contrib import admin, messages
@@ -10,6 +11,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 
+from project.sensitive import mask_sensitive, mask_url
 from tickets.models import ApiKey, CallbackDelivery, Client, DeliveryStatus, Ticket
 from tickets.services import api_key_create, api_key_revoke, api_key_rotate
 from tickets.webhooks import callback_resend
@@ -101,6 +103,41 @@ class TicketAdmin(admin.ModelAdmin):
     search_fields = ["id", "customer_ref", "body", "intent"]
     readonly_fields = [f.name for f in Ticket._meta.fields]
     date_hierarchy = "created_at"
+    # What a reviewer (any login but a superuser) sees masked: the customer's card numbers, e-mail
+    # addresses and phone numbers, and callback URLs without path or query (they carry tokens).
+    MASKED = {"subject": "subject_masked", "body": "body_masked", "reply": "reply_masked"}
+    MASKED |= {"callback_url": "callback_url_masked", "metadata": "metadata_masked", "context": "context_masked"}
+
+    def get_fields(self, request: HttpRequest, obj: Ticket | None = None) -> list[str]:
+        fields = [f.name for f in Ticket._meta.fields]
+        return fields if request.user.is_superuser else [self.MASKED.get(f, f) for f in fields]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Ticket | None = None) -> list[str]:
+        return self.get_fields(request, obj)
+
+    @admin.display(description="subject")
+    def subject_masked(self, ticket: Ticket) -> str:
+        return mask_sensitive(ticket.subject)
+
+    @admin.display(description="body")
+    def body_masked(self, ticket: Ticket) -> str:
+        return mask_sensitive(ticket.body)
+
+    @admin.display(description="reply")
+    def reply_masked(self, ticket: Ticket) -> str:
+        return mask_sensitive(ticket.reply)
+
+    @admin.display(description="callback url")
+    def callback_url_masked(self, ticket: Ticket) -> str:
+        return mask_url(ticket.callback_url)
+
+    @admin.display(description="metadata")
+    def metadata_masked(self, ticket: Ticket) -> str:
+        return mask_sensitive(json.dumps(ticket.metadata, ensure_ascii=False))
+
+    @admin.display(description="context")
+    def context_masked(self, ticket: Ticket) -> str:
+        return mask_sensitive(json.dumps(ticket.context, ensure_ascii=False))
 
 
 class AbandonedCallbacks(admin.SimpleListFilter):

@@ -79,7 +79,11 @@ PATH = (
     Hop("agents", "agents/stages/classify.py", "rules → local model → (unsure) hand over to Claude (the tiers below)"),
     Hop("agents", "agents/stages/decide.py", "the intent's policy and the context → a plan, or a person"),
     Hop("agents", "agents/stages/execute.py", "run the plan's tools through the side-effect ledger"),
-    Hop("agents", "agents/tools.py", "the tools, typed, run through the side-effect ledger: at most once per key"),
+    Hop(
+        "agents",
+        "agents/tools.py",
+        "the tools, typed, run through the side-effect ledger: at most once per key, no transaction across a call",
+    ),
     Hop("agents", "agents/stages/escalate.py", "a holding reply; the runner opens the review through the port below"),
     Hop("agents", "agents/people.py", "`ReviewQueue`: the port the reviews app fills (open a review, feedback)"),
     Hop(
@@ -114,7 +118,11 @@ PATH = (
         "tickets/webhooks/client.py",
         "the guarded HTTP clients: tenants' callbacks (`CALLBACK_ALLOWED_HOSTS`), downstream webhooks (`DOWNSTREAM_ALLOWED_HOSTS`)",
     ),
-    Hop("project", "project/netguard/", "the guard: no private address unless the allow-list opens it, one deadline"),
+    Hop(
+        "project",
+        "project/netguard/",
+        "the guard: no private address unless its allow-list opens it; name lookups by a deadline, capped per tenant",
+    ),
 )
 
 # The classifier tiers a classify stage is lent (agents/intents/), and what they stand on.

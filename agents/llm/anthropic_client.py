@@ -24,6 +24,7 @@ from agents.llm.base import BatchItem, ModelClient, ModelError, ModelReply, Mode
 from agents.llm.config import llm_settings
 from agents.llm.limiter import RateLimiter
 from agents.llm.store import key, redis_client
+from project.netguard.deadline import model_http_client
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,9 @@ class AnthropicClient(ModelClient):
             base_url=base_url or settings.ANTHROPIC_BASE_URL or None,
             max_retries=int(cfg["SDK_MAX_RETRIES"]),
             timeout=float(cfg["TIMEOUT_SECONDS"]),
+            # The llm queue runs on threads, where Celery's time limits do not fire: each call ends
+            # within TIMEOUT_SECONDS in all, a provider (or proxy) that trickles its answer included.
+            http_client=model_http_client(timeout=float(cfg["TIMEOUT_SECONDS"])),
         )
         self.limiter = limiter or RateLimiter()
 

@@ -4,26 +4,33 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import re
-import socket
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
+import dns.exception
+import dns.name
+import dns.nameserver
+import dns.resolver
 import httpx
 from django.conf import settings
 
 _log = logging.getLogger(__name__)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-Resolver = Callable[[str, int], Sequence[IPAddress]]
+# (host, port, seconds) -> addresses; a name that cannot resolve raises BlockedURL, a temporary
+# failure LookupFailed, and it returns or raises within the seconds it is given.
+Resolver = Callable[[str, int, float], Sequence[IPAddress]]
 
 MAX_URL_CHARS = 2_000
 SUBMIT_LOOKUP_SECONDS = 2.0
-# Name lookups run here so that a wait can be cut short (getaddrinfo itself cannot be).
-_LOOKUPS = ThreadPoolExecutor(16, thread_name_prefix="netguard-dns")
 
 # Cloud metadata and host-agent endpoints; most are in blocked ranges anyway, some are public.
 METADATA = frozenset(
@@ -70,7 +77,14 @@ class BlockedURL(ValueError):
     """The URL may not be called; the message says why, for the client's 400."""
 
 
-class LookupTimeout(BlockedURL):
+class LookupFailed(BlockedURL):
+    """The name did not resolve now, but may later (a timeout, SERVFAIL, no server answering, too
+    many lookups of this tenant in flight): a caller tries again; NXDOMAIN is a plain BlockedURL."""
+
+    permanent = False
+
+
+class LookupTimeout(LookupFailed):
     """The name did not resolve in time."""
 
 
@@ -128,26 +142,163 @@ def blocked_reason(ip: IPAddress) -> str | None:
 
 def addresses_of(host: str, port: int, resolver: Resolver | None = None, *, timeout: float) -> list[IPAddress]:
     """An IP literal as it is (in any spelling; never handed to a resolver), a name resolved within
-    `timeout` seconds: a tenant's slow DNS server must not hold a web or callback thread."""
+    `timeout` seconds in the calling thread: a tenant's slow DNS server holds only its own request,
+    never a shared pool, and a tenant has at most `NETGUARD_LOOKUPS_PER_TENANT` lookups in flight
+    (see `lookups_for`)."""
     ip = parse_ip(host.rstrip("."))
     if ip is not None:
         return [ip]
-    lookup = _LOOKUPS.submit(resolver or resolve, host, port)
-    try:
-        return list(lookup.result(timeout=timeout))
-    except FutureTimeout as exc:
-        raise LookupTimeout(f"{host} did not resolve within {timeout:g}s") from exc
+    with _lookup_slot():
+        return list((resolver or resolve)(host, port, timeout))
 
 
-def resolve(host: str, port: int) -> list[IPAddress]:
-    """The system resolver's addresses for a name."""
+# --- name lookups -------------------------------------------------------------------------------
+# dnspython rather than getaddrinfo: a lookup ends by its deadline (getaddrinfo cannot be cancelled,
+# so a name whose server never answers held a thread of a shared pool for the resolver's full
+# retry schedule), and its errors tell a temporary failure from a name that does not exist.
+# /etc/hosts first, as the system's resolver does; then the servers of /etc/resolv.conf (or
+# `NETGUARD_DNS_SERVERS`, "ip[:port]" each), with its search list.
+
+_TENANT: ContextVar[str | None] = ContextVar("netguard_tenant", default=None)
+_in_flight: Counter[str] = Counter()
+_in_flight_lock = threading.Lock()
+
+
+@contextmanager
+def lookups_for(tenant: object) -> Iterator[None]:
+    """Count the name lookups made inside against `tenant` (a client id): one tenant's names that
+    never answer hold at most `NETGUARD_LOOKUPS_PER_TENANT` of this process's threads at a time;
+    more fail at once, as temporary failures."""
+    token = _TENANT.set(str(tenant))
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError) as exc:
+        yield
+    finally:
+        _TENANT.reset(token)
+
+
+@contextmanager
+def _lookup_slot() -> Iterator[None]:
+    tenant = _TENANT.get()
+    if tenant is None:
+        yield
+        return
+    limit = max(1, int(getattr(settings, "NETGUARD_LOOKUPS_PER_TENANT", 4)))
+    with _in_flight_lock:
+        if _in_flight[tenant] >= limit:
+            raise LookupFailed(f"{limit} name lookups of this client are in flight; try again shortly")
+        _in_flight[tenant] += 1
+    try:
+        yield
+    finally:
+        with _in_flight_lock:
+            _in_flight[tenant] -= 1
+            if not _in_flight[tenant]:
+                del _in_flight[tenant]
+
+
+_cache: dict[str, tuple[Any, Any]] = {}
+_cache_lock = threading.Lock()
+
+
+def _cached(path: str, build: Callable[[], Any], extra: Any = None) -> Any:
+    """`build()`, rebuilt when the file at `path` (or `extra`) changes."""
+    try:
+        stamp = (os.stat(path).st_mtime_ns, extra)
+    except OSError:
+        stamp = (None, extra)
+    with _cache_lock:
+        hit = _cache.get(path)
+        if hit is None or hit[0] != stamp:
+            hit = _cache[path] = (stamp, build())
+        return hit[1]
+
+
+def _hosts_file() -> dict[str, list[IPAddress]]:
+    path = getattr(settings, "NETGUARD_HOSTS_FILE", "/etc/hosts")
+
+    def build() -> dict[str, list[IPAddress]]:
+        names: dict[str, list[IPAddress]] = {}
+        try:
+            with open(path, encoding="utf-8", errors="replace") as hosts:
+                lines = hosts.read().splitlines()
+        except OSError:
+            return names
+        for line in lines:
+            address, *aliases = line.split("#", 1)[0].split() or [""]
+            try:
+                ip = ipaddress.ip_address(address.split("%")[0])
+            except ValueError:
+                continue
+            for name in aliases:
+                entry = names.setdefault(name.lower().rstrip("."), [])
+                if ip not in entry:
+                    entry.append(ip)
+        return names
+
+    return _cached(path, build)
+
+
+def _dns_resolver() -> dns.resolver.Resolver:
+    path = getattr(settings, "NETGUARD_RESOLV_CONF", "/etc/resolv.conf")
+    servers = getattr(settings, "NETGUARD_DNS_SERVERS", None) or []
+    if isinstance(servers, str):
+        servers = [s for s in servers.split(",") if s.strip()]
+
+    def build() -> dns.resolver.Resolver:
+        resolver = dns.resolver.Resolver(configure=False)
+        try:
+            resolver.read_resolv_conf(path)
+        except dns.resolver.NoResolverConfiguration:
+            if not servers:
+                raise
+        if servers:
+            resolver.nameservers = [_nameserver(entry.strip()) for entry in servers]
+        resolver.cache = None  # a name's addresses are checked as they are now (DNS rebinding)
+        return resolver
+
+    return _cached(path, build, tuple(servers))
+
+
+def _nameserver(entry: str) -> dns.nameserver.Do53Nameserver:
+    """`ip`, `ip:port` or `[ipv6]:port`."""
+    if entry.startswith("["):
+        address, _, port = entry[1:].partition("]:")
+        return dns.nameserver.Do53Nameserver(address.rstrip("]"), int(port or 53))
+    if entry.count(":") == 1:
+        address, port = entry.split(":")
+        return dns.nameserver.Do53Nameserver(address, int(port))
+    return dns.nameserver.Do53Nameserver(entry, 53)
+
+
+_BAD_NAME = (dns.name.NameTooLong, dns.name.LabelTooLong, dns.name.EmptyLabel, dns.name.BadEscape)
+
+
+def resolve(host: str, port: int, timeout: float = SUBMIT_LOOKUP_SECONDS) -> list[IPAddress]:
+    """A name's addresses (/etc/hosts, then DNS) within `timeout` seconds. BlockedURL when the name
+    does not exist or has no address; LookupFailed when no answer came in time, or the servers
+    failed (SERVFAIL, refused): worth trying again."""
+    name = host.rstrip(".").lower()
+    try:
+        name.encode("ascii")
+    except UnicodeError as exc:
         raise BlockedURL(f"{host} does not resolve") from exc
+    known = _hosts_file().get(name)
+    if known:
+        return list(known)
+    started = time.monotonic()
+    try:
+        answers = _dns_resolver().resolve_name(name, lifetime=max(0.01, timeout), search=True)
+    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer, dns.resolver.YXDOMAIN, *_BAD_NAME) as exc:
+        raise BlockedURL(f"{host} does not resolve") from exc
+    except dns.exception.Timeout as exc:
+        raise LookupTimeout(f"{host} did not resolve within {timeout:g}s") from exc
+    except (dns.resolver.NoNameservers, dns.resolver.NoResolverConfiguration, dns.exception.DNSException) as exc:
+        if time.monotonic() - started >= timeout:
+            raise LookupTimeout(f"{host} did not resolve within {timeout:g}s") from exc
+        raise LookupFailed(f"{host} did not resolve (a temporary DNS failure: {type(exc).__name__})") from exc
     addresses: list[IPAddress] = []
-    for *_, sockaddr in infos:
-        address = ipaddress.ip_address(str(sockaddr[0]).split("%")[0])
+    for text in answers.addresses():
+        address = ipaddress.ip_address(text.split("%")[0])
         if address not in addresses:
             addresses.append(address)
     if not addresses:

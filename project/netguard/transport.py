@@ -13,6 +13,7 @@ import httpx
 from project.netguard.addresses import (
     SUBMIT_LOOKUP_SECONDS,
     BlockedURL,
+    LookupFailed,
     LookupTimeout,
     Resolver,
     addresses_of,
@@ -86,7 +87,9 @@ class _GuardedBackend(httpcore.SyncBackend):
             check_addresses(host, port, addresses, allow_list=self._allow_list)
         except LookupTimeout as exc:
             raise httpcore.ConnectTimeout(str(exc)) from exc
-        except BlockedURL as exc:
+        except LookupFailed as exc:  # temporary (SERVFAIL, no server answering): the caller retries
+            raise httpcore.ConnectError(str(exc)) from exc
+        except BlockedURL as exc:  # NXDOMAIN, or an address into the operator's network
             raise OutboundBlocked(str(exc)) from exc
         error: Exception = httpcore.ConnectError(f"{host} has no address")
         for ip in addresses:
@@ -125,11 +128,13 @@ class GuardedTransport(httpx.HTTPTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         if request.url.scheme not in ("http", "https"):
             raise OutboundBlocked("only http and https", request=request)
-        token = _DEADLINE.set(time.monotonic() + self.deadline)
+        # A request's own shorter timeout (a caller's budget: `post(..., timeout=3)`) is its whole deadline.
+        timeouts = request.extensions.get("timeout") or {}
+        deadline = min([self.deadline, *(t for t in timeouts.values() if t)])
+        token = _DEADLINE.set(time.monotonic() + deadline)
         try:
-            timeouts = request.extensions.get("timeout") or {}
             request.extensions["timeout"] = {
-                k: min(timeouts.get(k) or self.deadline, self.deadline) for k in ("connect", "read", "write", "pool")
+                k: min(timeouts.get(k) or deadline, deadline) for k in ("connect", "read", "write", "pool")
             }
             response = super().handle_request(request)
             try:
@@ -169,7 +174,9 @@ def guarded_client(
     environment; each request done within `timeout` seconds in all, its answer cut at
     `max_response_bytes`; certificates checked for the URL's host (`ssl_context` for another CA
     bundle). Thread-safe: share one per process. Refusals raise OutboundBlocked, an
-    httpx.ConnectError; a deadline, httpx.TimeoutException; a long answer, ResponseTooLarge."""
+    httpx.ConnectError whose `permanent` is True (an address inside, a name that does not exist);
+    a temporary DNS failure, a plain httpx.ConnectError; a deadline, httpx.TimeoutException; a long
+    answer, ResponseTooLarge."""
     return httpx.Client(
         transport=GuardedTransport(
             deadline=timeout,

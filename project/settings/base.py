@@ -57,6 +57,12 @@ AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
 AXES_COOLOFF_TIME = timedelta(minutes=env.float("AXES_COOLOFF_MINUTES", default=15))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
+# Behind TRUSTED_PROXY_COUNT reverse proxies (the ingress, a load balancer) the peer is the nearest
+# proxy; the client is the address the outermost of them saw, in CLIENT_ADDRESS_HEADER (each proxy
+# appends the address it saw). 0: the peer address; the header, which a client can write, is ignored.
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
+CLIENT_ADDRESS_HEADER = env.str("CLIENT_ADDRESS_HEADER", default="X-Forwarded-For")
+AXES_CLIENT_IP_CALLABLE = "project.access.client_address"
 # `/metrics` answers only these networks (the peer address) or a bearer METRICS_TOKEN (project/access.py).
 METRICS_ALLOWED_CIDRS = env.list("METRICS_ALLOWED_CIDRS", default=["127.0.0.0/8", "::1/128"])
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
@@ -144,6 +150,13 @@ BACKPRESSURE_TENANT_FLOOR = env.int("BACKPRESSURE_TENANT_FLOOR", default=100)
 MAX_REQUEST_BYTES = env.int("MAX_REQUEST_BYTES", default=64 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
 TICKET_BODY_MAX_CHARS = env.int("TICKET_BODY_MAX_CHARS", default=20_000)
+# Name lookups of tenants' URLs (project/netguard/addresses.py): /etc/hosts, then the servers of
+# resolv.conf (or NETGUARD_DNS_SERVERS, "ip[:port]" each), each lookup by its deadline; at most
+# NETGUARD_LOOKUPS_PER_TENANT of one client's in flight per process.
+NETGUARD_LOOKUPS_PER_TENANT = env.int("NETGUARD_LOOKUPS_PER_TENANT", default=4)
+NETGUARD_DNS_SERVERS: list[str] = env.list("NETGUARD_DNS_SERVERS", default=[])
+NETGUARD_RESOLV_CONF = env.str("NETGUARD_RESOLV_CONF", default="/etc/resolv.conf")
+NETGUARD_HOSTS_FILE = env.str("NETGUARD_HOSTS_FILE", default="/etc/hosts")
 # Tenants' callbacks are never sent to loopback, private, link-local or metadata addresses
 # (project/netguard/) except to these comma-separated `host[:port]` entries (a name or an address;
 # no port: any port).

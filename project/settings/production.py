@@ -23,7 +23,10 @@ def _required(name: str) -> str:
 
 
 SECRET_KEY = _required("SECRET_KEY")
-DEBUG = env.bool("DEBUG", default=False)
+# Debug pages show settings, SQL and tracebacks to whoever triggers an error: never in production.
+if env.bool("DEBUG", default=False):
+    raise ImproperlyConfigured("DEBUG cannot be on when DJANGO_ENV=production")
+DEBUG = False
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[])
 # HTTPS only (`manage.py check --deploy` is clean): behind a proxy that terminates TLS, it sets
 # X-Forwarded-Proto and SECURE_PROXY_SSL_HEADER says so; the probes' paths stay reachable over HTTP.

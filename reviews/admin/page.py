@@ -12,6 +12,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 
+from project.sensitive import mask_sensitive, mask_url
 from reviews import services
 from reviews.forms import DecisionForm, DismissForm
 from reviews.models import Reason, Review, ReviewStatus
@@ -135,6 +136,10 @@ class ReviewPageAdmin(admin.ModelAdmin):
         """Render the page; bound forms are passed back so a rejected decision keeps its edits."""
         review.refresh_from_db()
         ticket = review.ticket
+        history = list(customer_history(ticket=ticket))
+        if not sees_unmasked(request):
+            for shown in (ticket, *history):
+                masked_for_display(shown)
         can_act = self.has_change_permission(request, review)
         mine = review.status == ReviewStatus.CLAIMED and review.assignee_id == request.user.pk
         context = {
@@ -145,7 +150,7 @@ class ReviewPageAdmin(admin.ModelAdmin):
             "original": review,
             "review": review,
             "ticket": ticket,
-            "history": customer_history(ticket=ticket),
+            "history": history,
             "timeline": _timeline(ticket),
             "parsed": ticket.context.get("parse") or {},
             "dead_letters": list(ticket.dead_letters.all()[:3]),
@@ -166,6 +171,27 @@ class ReviewPageAdmin(admin.ModelAdmin):
         }
         request.current_app = self.admin_site.name
         return TemplateResponse(request, "admin/reviews/review/review_page.html", context)
+
+
+def sees_unmasked(request: HttpRequest) -> bool:
+    """Superusers see a ticket as sent; reviewers with card numbers, e-mail addresses and phone
+    numbers masked (the parse stage's spans), and callback URLs without path or query."""
+    return bool(request.user.is_superuser)
+
+
+def masked_for_display(ticket: Ticket) -> Ticket:
+    """The ticket, changed in memory only, as a reviewer reads it: never saved."""
+    ticket.subject = mask_sensitive(ticket.subject)
+    ticket.body = mask_sensitive(ticket.body)
+    ticket.reply = mask_sensitive(ticket.reply)
+    if "callback_url" in ticket.__dict__:
+        ticket.callback_url = mask_url(ticket.callback_url)
+    ticket.save = _never_saved  # type: ignore[method-assign]
+    return ticket
+
+
+def _never_saved(*args: Any, **kwargs: Any) -> None:
+    raise RuntimeError("a ticket masked for display is never saved")
 
 
 def _timeline(ticket: Ticket) -> list[dict[str, Any]]:

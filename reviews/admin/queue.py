@@ -13,6 +13,7 @@ from django.utils.html import format_html
 from django.utils.text import Truncator
 from django.utils.timesince import timesince
 
+from project.sensitive import mask_sensitive
 from reviews import services
 from reviews.admin.filters import AgeFilter, AssignmentFilter, IntentFilter, QueueFilter
 from reviews.admin.page import ReviewPageAdmin
@@ -51,7 +52,8 @@ class ReviewAdmin(ReviewPageAdmin):
     @admin.display(description="request", ordering="ticket__body")
     def request_text(self, review: Review) -> str:
         ticket = review.ticket
-        text = Truncator(f"{ticket.subject} — {ticket.body}" if ticket.subject else ticket.body).chars(110)
+        text = f"{ticket.subject} — {ticket.body}" if ticket.subject else ticket.body
+        text = Truncator(mask_sensitive(text)).chars(110)  # a preview: masked for everyone
         return format_html('<span class="rv-request">{}</span>', text)
 
     @admin.display(description="priority", ordering="-ticket__priority")

@@ -378,7 +378,7 @@ def test_the_schema_states_the_bearer_scheme_unique_operation_ids_and_the_error_
         assert op["security"] == [{"bearerAuth": []}]
         for code, response in op["responses"].items():
             assert "RateLimit" in response["headers"]
-            if int(code) >= 400:
+            if int(code) >= 400 and code != "414":  # the web server's answer, in its own format
                 assert response["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
         assert {"401", "429", "503"} <= set(op["responses"])
 

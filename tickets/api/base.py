@@ -12,7 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from tickets.api.schema import NO_NUL
+from tickets.api.schema import NO_NUL_NOT_EMPTY
 
 METADATA_MAX_BYTES = 8 * 1024
 METADATA_MAX_DEPTH = 5
@@ -36,12 +36,13 @@ class MetadataField(serializers.DictField):
     pass
 
 
-@extend_schema_field({"type": "string", "pattern": NO_NUL})
+@extend_schema_field({"type": "string", "minLength": 1, "pattern": NO_NUL_NOT_EMPTY})
 class QueryText(serializers.CharField):
-    """Query text taken as given: blank filters nothing, whitespace is not trimmed away into an error."""
+    """Query text taken as given (whitespace is not trimmed away into an error); given empty
+    (`?intent=`), a 400: leave a filter out to filter nothing."""
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(required=False, allow_blank=True, trim_whitespace=False, **kwargs)
+        super().__init__(required=False, allow_blank=False, trim_whitespace=False, **kwargs)
 
 
 class JSONParser(parsers.JSONParser):

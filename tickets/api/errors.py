@@ -17,6 +17,15 @@ OUTAGES = (OperationalError, InterfaceError, redis.exceptions.ConnectionError, k
 OUTAGE_RETRY_AFTER = 5
 
 
+class LookupUnavailable(exceptions.APIException):
+    """A callback URL's name did not resolve now (a timeout, SERVFAIL, too many lookups of this
+    client in flight): not bad input, so a 503 the client retries, not a 400."""
+
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_code = "lookup_unavailable"
+    default_detail = "the callback URL's name did not resolve in time; retry later"
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF's handler, with the body reshaped so clients parse one format."""
     if isinstance(exc, OUTAGES):
@@ -32,6 +41,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     response = drf_exception_handler(exc, context)
     if response is None:
         return None
+    if isinstance(exc, LookupUnavailable):
+        response["Retry-After"] = str(OUTAGE_RETRY_AFTER)
     if isinstance(exc, exceptions.ValidationError):
         code = "validation_error"
     elif isinstance(exc, exceptions.APIException):

@@ -16,6 +16,7 @@ from tickets.webhooks.signing import ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEAD
 # What tickets/api/serializers.py's validation accepts, stated in the schema, so a request valid by the schema
 # is accepted.
 NO_NUL = r"^[^\x00]*$"
+NO_NUL_NOT_EMPTY = r"^[^\x00]+$"
 NOT_BLANK = r"^[^\x00]*[^\s\x00][^\x00]*$"  # trimmed, something is left
 HOST_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 CALLBACK_URL = (
@@ -43,6 +44,7 @@ _ERROR_TEXT = {
     406: "Only `application/json` answers are offered.",
     409: "Conflict (see `error`).",
     413: "The request body is over the limit.",
+    414: "The URL is too long: the web server refuses it before the API reads it (its body is not JSON).",
     415: "Send `Content-Type: application/json`.",
     429: "Over the client's rate, or its share of the work in flight; see `Retry-After` and `RateLimit`.",
     503: "Overloaded or a backing service is down; see `Retry-After`.",
@@ -51,10 +53,13 @@ _ERROR_TEXT = {
 
 def errors(*codes: int) -> dict[int, OpenApiResponse]:
     """The error answers an operation can give, each in the one error shape (every operation can
-    answer 401, 406, 429 and 503)."""
-    return {
-        code: OpenApiResponse(ERROR, description=_ERROR_TEXT[code]) for code in sorted({*codes, 401, 406, 429, 503})
+    answer 401, 406, 413, 429 and 503: a body over the limit is refused on any method), and 414,
+    which the web server gives in its own format."""
+    answers = {
+        code: OpenApiResponse(ERROR, description=_ERROR_TEXT[code])
+        for code in sorted({*codes, 401, 406, 413, 429, 503})
     }
+    return {**answers, 414: OpenApiResponse(description=_ERROR_TEXT[414])}
 
 
 class ClientKeyScheme(OpenApiAuthenticationExtension):

@@ -19,7 +19,8 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import CursorPagination
 
 from agents.pipeline.spec import SPEC
-from project.netguard import BlockedURL, check_url
+from project.netguard import BlockedURL, LookupFailed, check_url
+from project.sensitive import redact_locations
 from project.textnorm import nfkc
 from tickets.api.base import (
     METADATA_MAX_BYTES,
@@ -27,6 +28,7 @@ from tickets.api.base import (
     MetadataField,
     QueryText,
 )
+from tickets.api.errors import LookupUnavailable
 from tickets.models import Priority, Ticket
 from tickets.selectors import ticket_trace
 
@@ -100,6 +102,8 @@ class TicketInputSerializer(StrictSerializer):
         if value:
             try:
                 check_url(value)
+            except LookupFailed as exc:
+                raise LookupUnavailable(f"this URL's name did not resolve now ({exc}); retry later") from exc
             except BlockedURL as exc:
                 raise serializers.ValidationError(f"this URL may not be called back: {exc}") from exc
         return value
@@ -117,6 +121,14 @@ class TicketInputSerializer(StrictSerializer):
         return attrs
 
 
+class RedactedText(serializers.CharField):
+    """An error text as a tenant may read it: URLs, addresses and host names replaced (they name the
+    operator's network); the full text stays in the trace row, for operators."""
+
+    def to_representation(self, value: Any) -> str:
+        return redact_locations(str(value))
+
+
 class TraceSerializer(serializers.Serializer):
     stage = serializers.CharField()
     attempt = serializers.IntegerField()
@@ -132,7 +144,7 @@ class TraceSerializer(serializers.Serializer):
     cost_usd = serializers.DecimalField(max_digits=12, decimal_places=6)
     cache_hit = serializers.BooleanField()
     error_class = serializers.CharField()
-    error_message = serializers.CharField()
+    error_message = RedactedText()
     output = serializers.JSONField()
 
 

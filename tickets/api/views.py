@@ -17,6 +17,7 @@ from rest_framework.response import Response
 
 from agents.pipeline.human import ticket_replay
 from agents.pipeline.intake import ticket_submit
+from project.netguard import lookups_for
 from tickets.api.backpressure import admit
 from tickets.api.base import (
     ClientApi,
@@ -59,7 +60,8 @@ class TicketListCreateApi(ClientApi):
                     "channel": "email",
                     "priority": "normal",
                     "metadata": {"locale": "en-GB"},
-                    "callback_url": "https://hooks.example.com/tickets",
+                    # A name that resolves to a public address (the guard refuses one that does not resolve).
+                    "callback_url": "https://example.com/tickets",
                 },
             ),
         ],
@@ -102,7 +104,8 @@ class TicketListCreateApi(ClientApi):
         if key is not None and not IDEMPOTENCY_KEY.fullmatch(key):
             raise ValidationError({"Idempotency-Key": "at most 255 printable ASCII characters"})
         serializer = TicketInputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
+        with lookups_for(request.user.pk):  # its callback URL's lookups count against this client only
+            serializer.is_valid(raise_exception=True)
         refused = admit(request.user.pk)
         if refused:
             return Response(
@@ -129,6 +132,9 @@ class TicketListCreateApi(ClientApi):
         responses={200: TICKET_PAGE, **errors(400, 404)},
     )
     def get(self, request: Request) -> Response:
+        repeated = sorted(name for name, values in request.query_params.lists() if len(values) > 1)
+        if repeated:  # `dict()` would keep the last and drop the rest without a word
+            raise ValidationError({name: "given more than once; give it once" for name in repeated})
         filters = TicketFilterSerializer(data=request.query_params.dict())
         filters.is_valid(raise_exception=True)
         params = {k: v for k, v in filters.validated_data.items() if k not in ("cursor", "page_size")}
