@@ -19,6 +19,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
@@ -48,6 +49,12 @@ SAMPLES = [
     "Why was I charged a fee for a cash withdrawal?",
 ]
 ROWS: list[dict[str, Any]] = []
+TIMES: dict[str, float] = {}
+# The venv's podman-compose (the dev lock), first on PATH for deploy/compose/up as well.
+BIN = os.path.dirname(sys.executable)
+PODMAN_COMPOSE = (
+    os.path.join(BIN, "podman-compose") if os.path.exists(os.path.join(BIN, "podman-compose")) else "podman-compose"
+)
 
 
 def _free_port() -> int:
@@ -81,6 +88,7 @@ class Stack:
         secret = uuid.uuid4().hex
         self.env = {
             **os.environ,
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
             **{k: str(v) for k, v in self.ports.items()},
             "COMPOSE_PROJECT_NAME": PROJECT,
             "COMPOSE_FILES": FILES,
@@ -100,10 +108,16 @@ class Stack:
 
     def compose(self, *args: str, check: bool = True) -> str:
         files = [arg for f in FILES.split() for arg in ("-f", f)]
-        return sh("podman-compose", "-p", PROJECT, *files, *args, env=self.env, check=check)
+        return sh(PODMAN_COMPOSE, "-p", PROJECT, *files, *args, env=self.env, check=check)
 
     def up(self) -> None:
         sh("deploy/compose/up", env=self.env)
+
+    def teardown(self) -> None:
+        """Everything of this project goes, whatever state a failed check left it in: `down -v`,
+        then any container, pod, volume or network still labelled with the project's name."""
+        self.compose("down", "-v", "-t", "5", check=False)
+        sweep(PROJECT)
 
     def container(self, service: str) -> str:
         labels = [f"label=com.docker.compose.project={PROJECT}", f"label=com.docker.compose.service={service}"]
@@ -118,6 +132,29 @@ class Stack:
         return self.exec("postgres", *args).strip()
 
 
+def sweep(project: str) -> None:
+    label = f"label=com.docker.compose.project={project}"
+    for kind, ls, rm in (
+        ("container", ["ps", "-a", "-q"], ["rm", "-f", "-t", "0"]),
+        ("pod", ["pod", "ps", "-q"], ["pod", "rm", "-f"]),
+        ("volume", ["volume", "ls", "-q"], ["volume", "rm", "-f"]),
+        ("network", ["network", "ls", "-q"], ["network", "rm", "-f"]),
+    ):
+        flt = ["--filter", f"name=pod_{project}"] if kind == "pod" else ["--filter", label]
+        ids = sh("podman", *ls, *flt, check=False).split()
+        if ids:
+            sh("podman", *rm, *ids, check=False)
+
+
+def leftovers(project: str) -> list[str]:
+    """What podman still has of `project`: containers, volumes and networks by label."""
+    label = f"label=com.docker.compose.project={project}"
+    out = []
+    for ls in (["ps", "-a"], ["volume", "ls"], ["network", "ls"]):
+        out += sh("podman", *ls, "-q", "--filter", label, check=False).split()
+    return out
+
+
 @pytest.fixture(scope="module")
 def stack() -> Any:
     reason = _podman_works()
@@ -128,21 +165,28 @@ def stack() -> Any:
     t0 = time.monotonic()
     if not REUSE:
         sh("deploy/images/build", timeout=1800)  # what `make image` runs
-    built = time.monotonic() - t0
+    TIMES["build_s"] = time.monotonic() - t0
     s = Stack()
     try:
         if not REUSE:
             s.up()
-        s.up_seconds = time.monotonic() - t0 - built  # type: ignore[attr-defined]
-        s.build_seconds = built  # type: ignore[attr-defined]
+        TIMES["up_s"] = time.monotonic() - t0 - TIMES["build_s"]
         yield s
     finally:
+        t1 = time.monotonic()
         if not REUSE and os.environ.get("COMPOSE_TEST_KEEP") != "1":
-            s.compose("down", "-v", "-t", "5", check=False)
+            s.teardown()
+            left = leftovers(PROJECT)
+            if left:
+                print(f"\n{PROJECT}: left behind after teardown: {left}")
+        TIMES["checks_s"] = t1 - t0 - TIMES["build_s"] - TIMES.get("up_s", 0)
+        TIMES["down_s"] = time.monotonic() - t1
         out = ROOT / "var" / "compose-test.json"
         out.parent.mkdir(exist_ok=True)
-        out.write_text(json.dumps({"build_s": round(built, 1), "rows": ROWS}, indent=2))
+        times = {k: round(v, 1) for k, v in TIMES.items()}
+        out.write_text(json.dumps({"project": PROJECT, "seconds": times, "rows": ROWS}, indent=2))
         print("\n" + table(ROWS))
+        print(f"seconds: {times} (also in var/compose-test.json)")
 
 
 def table(rows: list[dict[str, Any]]) -> str:
