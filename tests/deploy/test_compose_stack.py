@@ -6,9 +6,10 @@ endpoint beside it (tests/deploy/compose/test.yaml), then: tickets over plain HT
 state and their callbacks arrive signed; /readyz answers and Prometheus scrapes every target; the
 KEDA query reads the work really queued; a worker killed mid-load loses and duplicates nothing;
 `down` then up on the same volumes keeps the data. Each phase's counts go to the table printed at
-the end (and to var/compose-test.json). Where podman cannot run this skips saying why, except in CI
-(CI=true), where it fails: CI machines can run podman, and a stack test that silently did not run
-would pass for one that did.
+the end (and to var/compose-test.json). The stack goes, volumes and all, even when a check fails,
+and what runs killed before their teardown left is swept first. Where podman cannot run this skips
+saying why, except in CI (CI=true), where it fails: .ci/run says SKIPPED itself where podman cannot
+run a container, and a stack test that silently did not run would pass for one that did.
 """
 
 from __future__ import annotations
@@ -132,27 +133,46 @@ class Stack:
         return self.exec("postgres", *args).strip()
 
 
+LABEL = "com.docker.compose.project"
+
+
 def sweep(project: str) -> None:
-    label = f"label=com.docker.compose.project={project}"
-    for kind, ls, rm in (
-        ("container", ["ps", "-a", "-q"], ["rm", "-f", "-t", "0"]),
-        ("pod", ["pod", "ps", "-q"], ["pod", "rm", "-f"]),
-        ("volume", ["volume", "ls", "-q"], ["volume", "rm", "-f"]),
-        ("network", ["network", "ls", "-q"], ["network", "rm", "-f"]),
+    """Removes every container, pod, volume and network of `project` that podman still holds."""
+    for ls, rm, flt in (
+        (["ps", "-a", "-q"], ["rm", "-f", "-t", "0"], f"label={LABEL}={project}"),
+        (["pod", "ps", "-q"], ["pod", "rm", "-f"], f"name=^pod_{project}$"),
+        (["volume", "ls", "-q"], ["volume", "rm", "-f"], f"label={LABEL}={project}"),
+        (["network", "ls", "-q"], ["network", "rm", "-f"], f"label={LABEL}={project}"),
     ):
-        flt = ["--filter", f"name=pod_{project}"] if kind == "pod" else ["--filter", label]
-        ids = sh("podman", *ls, *flt, check=False).split()
+        ids = sh("podman", *ls, "--filter", flt, check=False).split()
         if ids:
             sh("podman", *rm, *ids, check=False)
 
 
 def leftovers(project: str) -> list[str]:
-    """What podman still has of `project`: containers, volumes and networks by label."""
-    label = f"label=com.docker.compose.project={project}"
+    """What podman still holds of `project`: containers, pods, volumes and networks."""
     out = []
-    for ls in (["ps", "-a"], ["volume", "ls"], ["network", "ls"]):
-        out += sh("podman", *ls, "-q", "--filter", label, check=False).split()
+    for ls, flt in (
+        (["ps", "-a"], f"label={LABEL}={project}"),
+        (["pod", "ps"], f"name=^pod_{project}$"),
+        (["volume", "ls"], f"label={LABEL}={project}"),
+        (["network", "ls"], f"label={LABEL}={project}"),
+    ):
+        out += sh("podman", *ls, "-q", "--filter", flt, check=False).split()
     return out
+
+
+def sweep_dead_runs() -> list[str]:
+    """Sweeps the projects of earlier runs of this test whose process is gone (killed before its
+    teardown, e.g. by a CI timeout); a run still alive is left alone."""
+    projects = set()
+    for ls in (["ps", "-a"], ["volume", "ls"], ["network", "ls"]):
+        for item in json.loads(sh("podman", *ls, "--format", "json", check=False) or "[]"):
+            projects.add((item.get("Labels") or item.get("labels") or {}).get(LABEL, ""))
+    dead = [p for p in projects if re.fullmatch(r"ap-test-(\d+)", p) and not os.path.exists(f"/proc/{p[8:]}")]
+    for project in dead:
+        sweep(project)
+    return dead
 
 
 @pytest.fixture(scope="module")
@@ -162,6 +182,9 @@ def stack() -> Any:
         if os.environ.get("CI"):
             pytest.fail(f"the compose test must run in CI: {reason}")
         pytest.skip(reason)
+    swept = sweep_dead_runs()
+    if swept:
+        print(f"\nswept what earlier runs left: {swept}")
     t0 = time.monotonic()
     if not REUSE:
         sh("deploy/images/build", timeout=1800)  # what `make image` runs
@@ -387,3 +410,48 @@ def test_down_then_up_on_the_same_volumes_keeps_the_data(stack, client):
     ids = submit(stack, client, 20, "after-up")  # the same key still works: the client survived too
     row = audit(stack, client, f"down, then up on the same volumes ({before.split('|')[0]} tickets kept)", ids)
     assert row["lost"] == 0 and row["duplicated"] == 0, row
+
+
+# The teardown itself, on podman without a stack (seconds).
+def test_the_teardown_leaves_nothing_of_the_project(tmp_path):
+    """What a failed run can leave (a container, its pod, a volume, a network) is all swept, and
+    only the project's own: another project's volume stays."""
+    reason = _podman_works()
+    if reason:
+        pytest.skip(reason)
+    root = tmp_path / "rootfs"
+    libs = re.findall(r"(/\S+) \(0x", sh("ldd", "/bin/true"))
+    for path in ["/bin/true", *libs]:
+        (root / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, root / path.lstrip("/"))
+    project, other = f"ap-sweep-{uuid.uuid4().hex[:8]}", f"ap-other-{uuid.uuid4().hex[:8]}"
+    label = f"{LABEL}={project}"
+    try:
+        sh("podman", "pod", "create", "--name", f"pod_{project}")
+        sh("podman", "network", "create", "--label", label, f"{project}_default")
+        sh("podman", "volume", "create", "--label", label, f"{project}_postgres")
+        sh("podman", "volume", "create", "--label", f"{LABEL}={other}", f"{other}_postgres")
+        sh("podman", "create", "--label", label, "--network", "none", "--rootfs", str(root), "/bin/true")
+        assert len(leftovers(project)) == 4
+        sweep(project)
+        assert leftovers(project) == []
+        assert len(leftovers(other)) == 1
+    finally:
+        sweep(project)
+        sweep(other)
+
+
+def test_a_dead_runs_project_is_swept_and_a_live_ones_is_not():
+    reason = _podman_works()
+    if reason:
+        pytest.skip(reason)
+    dead_pid = int(sh("sh", "-c", "echo $$").strip())  # a shell that has exited: its pid is gone
+    dead, alive = f"ap-test-{dead_pid}", f"ap-test-{os.getppid()}"  # not this run's own
+    try:
+        for project in (dead, alive):
+            sh("podman", "volume", "create", "--label", f"{LABEL}={project}", f"{project}_redis")
+        assert dead in sweep_dead_runs()
+        assert leftovers(dead) == [] and len(leftovers(alive)) == 1
+    finally:
+        sweep(dead)
+        sweep(alive)
