@@ -455,3 +455,79 @@ def test_a_dead_runs_project_is_swept_and_a_live_ones_is_not():
     finally:
         sweep(dead)
         sweep(alive)
+
+
+# What a second `make image` reuses (docs/deploy.md): the bases by their recipe's hash, the
+# wheelhouse by the locks' hash. Downloads are faked on PATH; podman's import and labels are real.
+
+
+def _fake(bin_dir: Any, name: str, script: str) -> None:
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / name).write_text("#!/bin/sh\n" + script)
+    (bin_dir / name).chmod(0o755)
+
+
+def test_a_debian_base_is_reused_while_its_recipe_is_unchanged_and_rebuilt_when_not(tmp_path):
+    reason = _podman_works()
+    if reason:
+        pytest.skip(reason)
+    calls = tmp_path / "mmdebstrap-calls"
+    # mmdebstrap's stand-in: a root filesystem of one file, written where the script asks.
+    _fake(
+        tmp_path / "bin",
+        "mmdebstrap",
+        f'echo "$*" >> {calls}\nfor a; do case "$a" in *.tar) out="$a";; esac; done\n'
+        'mkdir -p "$out.d/etc" && echo fake > "$out.d/etc/fake" && tar -C "$out.d" -cf "$out" .\n',
+    )
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    script = tmp_path / "debian-base"
+    shutil.copy(ROOT / "deploy/images/debian-base", script)
+    name = f"localhost/ap-base-test-{uuid.uuid4().hex[:8]}"
+
+    def build(*packages: str) -> str:
+        return sh(str(script), name, *packages, env=env)
+
+    def built() -> int:
+        return len(calls.read_text().splitlines()) if calls.exists() else 0
+
+    try:
+        assert "built" in build("python3", "tzdata") and built() == 1
+        assert "reused" in build("python3", "tzdata") and built() == 1
+        assert "built" in build("python3", "tzdata", "curl") and built() == 2  # another list
+        assert "reused" in build("python3", "tzdata", "curl") and built() == 2
+        script.write_text(script.read_text() + "# a changed recipe\n")
+        assert "built" in build("python3", "tzdata", "curl") and built() == 3
+        env["DEBIAN_SUITE"] = "trixie"
+        assert "built" in build("python3", "tzdata", "curl") and built() == 4
+    finally:
+        sh("podman", "image", "rm", "-f", name, check=False)
+
+
+def test_the_wheelhouse_is_reused_while_the_locks_are_unchanged_and_filled_again_when_not(tmp_path):
+    root = tmp_path / "repo"
+    (root / "deploy/images").mkdir(parents=True)
+    (root / "requirements").mkdir()
+    shutil.copy(ROOT / "deploy/images/wheelhouse", root / "deploy/images/wheelhouse")
+    (root / "requirements/runtime.txt").write_text("django==5.2 --hash=sha256:aa\n")
+    (root / "requirements-encoder.txt").write_text("encoder==0.1 --hash=sha256:bb\n")
+    calls = tmp_path / "pip-calls"
+    # pip's stand-in: one wheel into the -d directory.
+    _fake(
+        tmp_path / "bin",
+        "python",
+        f'echo "$*" >> {calls}\nwhile [ "$1" != -d ]; do shift; done\ntouch "$2/pkg-1.0-py3-none-any.whl"\n',
+    )
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+
+    def fill() -> str:
+        return sh(str(root / "deploy/images/wheelhouse"), env=env)
+
+    def downloads() -> int:
+        return len(calls.read_text().splitlines()) if calls.exists() else 0
+
+    assert "filled" in fill() and downloads() == 1
+    assert "reused" in fill() and downloads() == 1
+    assert (root / "var/wheelhouse/pkg-1.0-py3-none-any.whl").exists()
+    (root / "requirements-encoder.txt").write_text("encoder==0.2 --hash=sha256:cc\n")
+    assert "filled" in fill() and downloads() == 2
+    assert "reused" in fill() and downloads() == 2
