@@ -427,7 +427,7 @@ def test_the_teardown_leaves_nothing_of_the_project(tmp_path):
     project, other = f"ap-sweep-{uuid.uuid4().hex[:8]}", f"ap-other-{uuid.uuid4().hex[:8]}"
     label = f"{LABEL}={project}"
     try:
-        sh("podman", "pod", "create", "--name", f"pod_{project}")
+        sh("podman", "pod", "create", "--infra=false", "--name", f"pod_{project}")
         sh("podman", "network", "create", "--label", label, f"{project}_default")
         sh("podman", "volume", "create", "--label", label, f"{project}_postgres")
         sh("podman", "volume", "create", "--label", f"{LABEL}={other}", f"{other}_postgres")
@@ -484,8 +484,12 @@ def test_a_debian_base_is_reused_while_its_recipe_is_unchanged_and_rebuilt_when_
     shutil.copy(ROOT / "deploy/images/debian-base", script)
     name = f"localhost/ap-base-test-{uuid.uuid4().hex[:8]}"
 
+    ids = set()
+
     def build(*packages: str) -> str:
-        return sh(str(script), name, *packages, env=env)
+        out = sh(str(script), name, *packages, env=env)
+        ids.add(sh("podman", "image", "inspect", "--format", "{{.Id}}", name).strip())
+        return out
 
     def built() -> int:
         return len(calls.read_text().splitlines()) if calls.exists() else 0
@@ -500,7 +504,7 @@ def test_a_debian_base_is_reused_while_its_recipe_is_unchanged_and_rebuilt_when_
         env["DEBIAN_SUITE"] = "trixie"
         assert "built" in build("python3", "tzdata", "curl") and built() == 4
     finally:
-        sh("podman", "image", "rm", "-f", name, check=False)
+        sh("podman", "image", "rm", "-f", *ids, check=False)  # each build's, the untagged ones too
 
 
 def test_the_wheelhouse_is_reused_while_the_locks_are_unchanged_and_filled_again_when_not(tmp_path):
