@@ -44,7 +44,7 @@ bootstrap: services  ## migrate, load the intent pack, create the demo client an
 	python manage.py retrain --if-missing
 	python manage.py bootstrap_demo
 
-run: bootstrap  ## everything: API :8000, a worker per queue, beat, Flower :5555, sample requests
+run: bootstrap  ## everything: API :8000, a worker per role (Procfile), beat, Flower :5555, sample requests
 	rm -rf var/prometheus && mkdir -p var/prometheus
 	PROMETHEUS_MULTIPROC_DIR="$(CURDIR)/var/prometheus" FLOWER_BASIC_AUTH="$$(cat var/flower_auth)" honcho -f Procfile start
 

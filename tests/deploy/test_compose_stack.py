@@ -6,9 +6,10 @@ endpoint beside it (tests/deploy/compose/test.yaml), then: tickets over plain HT
 state and their callbacks arrive signed; /readyz answers and Prometheus scrapes every target; the
 KEDA query reads the work really queued; a worker killed mid-load loses and duplicates nothing;
 `down` then up on the same volumes keeps the data. Each phase's counts go to the table printed at
-the end (and to var/compose-test.json). Where podman cannot run this skips saying why, except in CI
-(CI=true), where it fails: CI machines can run podman, and a stack test that silently did not run
-would pass for one that did.
+the end (and to var/compose-test.json). The stack goes, volumes and all, even when a check fails,
+and what runs killed before their teardown left is swept first. Where podman cannot run this skips
+saying why, except in CI (CI=true), where it fails: .ci/run says SKIPPED itself where podman cannot
+run a container, and a stack test that silently did not run would pass for one that did.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
@@ -48,6 +50,12 @@ SAMPLES = [
     "Why was I charged a fee for a cash withdrawal?",
 ]
 ROWS: list[dict[str, Any]] = []
+TIMES: dict[str, float] = {}
+# The venv's podman-compose (the dev lock), first on PATH for deploy/compose/up as well.
+BIN = os.path.dirname(sys.executable)
+PODMAN_COMPOSE = (
+    os.path.join(BIN, "podman-compose") if os.path.exists(os.path.join(BIN, "podman-compose")) else "podman-compose"
+)
 
 
 def _free_port() -> int:
@@ -81,6 +89,7 @@ class Stack:
         secret = uuid.uuid4().hex
         self.env = {
             **os.environ,
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
             **{k: str(v) for k, v in self.ports.items()},
             "COMPOSE_PROJECT_NAME": PROJECT,
             "COMPOSE_FILES": FILES,
@@ -100,10 +109,16 @@ class Stack:
 
     def compose(self, *args: str, check: bool = True) -> str:
         files = [arg for f in FILES.split() for arg in ("-f", f)]
-        return sh("podman-compose", "-p", PROJECT, *files, *args, env=self.env, check=check)
+        return sh(PODMAN_COMPOSE, "-p", PROJECT, *files, *args, env=self.env, check=check)
 
     def up(self) -> None:
         sh("deploy/compose/up", env=self.env)
+
+    def teardown(self) -> None:
+        """Everything of this project goes, whatever state a failed check left it in: `down -v`,
+        then any container, pod, volume or network still labelled with the project's name."""
+        self.compose("down", "-v", "-t", "5", check=False)
+        sweep(PROJECT)
 
     def container(self, service: str) -> str:
         labels = [f"label=com.docker.compose.project={PROJECT}", f"label=com.docker.compose.service={service}"]
@@ -118,6 +133,48 @@ class Stack:
         return self.exec("postgres", *args).strip()
 
 
+LABEL = "com.docker.compose.project"
+
+
+def sweep(project: str) -> None:
+    """Removes every container, pod, volume and network of `project` that podman still holds."""
+    for ls, rm, flt in (
+        (["ps", "-a", "-q"], ["rm", "-f", "-t", "0"], f"label={LABEL}={project}"),
+        (["pod", "ps", "-q"], ["pod", "rm", "-f"], f"name=^pod_{project}$"),
+        (["volume", "ls", "-q"], ["volume", "rm", "-f"], f"label={LABEL}={project}"),
+        (["network", "ls", "-q"], ["network", "rm", "-f"], f"label={LABEL}={project}"),
+    ):
+        ids = sh("podman", *ls, "--filter", flt, check=False).split()
+        if ids:
+            sh("podman", *rm, *ids, check=False)
+
+
+def leftovers(project: str) -> list[str]:
+    """What podman still holds of `project`: containers, pods, volumes and networks."""
+    out = []
+    for ls, flt in (
+        (["ps", "-a"], f"label={LABEL}={project}"),
+        (["pod", "ps"], f"name=^pod_{project}$"),
+        (["volume", "ls"], f"label={LABEL}={project}"),
+        (["network", "ls"], f"label={LABEL}={project}"),
+    ):
+        out += sh("podman", *ls, "-q", "--filter", flt, check=False).split()
+    return out
+
+
+def sweep_dead_runs() -> list[str]:
+    """Sweeps the projects of earlier runs of this test whose process is gone (killed before its
+    teardown, e.g. by a CI timeout); a run still alive is left alone."""
+    projects = set()
+    for ls in (["ps", "-a"], ["volume", "ls"], ["network", "ls"]):
+        for item in json.loads(sh("podman", *ls, "--format", "json", check=False) or "[]"):
+            projects.add((item.get("Labels") or item.get("labels") or {}).get(LABEL, ""))
+    dead = [p for p in projects if re.fullmatch(r"ap-test-(\d+)", p) and not os.path.exists(f"/proc/{p[8:]}")]
+    for project in dead:
+        sweep(project)
+    return dead
+
+
 @pytest.fixture(scope="module")
 def stack() -> Any:
     reason = _podman_works()
@@ -125,24 +182,34 @@ def stack() -> Any:
         if os.environ.get("CI"):
             pytest.fail(f"the compose test must run in CI: {reason}")
         pytest.skip(reason)
+    swept = sweep_dead_runs()
+    if swept:
+        print(f"\nswept what earlier runs left: {swept}")
     t0 = time.monotonic()
     if not REUSE:
         sh("deploy/images/build", timeout=1800)  # what `make image` runs
-    built = time.monotonic() - t0
+    TIMES["build_s"] = time.monotonic() - t0
     s = Stack()
     try:
         if not REUSE:
             s.up()
-        s.up_seconds = time.monotonic() - t0 - built  # type: ignore[attr-defined]
-        s.build_seconds = built  # type: ignore[attr-defined]
+        TIMES["up_s"] = time.monotonic() - t0 - TIMES["build_s"]
         yield s
     finally:
+        t1 = time.monotonic()
         if not REUSE and os.environ.get("COMPOSE_TEST_KEEP") != "1":
-            s.compose("down", "-v", "-t", "5", check=False)
+            s.teardown()
+            left = leftovers(PROJECT)
+            if left:
+                print(f"\n{PROJECT}: left behind after teardown: {left}")
+        TIMES["checks_s"] = t1 - t0 - TIMES["build_s"] - TIMES.get("up_s", 0)
+        TIMES["down_s"] = time.monotonic() - t1
         out = ROOT / "var" / "compose-test.json"
         out.parent.mkdir(exist_ok=True)
-        out.write_text(json.dumps({"build_s": round(built, 1), "rows": ROWS}, indent=2))
+        times = {k: round(v, 1) for k, v in TIMES.items()}
+        out.write_text(json.dumps({"project": PROJECT, "seconds": times, "rows": ROWS}, indent=2))
         print("\n" + table(ROWS))
+        print(f"seconds: {times} (also in var/compose-test.json)")
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -343,3 +410,128 @@ def test_down_then_up_on_the_same_volumes_keeps_the_data(stack, client):
     ids = submit(stack, client, 20, "after-up")  # the same key still works: the client survived too
     row = audit(stack, client, f"down, then up on the same volumes ({before.split('|')[0]} tickets kept)", ids)
     assert row["lost"] == 0 and row["duplicated"] == 0, row
+
+
+# The teardown itself, on podman without a stack (seconds).
+def test_the_teardown_leaves_nothing_of_the_project(tmp_path):
+    """What a failed run can leave (a container, its pod, a volume, a network) is all swept, and
+    only the project's own: another project's volume stays."""
+    reason = _podman_works()
+    if reason:
+        pytest.skip(reason)
+    root = tmp_path / "rootfs"
+    libs = re.findall(r"(/\S+) \(0x", sh("ldd", "/bin/true"))
+    for path in ["/bin/true", *libs]:
+        (root / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, root / path.lstrip("/"))
+    project, other = f"ap-sweep-{uuid.uuid4().hex[:8]}", f"ap-other-{uuid.uuid4().hex[:8]}"
+    label = f"{LABEL}={project}"
+    try:
+        sh("podman", "pod", "create", "--infra=false", "--name", f"pod_{project}")
+        sh("podman", "network", "create", "--label", label, f"{project}_default")
+        sh("podman", "volume", "create", "--label", label, f"{project}_postgres")
+        sh("podman", "volume", "create", "--label", f"{LABEL}={other}", f"{other}_postgres")
+        sh("podman", "create", "--label", label, "--network", "none", "--rootfs", str(root), "/bin/true")
+        assert len(leftovers(project)) == 4
+        sweep(project)
+        assert leftovers(project) == []
+        assert len(leftovers(other)) == 1
+    finally:
+        sweep(project)
+        sweep(other)
+
+
+def test_a_dead_runs_project_is_swept_and_a_live_ones_is_not():
+    reason = _podman_works()
+    if reason:
+        pytest.skip(reason)
+    dead_pid = int(sh("sh", "-c", "echo $$").strip())  # a shell that has exited: its pid is gone
+    dead, alive = f"ap-test-{dead_pid}", f"ap-test-{os.getppid()}"  # not this run's own
+    try:
+        for project in (dead, alive):
+            sh("podman", "volume", "create", "--label", f"{LABEL}={project}", f"{project}_redis")
+        assert dead in sweep_dead_runs()
+        assert leftovers(dead) == [] and len(leftovers(alive)) == 1
+    finally:
+        sweep(dead)
+        sweep(alive)
+
+
+# What a second `make image` reuses (docs/deploy.md): the bases by their recipe's hash, the
+# wheelhouse by the locks' hash. Downloads are faked on PATH; podman's import and labels are real.
+
+
+def _fake(bin_dir: Any, name: str, script: str) -> None:
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / name).write_text("#!/bin/sh\n" + script)
+    (bin_dir / name).chmod(0o755)
+
+
+def test_a_debian_base_is_reused_while_its_recipe_is_unchanged_and_rebuilt_when_not(tmp_path):
+    reason = _podman_works()
+    if reason:
+        pytest.skip(reason)
+    calls = tmp_path / "mmdebstrap-calls"
+    # mmdebstrap's stand-in: a root filesystem of one file, written where the script asks.
+    _fake(
+        tmp_path / "bin",
+        "mmdebstrap",
+        f'echo "$*" >> {calls}\nfor a; do case "$a" in *.tar) out="$a";; esac; done\n'
+        'mkdir -p "$out.d/etc" && echo fake > "$out.d/etc/fake" && tar -C "$out.d" -cf "$out" .\n',
+    )
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    script = tmp_path / "debian-base"
+    shutil.copy(ROOT / "deploy/images/debian-base", script)
+    name = f"localhost/ap-base-test-{uuid.uuid4().hex[:8]}"
+
+    ids = set()
+
+    def build(*packages: str) -> str:
+        out = sh(str(script), name, *packages, env=env)
+        ids.add(sh("podman", "image", "inspect", "--format", "{{.Id}}", name).strip())
+        return out
+
+    def built() -> int:
+        return len(calls.read_text().splitlines()) if calls.exists() else 0
+
+    try:
+        assert "built" in build("python3", "tzdata") and built() == 1
+        assert "reused" in build("python3", "tzdata") and built() == 1
+        assert "built" in build("python3", "tzdata", "curl") and built() == 2  # another list
+        assert "reused" in build("python3", "tzdata", "curl") and built() == 2
+        script.write_text(script.read_text() + "# a changed recipe\n")
+        assert "built" in build("python3", "tzdata", "curl") and built() == 3
+        env["DEBIAN_SUITE"] = "trixie"
+        assert "built" in build("python3", "tzdata", "curl") and built() == 4
+    finally:
+        sh("podman", "image", "rm", "-f", *ids, check=False)  # each build's, the untagged ones too
+
+
+def test_the_wheelhouse_is_reused_while_the_locks_are_unchanged_and_filled_again_when_not(tmp_path):
+    root = tmp_path / "repo"
+    (root / "deploy/images").mkdir(parents=True)
+    (root / "requirements").mkdir()
+    shutil.copy(ROOT / "deploy/images/wheelhouse", root / "deploy/images/wheelhouse")
+    (root / "requirements/runtime.txt").write_text("django==5.2 --hash=sha256:aa\n")
+    (root / "requirements-encoder.txt").write_text("encoder==0.1 --hash=sha256:bb\n")
+    calls = tmp_path / "pip-calls"
+    # pip's stand-in: one wheel into the -d directory.
+    _fake(
+        tmp_path / "bin",
+        "python",
+        f'echo "$*" >> {calls}\nwhile [ "$1" != -d ]; do shift; done\ntouch "$2/pkg-1.0-py3-none-any.whl"\n',
+    )
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+
+    def fill() -> str:
+        return sh(str(root / "deploy/images/wheelhouse"), env=env)
+
+    def downloads() -> int:
+        return len(calls.read_text().splitlines()) if calls.exists() else 0
+
+    assert "filled" in fill() and downloads() == 1
+    assert "reused" in fill() and downloads() == 1
+    assert (root / "var/wheelhouse/pkg-1.0-py3-none-any.whl").exists()
+    (root / "requirements-encoder.txt").write_text("encoder==0.2 --hash=sha256:cc\n")
+    assert "filled" in fill() and downloads() == 2
+    assert "reused" in fill() and downloads() == 2
