@@ -32,7 +32,7 @@ MAX_ENCODED_SHARE = 0.35
 
 # Embeddings of the base training data, precomputed (`python -m agents.intents.localmodel.encoder CSV OUT`):
 # the first model is trained in under a minute instead of spending ~40 s of CPU encoding 10,000 texts.
-TABLE = Path(__file__).resolve().parents[1] / "data" / "banking77" / "train.minilm.npz"
+TABLE = Path(__file__).resolve().parents[2] / "data" / "banking77" / "train.minilm.npz"
 _CACHE: dict[str, np.ndarray] = {}  # text -> embedding, while training runs (folds embed the same texts)
 
 

@@ -23,7 +23,7 @@ import yaml
 from agents.intents.localmodel.model import IntentModel
 from agents.intents.training.crossval import fold_models
 
-DEFAULT_PACK = Path(__file__).resolve().parents[1] / "packs" / "banking77.yaml"
+DEFAULT_PACK = Path(__file__).resolve().parents[2] / "packs" / "banking77.yaml"
 # As agents.intents.learning's defaults: the floors and cap model_activate() applies to a model's thresholds.
 THRESHOLD_MIN, THRESHOLD_MIN_HIGH_RISK, THRESHOLD_MAX = 0.3, 0.9, 0.999
 
