@@ -1,9 +1,13 @@
-"""The sweeper (beat, every 30 s): the broker may lose work, Postgres does not. In-flight tickets
-untouched for too long are published again, and callbacks overdue start a drain."""
+"""The sweepers. Every 2 s (beat): the hops of a worker gone silent — killed, frozen — are
+dispatched again (`workers_sweep_silent`). Every 30 s, the backstop: the broker may lose work,
+Postgres does not; in-flight tickets untouched for too long are published again, and callbacks
+overdue start a drain."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db.models import F
@@ -11,8 +15,11 @@ from django.utils import timezone
 
 from agents.callbacks import drain_schedule
 from agents.pipeline.dispatch import stage_enqueue
-from agents.pipeline.spec import SPEC
+from agents.pipeline.spec import LLM_TASK, SPEC
+from project import heartbeat
 from tickets.models import SETTLED_STATUSES, Ticket
+
+log = logging.getLogger(__name__)
 
 
 def tickets_sweep_stuck(*, older_than_seconds: int | None = None, limit: int = 1000) -> int:
@@ -49,3 +56,60 @@ def callbacks_sweep_lost(*, cutoff: datetime, limit: int = 1000) -> int:
     if overdue:
         drain_schedule()
     return overdue
+
+
+def workers_sweep_silent(*, now: float | None = None) -> int:
+    """Dispatch again the hops of every worker whose heartbeat stopped (project/heartbeat.py): one
+    recoverer claims each silent record; a ticket a live worker holds is left to it. Returns how
+    many hops were dispatched again."""
+    silent = heartbeat.silent_workers(now)
+    if not silent:
+        return 0
+    held = heartbeat.held_by_live_workers(now)
+    restarted = 0
+    for key, name, raw, record in silent:
+        if not heartbeat.silent_claim(key, name, raw):
+            continue  # another recoverer took it, or the worker woke up and beat again
+        for task, args, eta in record.get("hops", []):
+            hop = _hop_of(task, args)
+            if hop is None or hop[0] in held:
+                continue
+            countdown = None
+            if eta:  # a retry that was waiting in the worker: not an attempt, and it keeps its wait
+                due = datetime.fromisoformat(eta)
+                due = due if due.tzinfo else due.replace(tzinfo=UTC)
+                countdown = max((due - timezone.now()).total_seconds(), 0.0)
+            restarted += hop_restart(hop[0], hop[1], countdown=countdown, count_attempt=eta is None)
+        log.warning("worker %s went silent: its %d hop(s) dispatched again", name, len(record.get("hops", [])))
+    return restarted
+
+
+def _hop_of(task: str, args: list[Any]) -> tuple[str, str] | None:
+    """(ticket, stage) of a stage task's or a Claude hop's arguments; None for any other task."""
+    if task == LLM_TASK and len(args) >= 2:
+        return str(args[0]), str(args[1])
+    stage = next((spec.name for spec in SPEC.stages if spec.task == task), None)
+    return (str(args[0]), stage) if stage and args else None
+
+
+def hop_restart(ticket_id: str, stage: str, *, countdown: float | None = None, count_attempt: bool = True) -> bool:
+    """Dispatch a hop of `stage` again at once, if the ticket is still in flight at that stage (or
+    one after it: a fused hop) — through the conditional write: the row must still hold the status
+    and attempt count read here, and the attempt count moves on, so the hop that was cut off (a
+    frozen worker that wakes up, a child past its hard time limit) fails its own write when it comes
+    back. Counted as an attempt (a hop that kills its worker every time ends in a dead letter), but
+    for a retry that was only waiting. False when the ticket moved on or settled."""
+    row = Ticket.objects.filter(pk=ticket_id).values_list("status", "stage_attempts", "context").first()
+    if row is None:
+        return False
+    status, attempts, context = row
+    spec = SPEC.by_status.get(status)
+    if spec is None or SPEC.order[spec.name] < SPEC.order[stage]:
+        return False  # settled, or not at this hop any more
+    changes: dict[str, Any] = {"updated_at": timezone.now()}
+    if count_attempt:
+        changes["stage_attempts"] = attempts + 1
+    if not Ticket.objects.filter(pk=ticket_id, status=status, stage_attempts=attempts).update(**changes):
+        return False  # another delivery moved it meanwhile
+    stage_enqueue(ticket_id, spec.name, context=context, countdown=countdown)
+    return True
