@@ -40,6 +40,10 @@ HEARTBEAT_SECONDS = float(os.environ.get("WORKER_HEARTBEAT_SECONDS", 1))
 HEARTBEAT_STALE_SECONDS = 3 * HEARTBEAT_SECONDS + 2
 REGISTRY_KEY = "pipeline:workers"
 ORPHANS_KEY = "pipeline:workers:orphans"  # records of workers started again under the same name
+# Queues whose consumer went silent, for a while: a message the broker had already pushed into a
+# frozen worker's socket (Redis's BRPOP, RabbitMQ's prefetch) is in no heartbeat and no queue.
+QUIET_KEY = "pipeline:workers:quiet"
+QUIET_WINDOW_SECONDS = 20.0
 BOOT = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"  # this process's start: tells a restart from itself
 # Delete a field only if it still holds what the caller read (a worker that woke up wrote anew).
 _CLAIM = (
@@ -152,12 +156,12 @@ def adopt_predecessor(name: str) -> None:
         return
     record = json.loads(raw)
     if record.get("boot") != BOOT and record.get("hops"):
-        client.hset(_registry_key(ORPHANS_KEY), f"{name}#{record.get('boot')}", raw)
+        client.hset(_registry_key(ORPHANS_KEY), f"{text(name)}#{record.get('boot')}", raw)
 
 
 def live_workers(now: float | None = None) -> dict[str, dict[str, Any]]:
-    """Workers whose last heartbeat is recent, by node name; stale records holding no hops are
-    removed (those holding hops are the sweeper's: `silent_workers`)."""
+    """Workers whose last heartbeat is recent, by node name. A stale record leaves the registry for
+    the orphans' hash, where the sweeper finds it (`silent_workers`, `silent_claim`)."""
     now = time.time() if now is None else now
     client, key = _redis(), _registry_key()
     live, stale = {}, []
@@ -165,11 +169,16 @@ def live_workers(now: float | None = None) -> dict[str, dict[str, Any]]:
         record = json.loads(raw)
         if now - float(record.get("at", 0)) <= HEARTBEAT_STALE_SECONDS:
             live[name.decode() if isinstance(name, bytes) else name] = record
-        elif not record.get("hops"):
-            stale.append(name)
-    if stale:
-        client.hdel(key, *stale)
+        else:
+            stale.append((name, raw, record))
+    for name, raw, record in stale:
+        client.hset(_registry_key(ORPHANS_KEY), f"{text(name)}#{record.get('boot')}", raw)
+        silent_claim(key, name, raw)
     return live
+
+
+def text(name: bytes | str) -> str:
+    return name.decode() if isinstance(name, bytes) else name
 
 
 def silent_workers(now: float | None = None) -> list[tuple[str, bytes, bytes, dict[str, Any]]]:
@@ -189,6 +198,28 @@ def silent_claim(key: str, name: bytes, raw: bytes) -> bool:
     """Take a silent worker's record away if it is still the one read: True for one caller only,
     and False when the worker woke up and wrote a new one meanwhile."""
     return bool(_redis().eval(_CLAIM, 1, key, name, raw))
+
+
+def quiet_mark(name: str, queues: list[str], since: float, now: float | None = None) -> None:
+    """Remember, for QUIET_WINDOW_SECONDS, that `queues` lost a consumer that was last heard at `since`."""
+    now = time.time() if now is None else now
+    record = {"queues": queues, "since": since, "until": now + QUIET_WINDOW_SECONDS}
+    _redis().hset(_registry_key(QUIET_KEY), name, json.dumps(record))
+
+
+def quiet_queues(now: float | None = None) -> list[dict[str, Any]]:
+    """The marks of `quiet_mark` still in their window (expired ones are removed)."""
+    now = time.time() if now is None else now
+    client, key, out, expired = _redis(), _registry_key(QUIET_KEY), [], []
+    for name, raw in client.hgetall(key).items():
+        record = json.loads(raw)
+        if now <= float(record["until"]):
+            out.append(record)
+        else:
+            expired.append(name)
+    if expired:
+        client.hdel(key, *expired)
+    return out
 
 
 def held_by_live_workers(now: float | None = None) -> set[str]:

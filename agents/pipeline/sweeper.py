@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from agents.callbacks import drain_schedule
 from agents.pipeline.dispatch import stage_enqueue
-from agents.pipeline.spec import LLM_TASK, SPEC
+from agents.pipeline.spec import LLM_QUEUE, LLM_TASK, SPEC, handed_over
 from project import heartbeat
 from tickets.models import SETTLED_STATUSES, Ticket
 
@@ -62,14 +62,17 @@ def workers_sweep_silent(*, now: float | None = None) -> int:
     """Dispatch again the hops of every worker whose heartbeat stopped (project/heartbeat.py): one
     recoverer claims each silent record; a ticket a live worker holds is left to it. Returns how
     many hops were dispatched again."""
+    held = heartbeat.held_by_live_workers(now)  # (which also moves silent records to the orphans)
     silent = heartbeat.silent_workers(now)
-    if not silent:
-        return 0
-    held = heartbeat.held_by_live_workers(now)
+    quiet = heartbeat.quiet_queues(now)
     restarted = 0
     for key, name, raw, record in silent:
         if not heartbeat.silent_claim(key, name, raw):
             continue  # another recoverer took it, or the worker woke up and beat again
+        if record.get("queues"):
+            since = float(record.get("at", 0)) - heartbeat.HEARTBEAT_SECONDS
+            heartbeat.quiet_mark(heartbeat.text(name), record["queues"], since, now)
+            quiet.append({"queues": record["queues"], "since": since})
         for task, args, eta in record.get("hops", []):
             hop = _hop_of(task, args)
             if hop is None or hop[0] in held:
@@ -81,6 +84,31 @@ def workers_sweep_silent(*, now: float | None = None) -> int:
                 countdown = max((due - timezone.now()).total_seconds(), 0.0)
             restarted += hop_restart(hop[0], hop[1], countdown=countdown, count_attempt=eta is None)
         log.warning("worker %s went silent: its %d hop(s) dispatched again", name, len(record.get("hops", [])))
+    for mark in quiet:
+        restarted += _sitting_in(set(mark["queues"]), float(mark["since"]), held, now)
+    return restarted
+
+
+def _sitting_in(queues: set[str], since: float, held: set[str], now: float | None) -> int:
+    """Tickets due on `queues` that nobody took for HEARTBEAT_STALE_SECONDS since a consumer of
+    those queues went silent: their message may sit in that worker's socket (pushed by the broker
+    before it froze) where neither its heartbeat nor the queue shows it. Published again, not as an
+    attempt (touched, so not again for another few seconds); a copy merely queued is skipped."""
+    upto = (now if now is not None else timezone.now().timestamp()) - heartbeat.HEARTBEAT_STALE_SECONDS
+    if upto <= since:
+        return 0
+    sitting = (
+        Ticket.objects.exclude(status__in=SETTLED_STATUSES)
+        .filter(updated_at__gte=datetime.fromtimestamp(since, UTC), updated_at__lt=datetime.fromtimestamp(upto, UTC))
+        .order_by("updated_at")
+        .values_list("pk", "status", "context")[:500]
+    )
+    restarted = 0
+    for pk, status, context in sitting:
+        spec = SPEC.by_status[status]
+        queue = LLM_QUEUE if handed_over(context, spec.name) else spec.queue_name
+        if queue in queues and str(pk) not in held:
+            restarted += hop_restart(str(pk), spec.name, count_attempt=False)
     return restarted
 
 

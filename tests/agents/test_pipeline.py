@@ -373,3 +373,26 @@ def test_a_hop_killed_by_the_hard_time_limit_starts_again_at_once(db, monkeypatc
 
     assert sent == [(str(ticket.pk), "classify")]
     assert Ticket.objects.get(pk=ticket.pk).stage_attempts == 1  # an attempt that never finished
+
+
+def test_a_ticket_whose_message_a_frozen_worker_took_unseen_is_dispatched_again(db, monkeypatch):
+    """Pushed into the frozen worker's socket after its last heartbeat: in no hop list, no queue."""
+    import time
+    from datetime import timedelta
+
+    from tests.factories import client_with_token
+
+    now = time.time()
+    unseen, elsewhere = _in_flight_at_classify(client_with_token()[0]), _in_flight_at_classify(client_with_token()[0])
+    Ticket.objects.filter(pk__in=[unseen.pk, elsewhere.pk]).update(updated_at=timezone.now() - timedelta(seconds=8))
+    Ticket.objects.filter(pk=elsewhere.pk).update(
+        context={**elsewhere.context, "classify_cheap": {}}
+    )  # on the llm queue
+    sent: list[Any] = []
+    monkeypatch.setattr(sweeper, "stage_enqueue", lambda pk, stage, **kw: sent.append(str(pk)))
+    _registry(**{"cheap@frozen": {"at": now - 9, "queues": ["parse", "classify"], "hops": []}})
+
+    sweeper.workers_sweep_silent(now=now)
+
+    assert sent == [str(unseen.pk)]  # the other waits on a queue the frozen worker did not consume
+    assert Ticket.objects.get(pk=unseen.pk).stage_attempts == 0  # not an attempt: it may only have queued

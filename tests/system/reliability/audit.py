@@ -28,6 +28,7 @@ class Row:
     lost: int = 0
     duplicated: int = 0
     recovery_s: float = 0.0
+    terminal_s: float = 0.0  # from the same moment until the last of those tickets was terminal
     dead_letters: int = 0
     wrong_dead_letters: int = 0
     misrouted: int = 0
@@ -166,6 +167,7 @@ def audit(
     before = [tid for tid, t in tickets.items() if t["created"] <= restored_at or tid in sent_before]
     done_at = [max(tickets[tid]["updated"], told.get(tid, 0.0)) for tid in before]
     row.recovery_s = round(max([0.0, *(t - restored_at for t in done_at)]), 1)
+    row.terminal_s = round(max([0.0, *(tickets[tid]["updated"] - restored_at for tid in before)]), 1)
     return row
 
 
@@ -184,13 +186,22 @@ def _repeats(receipts: list[Any]) -> list[Any]:
 ROWS: list[Row] = []  # filled by the fault suite, printed at the end of the session
 
 
+def record(rows: list[Row]) -> None:
+    """Append the table to RELIABILITY_RESULTS (a file), when set: the figures of a run, kept."""
+    path = os.environ.get("RELIABILITY_RESULTS")
+    if path and rows:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(f"\n<!-- {time.strftime('%Y-%m-%d %H:%M:%S')} -->\n{table(rows)}\n")
+            fh.writelines(f"- {row.fault}: {row.note}\n" for row in rows)
+
+
 def table(rows: list[Row]) -> str:
     """The fault table, as Markdown."""
-    head = "| fault | tickets | lost | duplicated | recovery s | dead letters (all truly failed) | same-key re-sends | callbacks missing | API errors retried | API unanswered |"
-    lines = [head, "|" + "---|" * 10]
+    head = "| fault | tickets | lost | duplicated | recovery s | terminal s | dead letters (all truly failed) | same-key re-sends | callbacks missing | API errors retried | API unanswered |"
+    lines = [head, "|" + "---|" * 11]
     for r in rows:
         lines.append(
-            f"| {r.fault} | {r.tickets} | {r.lost} | {r.duplicated} | {r.recovery_s:.1f} | "
+            f"| {r.fault} | {r.tickets} | {r.lost} | {r.duplicated} | {r.recovery_s:.1f} | {r.terminal_s:.1f} | "
             f"{r.dead_letters} ({'yes' if not r.wrong_dead_letters else f'NO: {r.wrong_dead_letters} wrong'}) | "
             f"{r.resent} | {r.callbacks_missing} | {r.api_errors} | {len(r.unanswered)} |"
         )
