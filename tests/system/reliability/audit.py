@@ -28,7 +28,9 @@ class Row:
     lost: int = 0
     duplicated: int = 0
     recovery_s: float = 0.0
-    terminal_s: float = 0.0  # from the same moment until the last of those tickets was terminal
+    # From the same moment until the last of those tickets was terminal; for a fault counted from its
+    # start, also the longest a ticket that arrived during it took to be terminal.
+    terminal_s: float = 0.0
     dead_letters: int = 0
     wrong_dead_letters: int = 0
     misrouted: int = 0
@@ -121,6 +123,7 @@ def audit(
     fault: str,
     restored_at: float,
     dead_letter_kinds: set[str] = frozenset(),
+    window_end: float | None = None,
 ) -> Row:
     """The row for one fault; `problems` lists every ticket that breaks a promise, and why."""
     tickets = _tickets(system, client)
@@ -167,7 +170,12 @@ def audit(
     before = [tid for tid, t in tickets.items() if t["created"] <= restored_at or tid in sent_before]
     done_at = [max(tickets[tid]["updated"], told.get(tid, 0.0)) for tid in before]
     row.recovery_s = round(max([0.0, *(t - restored_at for t in done_at)]), 1)
-    row.terminal_s = round(max([0.0, *(tickets[tid]["updated"] - restored_at for tid in before)]), 1)
+    waits = [tickets[tid]["updated"] - restored_at for tid in before]
+    if window_end is not None:
+        # A fault counted from its start (a worker killed or frozen): a ticket that arrived while it
+        # lasted counts from its arrival — the one whose message went to the frozen worker's socket.
+        waits += [t["updated"] - t["created"] for t in tickets.values() if restored_at < t["created"] <= window_end]
+    row.terminal_s = round(max([0.0, *waits]), 1)
     return row
 
 

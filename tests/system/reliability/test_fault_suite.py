@@ -33,7 +33,9 @@ KILLS = int(knob("KILLS", 4))
 DRAIN = knob("DRAIN_TIMEOUT", 90)
 WARM, COOL = 2.0 * SCALE, 2.0 * SCALE
 
-Fault = Callable[[System], tuple[float, str]]  # runs the fault; returns (when it ended, a note)
+# Runs the fault; returns (when it ended, a note), or (when it began, a note, when it ended) for a
+# fault whose recovery is counted from its start (a killed or frozen worker).
+Fault = Callable[[System], tuple[float, str] | tuple[float, str, float]]
 
 
 def run_under_load(
@@ -52,12 +54,15 @@ def run_under_load(
     load = Load(system.api_url, client, rate=rate or RATE, **({"weights": weights} if weights else {})).start()
     try:
         time.sleep(WARM)
-        restored_at, note = fault(system)
+        restored_at, note, *window_end = fault(system)
         time.sleep(COOL)
     finally:
         load.stop()
     drain(system, client, load, max(DRAIN, drain_timeout or 0))
-    row = audit(system, client, load, fault=name, restored_at=restored_at, dead_letter_kinds=dead_letter_kinds)
+    row = audit(
+        system, client, load, fault=name, restored_at=restored_at, dead_letter_kinds=dead_letter_kinds,
+        window_end=window_end[0] if window_end else None,
+    )  # fmt: skip
     crashed = [f"{what} exited {code}" for _, what, code in system.crashes[crashes:]]
     row.note = note + (f"; restarted by the supervisor: {', '.join(crashed)}" if crashed else "")
     ROWS.append(row)
@@ -166,7 +171,8 @@ def sigkill_holding(system: System, target: str) -> tuple[float, str]:
     at = time.time()
     system.kill(target, signal.SIGKILL)
     system.spawn(target)
-    return at, f"{target} SIGKILLed holding {len(hops)} hop(s), started again"
+    system.wait_ready(target)
+    return at, f"{target} SIGKILLed holding {len(hops)} hop(s), started again", time.time()
 
 
 def sigstop_holding(system: System, target: str, frozen: float) -> tuple[float, str]:
@@ -182,7 +188,7 @@ def sigstop_holding(system: System, target: str, frozen: float) -> tuple[float, 
         time.sleep(frozen)
     finally:
         os.killpg(pid, signal.SIGCONT)
-    return at, f"{target} frozen {frozen:.0f} s holding {len(hops)} hop(s), then resumed"
+    return at, f"{target} frozen {frozen:.0f} s holding {len(hops)} hop(s), then resumed", time.time()
 
 
 def sigkill_workers(system: System) -> tuple[float, str]:
