@@ -7,7 +7,9 @@ operation, default 30), RELIABILITY_KEEP=1 (keep the servers' directory and logs
 RELIABILITY_SIMULATOR=0 (leave the Claude tier out even when it is there), RELIABILITY_RESULTS (a
 file the fault table is appended to). The production-settings
 run (test_fault_suite_production.py, `make faults-production`) also takes
-RELIABILITY_CALLBACK_DOWN (s, default 130) and RELIABILITY_POSTGRES_DOWN (s, default 8).
+RELIABILITY_CALLBACK_DOWN (s, default 130), RELIABILITY_POSTGRES_DOWN (s, default 8),
+RELIABILITY_FROZEN (s a worker stays SIGSTOPped, default 30) and RELIABILITY_RECOVERY_BOUND (s,
+default 120).
 """
 
 from __future__ import annotations

@@ -163,27 +163,39 @@ def replica(system: System, target: str, timeout: float = 120) -> Iterator[subpr
             proc.wait(timeout=10)
 
 
-def sigkill_holding(system: System, target: str) -> tuple[float, str]:
+@contextlib.contextmanager
+def slow_downstream(system: System, target: str) -> Iterator[None]:
+    """The io worker's hops wait 0.5 s on the downstream API, so it is caught mid-call."""
+    system.downstream.delay = 0.5 if target == "io" else system.downstream.delay
+    try:
+        yield
+    finally:
+        system.downstream.delay = 0.0
+
+
+def sigkill_holding(system: System, target: str) -> tuple[float, str, float]:
     """SIGKILL `target` (its whole process group) while it holds hops; the supervisor starts it
     again. Returns the moment of the kill: recovery is counted from the fault."""
     system.wait_ready(target)
-    hops = wait_holding(system, target, 10 * SCALE)
-    at = time.time()
-    system.kill(target, signal.SIGKILL)
+    with slow_downstream(system, target):
+        hops = wait_holding(system, target, 10 * SCALE)
+        at = time.time()
+        system.kill(target, signal.SIGKILL)
     system.spawn(target)
     system.wait_ready(target)
     return at, f"{target} SIGKILLed holding {len(hops)} hop(s), started again", time.time()
 
 
-def sigstop_holding(system: System, target: str, frozen: float) -> tuple[float, str]:
+def sigstop_holding(system: System, target: str, frozen: float) -> tuple[float, str, float]:
     """SIGSTOP `target` (frozen, not killed: its connections stay open, its hops held) while it
     holds hops; SIGCONT after `frozen` seconds, when its hops have been done by others and its own
     writes must fail their conditions. Returns the moment it froze."""
     system.wait_ready(target)
-    hops = wait_holding(system, target, 10 * SCALE)
-    pid = system.procs[target].pid
-    at = time.time()
-    os.killpg(pid, signal.SIGSTOP)
+    with slow_downstream(system, target):
+        hops = wait_holding(system, target, 10 * SCALE)
+        pid = system.procs[target].pid
+        at = time.time()
+        os.killpg(pid, signal.SIGSTOP)
     try:
         time.sleep(frozen)
     finally:
