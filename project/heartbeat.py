@@ -149,13 +149,14 @@ class WorkerHeartbeat(bootsteps.StartStopStep):
 
 def adopt_predecessor(name: str) -> None:
     """A worker started under the name of one that died (a supervisor's restart) moves the dead
-    one's record, hops and all, aside for the sweeper before its own first heartbeat replaces it."""
+    one's record aside for the sweeper before its own first heartbeat replaces it: its hops, and its
+    queues (a message it took after its last heartbeat is in neither)."""
     client, key = _redis(), _registry_key()
     raw = client.hget(key, name)
     if raw is None:
         return
     record = json.loads(raw)
-    if record.get("boot") != BOOT and record.get("hops"):
+    if record.get("boot") != BOOT:
         client.hset(_registry_key(ORPHANS_KEY), f"{text(name)}#{record.get('boot')}", raw)
 
 

@@ -70,7 +70,7 @@ def workers_sweep_silent(*, now: float | None = None) -> int:
         if not heartbeat.silent_claim(key, name, raw):
             continue  # another recoverer took it, or the worker woke up and beat again
         if record.get("queues"):
-            since = float(record.get("at", 0)) - heartbeat.HEARTBEAT_SECONDS
+            since = float(record.get("at", 0)) - 2 * heartbeat.HEARTBEAT_STALE_SECONDS
             heartbeat.quiet_mark(heartbeat.text(name), record["queues"], since, now)
             quiet.append({"queues": record["queues"], "since": since})
         for task, args, eta in record.get("hops", []):

@@ -240,7 +240,7 @@ def _registry(**records: dict[str, Any]) -> None:
     from project import heartbeat
 
     client, key = heartbeat._redis(), heartbeat._registry_key()
-    client.delete(key, heartbeat._registry_key(heartbeat.ORPHANS_KEY))
+    client.delete(key, *(heartbeat._registry_key(k) for k in (heartbeat.ORPHANS_KEY, heartbeat.QUIET_KEY)))
     for name, record in records.items():
         client.hset(key, name, json.dumps(record))
 
@@ -338,6 +338,12 @@ def test_a_restarted_worker_sets_its_predecessors_hops_aside_for_the_sweeper(db,
 
     assert sweeper.workers_sweep_silent() == 1
     assert sent == [str(ticket.pk)]
+    # A predecessor that listed no hop may still have taken a message after its last heartbeat:
+    # its queues are watched for a while all the same.
+    _registry(**{"cheap@host": {"at": time.time(), "boot": "killed-2", "queues": ["classify"], "hops": []}})
+    heartbeat.adopt_predecessor("cheap@host")
+    sweeper.workers_sweep_silent()
+    assert [mark["queues"] for mark in heartbeat.quiet_queues()] == [["classify"]]
 
 
 def test_the_heartbeat_lists_the_hops_a_worker_holds_running_and_waiting(monkeypatch):
