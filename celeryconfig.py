@@ -126,13 +126,12 @@ if broker_url.startswith(("amqp://", "amqps://", "pyamqp://")):
     # hop is published on commit; without a confirm a broker crash could drop it unseen, leaving
     # it to the sweeper).
     broker_transport_options = {"confirm_publish": True}
-    # AMQP heartbeats: a frozen or cut-off worker's connection is closed by RabbitMQ about 5-10 s
-    # after its last frame, which hands back the messages RabbitMQ had pushed to it (its prefetch,
-    # one per consumer and queue): until then a message published again can be pushed to the frozen
-    # worker again. Its hops have been dispatched again from the registry by then (5 s of silence),
-    # and the returned messages find their tickets moved on. At 10 s a frozen cheap worker's slowest
-    # ticket took 18 s; lower costs traffic and false alarms on a starved host. RabbitMQ's
-    # `consumer_timeout` (rabbitmq.conf, 30 min by default) must outlast the longest task — retraining
-    # has 2000 s — or the channel is closed under it: docs/reliability.md.
-    broker_heartbeat = 5
+    # AMQP heartbeats: a frozen or cut-off worker's connection is closed by RabbitMQ about 10-20 s
+    # after its last frame, which hands back the messages RabbitMQ had pushed to it (its prefetch, one
+    # per consumer and queue); its hops have been dispatched again from the registry before that (5 s
+    # of silence), and the returned messages find their tickets moved on. Lower costs traffic and
+    # false alarms on a starved host, and did not recover a frozen worker faster in the fault suite
+    # (docs/reliability.md). RabbitMQ's `consumer_timeout` (rabbitmq.conf, 30 min by default) must
+    # outlast the longest task — retraining has 2000 s — or the channel is closed under it.
+    broker_heartbeat = 10
 # --- end of the broker options ---
