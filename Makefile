@@ -9,7 +9,7 @@ VENV ?= .venv
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install lock run test faults-production schemathesis-deep image compose-test services services-stop bootstrap lint clean bench
+.PHONY: install lock run test faults-production faults-production-rabbitmq schemathesis-deep image compose-test services services-stop bootstrap lint clean bench
 
 # requirements.txt is the development lock (requirements/dev.txt, with hashes): pip checks every
 # package's hash. The image installs requirements/runtime.txt alone (Dockerfile).
@@ -51,8 +51,16 @@ run: bootstrap  ## everything: API :8000, a worker per role (Procfile), beat, Fl
 test: services  ## the whole suite, against real Postgres, Redis and Celery workers
 	python -m pytest
 
-faults-production: install  ## the fault suite at production settings, ~12 min (docs/reliability.md)
-	python -m pytest -m faults_production tests/system/reliability/test_fault_suite_production.py
+faults-production: install  ## the fault suite at production settings, ~20 min (docs/reliability.md)
+	python -m pytest -m faults_production tests/system/reliability/test_fault_suite_production.py tests/system/reliability/test_callback_faults.py
+
+# The same with RabbitMQ as the broker (127.0.0.1:5672, guest, as .ci/run): the system gets a vhost of its own.
+faults-production-rabbitmq: install  ## the fault suite at production settings on RabbitMQ (docs/reliability.md)
+	vhost="faults-$$$$-$$(date +%s)"; \
+	rabbitmqctl -q add_vhost "$$vhost" && rabbitmqctl -q set_permissions -p "$$vhost" guest ".*" ".*" ".*" || exit 1; \
+	RELIABILITY_BROKER_URL="amqp://guest:guest@127.0.0.1:5672/$$vhost" \
+	  python -m pytest -m faults_production tests/system/reliability/test_fault_suite_production.py tests/system/reliability/test_callback_faults.py; \
+	rc=$$?; rabbitmqctl -q delete_vhost "$$vhost"; exit $$rc
 
 # The schema and the code agree: Schemathesis --checks all, every phase, at 400 examples per operation
 # and phase (CI's run in `make test` uses 30), against a live server of the app; 0 failures of any kind.

@@ -39,8 +39,12 @@ task_publish_retry_policy = {"max_retries": 1, "interval_start": 0, "interval_st
 # CONN_HEALTH_CHECKS decide, and a broken or errored connection is still dropped (docs/performance.md).
 CELERY_DB_REUSE_MAX = 1_000_000_000
 
-# Time limits stay well below the broker's visibility timeout, so a task still running is never
-# handed to a second worker because Redis thought it lost.
+# Redis: a message a worker took and did not acknowledge comes back after the visibility timeout.
+# It must outlast everything a live worker holds — the longest time limit (retraining, 2000 s) and
+# the longest countdown a retry waits in the worker (backoff ≤ 300 s) — or Redis hands a live
+# worker's work to a second one. Recovery does not wait for it: a dead or frozen worker's hops are
+# dispatched again from its heartbeat record within seconds (project/heartbeat.py; the message it
+# held comes back an hour later and finds its ticket moved on). docs/reliability.md.
 VISIBILITY_TIMEOUT = 3600
 broker_transport_options = {"visibility_timeout": VISIBILITY_TIMEOUT}
 if settings.BROKER_KEY_PREFIX:  # test sessions keep their queues apart
@@ -73,12 +77,21 @@ task_routes = {
     "agents.llm_batch_poll": {"queue": LLM_QUEUE},
     "agents.deliver_callbacks": {"queue": WEBHOOKS_QUEUE},
     "agents.sweep_stuck_tickets": {"queue": MAINTENANCE_QUEUE},
+    "agents.sweep_silent_workers": {"queue": MAINTENANCE_QUEUE},
     "agents.retrain_local_model": {"queue": MAINTENANCE_QUEUE},
     "agents.archive_traces": {"queue": MAINTENANCE_QUEUE},
     "agents.thresholds_follow_reviewers": {"queue": MAINTENANCE_QUEUE},
 }
 
+# A silent worker's hops are dispatched again within seconds (project/heartbeat.py: silent after
+# 5 s); a sweep not run in its period (maintenance away) expires rather than piling up.
+WORKERS_SWEEP_EVERY_SECONDS = float(os.environ.get("WORKERS_SWEEP_EVERY_SECONDS", 2))
 beat_schedule = {
+    "sweep-silent-workers": {
+        "task": "agents.sweep_silent_workers",
+        "schedule": timedelta(seconds=WORKERS_SWEEP_EVERY_SECONDS),
+        "options": {"expires": 2 * WORKERS_SWEEP_EVERY_SECONDS},
+    },
     "sweep-stuck-tickets": {
         "task": "agents.sweep_stuck_tickets",
         "schedule": timedelta(seconds=float(os.environ.get("SWEEP_EVERY_SECONDS", 30))),
@@ -113,5 +126,12 @@ if broker_url.startswith(("amqp://", "amqps://", "pyamqp://")):
     # hop is published on commit; without a confirm a broker crash could drop it unseen, leaving
     # it to the sweeper).
     broker_transport_options = {"confirm_publish": True}
-    broker_heartbeat = 30
+    # AMQP heartbeats: a frozen or cut-off worker's connection is closed by RabbitMQ about 10-20 s
+    # after its last frame, which hands back the messages RabbitMQ had pushed to it (its prefetch, one
+    # per consumer and queue); its hops have been dispatched again from the registry before that (5 s
+    # of silence), and the returned messages find their tickets moved on. Lower costs traffic and
+    # false alarms on a starved host, and did not recover a frozen worker faster in the fault suite
+    # (docs/reliability.md). RabbitMQ's `consumer_timeout` (rabbitmq.conf, 30 min by default) must
+    # outlast the longest task — retraining has 2000 s — or the channel is closed under it.
+    broker_heartbeat = 10
 # --- end of the broker options ---

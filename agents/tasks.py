@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from celery import Task, shared_task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.signals import task_postrun, task_prerun, worker_init
 from django.db import InterfaceError, OperationalError, connections
 
@@ -91,7 +91,8 @@ def _retried_while_postgres_away(task: Task) -> Any:
 
 class StageTask(Task):
     """A stage's task: a hop stopped by the soft time limit fails its attempt (retried once, then
-    dead-lettered), wherever in the hop the limit fired."""
+    dead-lettered), wherever in the hop the limit fired; a hop whose process the hard limit killed
+    is dispatched again at once (an attempt counted), not left to the sweeper."""
 
     def log_fields(self, args: Any) -> dict[str, str]:
         """What the JSON logs bind while it runs (project/logging.py)."""
@@ -100,6 +101,13 @@ class StageTask(Task):
     def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         if isinstance(exc, SoftTimeLimitExceeded) and args:
             runner.stage_stopped(str(args[0]), self.name.removeprefix("agents."))
+        elif isinstance(exc, TimeLimitExceeded) and args:
+            # In the worker's main process (the child is gone): its message is acknowledged, so the
+            # hop starts again now, through the conditional write, or waits for the sweeper.
+            try:
+                sweeper.hop_restart(str(args[0]), self.name.removeprefix("agents."))
+            except Exception:
+                log.warning("could not restart the hop of %s after its hard time limit", args[0], exc_info=True)
 
 
 def _make_stage_task(spec: StageSpec) -> Task:
@@ -142,6 +150,12 @@ def llm_stage(self: Task, ticket_id: str, stage: str) -> str:
 def sweep_stuck_tickets(**kwargs: Any) -> int:
     """Beat: re-enqueue tickets whose message the broker may have lost."""
     return sweeper.tickets_sweep_stuck(**kwargs)
+
+
+@shared_task(name="agents.sweep_silent_workers", acks_late=False)
+def sweep_silent_workers() -> int:
+    """Beat, every few seconds: dispatch again the hops of workers whose heartbeat stopped."""
+    return sweeper.workers_sweep_silent()
 
 
 @shared_task(name="agents.retrain_local_model", soft_time_limit=1800, time_limit=2000)

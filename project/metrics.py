@@ -179,7 +179,7 @@ class PipelineStateCollector:
 
         workers, in_flight = queue_workers(broker_queue_names())
         live = GaugeMetricFamily(
-            "pipeline_queue_workers", "Live workers consuming a queue (heartbeat within 17 s).", labels=["queue"]
+            "pipeline_queue_workers", "Live workers consuming a queue (heartbeat within 5 s).", labels=["queue"]
         )
         held = GaugeMetricFamily(
             "pipeline_queue_in_flight",

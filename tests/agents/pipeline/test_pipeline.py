@@ -233,3 +233,172 @@ def test_one_clients_flood_waits_in_its_own_lane_not_ahead_of_everyone(pipeline,
     # about half of the flood meanwhile (CI saw 102 of 200), so the flood is sized to leave 100 queued
     assert waiting >= 100, f"only {waiting} flood tickets were still queued: the flood was too small"
     assert ahead < 30, f"{ahead} of {waiting} waiting flood tickets settled before the quiet one"
+
+
+# --- recovery in seconds: a silent worker's hops, a hard time limit ---------------------------------
+def _registry(**records: dict[str, Any]) -> None:
+    from project import heartbeat
+
+    client, key = heartbeat._redis(), heartbeat._registry_key()
+    client.delete(key, *(heartbeat._registry_key(k) for k in (heartbeat.ORPHANS_KEY, heartbeat.QUIET_KEY)))
+    for name, record in records.items():
+        client.hset(key, name, json.dumps(record))
+
+
+def _in_flight_at_classify(client: Any) -> Ticket:
+    return Ticket.objects.create(
+        client=client,
+        body="My card still hasn't arrived",
+        status="classifying",
+        context={"parse": {"text": "my card still hasn't arrived", "language": "en"}},
+    )
+
+
+def _hop(ticket: Ticket, stage: str = "classify", eta: str | None = None) -> list[Any]:
+    from agents.pipeline.spec import SPEC
+
+    return [SPEC.by_name[stage].task, [str(ticket.pk)], eta]
+
+
+def test_a_silent_workers_hops_are_dispatched_again_without_waiting_for_the_sweeper(pipeline, api):
+    import time
+
+    from project import heartbeat
+
+    _, client = api()
+    ticket = _in_flight_at_classify(client)  # just touched: the slow sweeper would leave it for 300 s
+    _registry(**{"cheap@gone": {"at": time.time() - 60, "queues": ["parse"], "hops": [_hop(ticket)]}})
+
+    assert sweeper.tickets_sweep_stuck() == 0
+    assert sweeper.workers_sweep_silent() == 1
+
+    assert settled(str(ticket.pk)).status == Status.RESOLVED
+    assert heartbeat._redis().hget(heartbeat._registry_key(), "cheap@gone") is None  # claimed once
+    assert sweeper.workers_sweep_silent() == 0
+
+
+def test_a_frozen_worker_that_wakes_up_fails_its_conditional_write(db, monkeypatch):
+    import time
+
+    from agents.pipeline import store
+    from tests.factories import client_with_token
+
+    ticket = _in_flight_at_classify(client_with_token()[0])
+    frozen = store.ticket_load(str(ticket.pk))  # what the frozen worker's hop read
+    sent: list[tuple[Any, str]] = []
+    monkeypatch.setattr(sweeper, "stage_enqueue", lambda pk, stage, **kw: sent.append((str(pk), stage)))
+    _registry(**{"cheap@frozen": {"at": time.time() - 60, "hops": [_hop(ticket)]}})
+
+    assert sweeper.workers_sweep_silent() == 1
+
+    assert sent == [(str(ticket.pk), "classify")]
+    # The status is unchanged (the hop has not run again yet), but the frozen hop's write fails.
+    assert Ticket.objects.get(pk=ticket.pk).status == "classifying"
+    assert not store.ticket_touch(ticket.pk, frozen.status, frozen.stage_attempts)
+
+
+def test_a_hop_a_live_worker_holds_or_a_worker_that_woke_up_is_not_dispatched_again(db, monkeypatch):
+    import time
+
+    from project import heartbeat
+    from tests.factories import client_with_token
+
+    held, other = _in_flight_at_classify(client_with_token()[0]), _in_flight_at_classify(client_with_token()[0])
+    sent: list[Any] = []
+    monkeypatch.setattr(sweeper, "stage_enqueue", lambda pk, stage, **kw: sent.append(str(pk)))
+    _registry(
+        **{
+            "cheap@gone": {"at": time.time() - 60, "hops": [_hop(held), _hop(other)]},
+            "cheap@replica": {"at": time.time(), "hops": [_hop(held)]},  # e.g. RabbitMQ handed it over
+        }
+    )
+    assert sweeper.workers_sweep_silent() == 1
+    assert sent == [str(other.pk)]
+
+    # A worker that beats again between the read and the claim keeps its hops.
+    _registry(**{"cheap@slow": {"at": time.time() - 60, "hops": [_hop(other)]}})
+    [(key, name, raw, _)] = heartbeat.silent_workers()
+    heartbeat._redis().hset(key, name, json.dumps({"at": time.time(), "hops": [_hop(other)]}))
+    assert not heartbeat.silent_claim(key, name, raw)
+
+
+def test_a_restarted_worker_sets_its_predecessors_hops_aside_for_the_sweeper(db, monkeypatch):
+    import time
+
+    from project import heartbeat
+    from tests.factories import client_with_token
+
+    ticket = _in_flight_at_classify(client_with_token()[0])
+    sent: list[Any] = []
+    monkeypatch.setattr(sweeper, "stage_enqueue", lambda pk, stage, **kw: sent.append(str(pk)))
+    _registry(**{"cheap@host": {"at": time.time(), "boot": "killed-1", "hops": [_hop(ticket)]}})
+
+    heartbeat.adopt_predecessor("cheap@host")  # the new process, before its first heartbeat
+    heartbeat._redis().hset(heartbeat._registry_key(), "cheap@host", json.dumps({"at": time.time(), "hops": []}))
+
+    assert sweeper.workers_sweep_silent() == 1
+    assert sent == [str(ticket.pk)]
+    # A predecessor that listed no hop may still have taken a message after its last heartbeat:
+    # its queues are watched for a while all the same.
+    _registry(**{"cheap@host": {"at": time.time(), "boot": "killed-2", "queues": ["classify"], "hops": []}})
+    heartbeat.adopt_predecessor("cheap@host")
+    sweeper.workers_sweep_silent()
+    assert [mark["queues"] for mark in heartbeat.quiet_queues()] == [["classify"]]
+
+
+def test_the_heartbeat_lists_the_hops_a_worker_holds_running_and_waiting(monkeypatch):
+    from celery.worker import state
+
+    from project import heartbeat
+
+    class Request:
+        def __init__(self, id: str, args: list[str], eta: str | None = None):
+            self.id, self.name, self.args, self.eta = id, "agents.parse", args, eta
+
+    running, waiting = Request("1", ["t1"]), Request("2", ["t2"], eta="2030-01-01T00:00:00+00:00")
+    monkeypatch.setattr(state, "reserved_requests", {running})
+    monkeypatch.setattr(state, "scheduled_requests", {waiting})
+
+    assert sorted(heartbeat.held_hops()) == [
+        ["agents.parse", ["t1"], None],
+        ["agents.parse", ["t2"], "2030-01-01T00:00:00+00:00"],
+    ]
+
+
+def test_a_hop_killed_by_the_hard_time_limit_starts_again_at_once(db, monkeypatch):
+    from celery.exceptions import TimeLimitExceeded
+
+    from agents.tasks import STAGE_TASKS
+    from tests.factories import client_with_token
+
+    ticket = _in_flight_at_classify(client_with_token()[0])
+    sent: list[Any] = []
+    monkeypatch.setattr(sweeper, "stage_enqueue", lambda pk, stage, **kw: sent.append((str(pk), stage)))
+
+    STAGE_TASKS["classify"].on_failure(TimeLimitExceeded(15), "task-id", [str(ticket.pk)], {}, None)
+
+    assert sent == [(str(ticket.pk), "classify")]
+    assert Ticket.objects.get(pk=ticket.pk).stage_attempts == 1  # an attempt that never finished
+
+
+def test_a_ticket_whose_message_a_frozen_worker_took_unseen_is_dispatched_again(db, monkeypatch):
+    """Pushed into the frozen worker's socket after its last heartbeat: in no hop list, no queue."""
+    import time
+    from datetime import timedelta
+
+    from tests.factories import client_with_token
+
+    now = time.time()
+    unseen, elsewhere = _in_flight_at_classify(client_with_token()[0]), _in_flight_at_classify(client_with_token()[0])
+    Ticket.objects.filter(pk__in=[unseen.pk, elsewhere.pk]).update(updated_at=timezone.now() - timedelta(seconds=8))
+    Ticket.objects.filter(pk=elsewhere.pk).update(
+        context={**elsewhere.context, "classify_cheap": {}}
+    )  # on the llm queue
+    sent: list[Any] = []
+    monkeypatch.setattr(sweeper, "stage_enqueue", lambda pk, stage, **kw: sent.append(str(pk)))
+    _registry(**{"cheap@frozen": {"at": now - 9, "queues": ["parse", "classify"], "hops": []}})
+
+    sweeper.workers_sweep_silent(now=now)
+
+    assert sent == [str(unseen.pk)]  # the other waits on a queue the frozen worker did not consume
+    assert Ticket.objects.get(pk=unseen.pk).stage_attempts == 0  # not an attempt: it may only have queued

@@ -28,6 +28,9 @@ class Row:
     lost: int = 0
     duplicated: int = 0
     recovery_s: float = 0.0
+    # From the same moment until the last of those tickets was terminal; for a fault counted from its
+    # start, also the longest a ticket that arrived during it took to be terminal.
+    terminal_s: float = 0.0
     dead_letters: int = 0
     wrong_dead_letters: int = 0
     misrouted: int = 0
@@ -120,6 +123,7 @@ def audit(
     fault: str,
     restored_at: float,
     dead_letter_kinds: set[str] = frozenset(),
+    window_end: float | None = None,
 ) -> Row:
     """The row for one fault; `problems` lists every ticket that breaks a promise, and why."""
     tickets = _tickets(system, client)
@@ -166,6 +170,12 @@ def audit(
     before = [tid for tid, t in tickets.items() if t["created"] <= restored_at or tid in sent_before]
     done_at = [max(tickets[tid]["updated"], told.get(tid, 0.0)) for tid in before]
     row.recovery_s = round(max([0.0, *(t - restored_at for t in done_at)]), 1)
+    waits = [tickets[tid]["updated"] - restored_at for tid in before]
+    if window_end is not None:
+        # A fault counted from its start (a worker killed or frozen): a ticket that arrived while it
+        # lasted counts from its arrival — the one whose message went to the frozen worker's socket.
+        waits += [t["updated"] - t["created"] for t in tickets.values() if restored_at < t["created"] <= window_end]
+    row.terminal_s = round(max([0.0, *waits]), 1)
     return row
 
 
@@ -184,13 +194,22 @@ def _repeats(receipts: list[Any]) -> list[Any]:
 ROWS: list[Row] = []  # filled by the fault suite, printed at the end of the session
 
 
+def record(rows: list[Row]) -> None:
+    """Append the table to RELIABILITY_RESULTS (a file), when set: the figures of a run, kept."""
+    path = os.environ.get("RELIABILITY_RESULTS")
+    if path and rows:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(f"\n<!-- {time.strftime('%Y-%m-%d %H:%M:%S')} -->\n{table(rows)}\n")
+            fh.writelines(f"- {row.fault}: {row.note}\n" for row in rows)
+
+
 def table(rows: list[Row]) -> str:
     """The fault table, as Markdown."""
-    head = "| fault | tickets | lost | duplicated | recovery s | dead letters (all truly failed) | same-key re-sends | callbacks missing | API errors retried | API unanswered |"
-    lines = [head, "|" + "---|" * 10]
+    head = "| fault | tickets | lost | duplicated | recovery s | terminal s | dead letters (all truly failed) | same-key re-sends | callbacks missing | API errors retried | API unanswered |"
+    lines = [head, "|" + "---|" * 11]
     for r in rows:
         lines.append(
-            f"| {r.fault} | {r.tickets} | {r.lost} | {r.duplicated} | {r.recovery_s:.1f} | "
+            f"| {r.fault} | {r.tickets} | {r.lost} | {r.duplicated} | {r.recovery_s:.1f} | {r.terminal_s:.1f} | "
             f"{r.dead_letters} ({'yes' if not r.wrong_dead_letters else f'NO: {r.wrong_dead_letters} wrong'}) | "
             f"{r.resent} | {r.callbacks_missing} | {r.api_errors} | {len(r.unanswered)} |"
         )

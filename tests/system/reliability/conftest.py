@@ -4,9 +4,12 @@ Knobs (environment): RELIABILITY_RATE (requests/s, default 1), RELIABILITY_SCALE
 every fault's duration and the load windows, default 1), RELIABILITY_KILLS (SIGKILLs, default 4),
 RELIABILITY_DRAIN_TIMEOUT (s, default 90), RELIABILITY_EXAMPLES (schemathesis cases per
 operation, default 30), RELIABILITY_KEEP=1 (keep the servers' directory and logs),
-RELIABILITY_SIMULATOR=0 (leave the Claude tier out even when it is there). The production-settings
+RELIABILITY_SIMULATOR=0 (leave the Claude tier out even when it is there), RELIABILITY_RESULTS (a
+file the fault table is appended to). The production-settings
 run (test_fault_suite_production.py, `make faults-production`) also takes
-RELIABILITY_CALLBACK_DOWN (s, default 130) and RELIABILITY_POSTGRES_DOWN (s, default 8).
+RELIABILITY_CALLBACK_DOWN (s, default 130), RELIABILITY_POSTGRES_DOWN (s, default 8),
+RELIABILITY_FROZEN (s a worker stays SIGSTOPped, default 30) and RELIABILITY_RECOVERY_BOUND (s,
+default 120).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from tests.system.reliability.audit import ROWS, table
+from tests.system.reliability.audit import ROWS, record, table
 from tests.system.reliability.proxy import Claude, FaultProxy
 from tooling.system import PYTHON, ROOT, SimulatorProcess, System
 
@@ -97,3 +100,4 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_line(table(ROWS))
         for row in ROWS:
             terminalreporter.write_line(f"{row.fault}: {row.note}; API answers {row.answers}")
+        record(ROWS)

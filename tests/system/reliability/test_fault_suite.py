@@ -7,11 +7,15 @@ failed, and every client must have been told. The table is printed at the end of
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import json
+import os
 import signal
+import subprocess
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -19,7 +23,7 @@ import pytest
 from tests.system.reliability.audit import ROWS, TERMINAL, Row, audit, drain, knob
 from tests.system.reliability.load import KINDS, Load
 from tests.system.reliability.proxy import Claude
-from tooling.system import WORKERS, ApiClient, System
+from tooling.system import ROOT, WORKERS, ApiClient, System
 
 pytestmark = [pytest.mark.reliability]
 
@@ -29,7 +33,9 @@ KILLS = int(knob("KILLS", 4))
 DRAIN = knob("DRAIN_TIMEOUT", 90)
 WARM, COOL = 2.0 * SCALE, 2.0 * SCALE
 
-Fault = Callable[[System], tuple[float, str]]  # runs the fault; returns (when it ended, a note)
+# Runs the fault; returns (when it ended, a note), or (when it began, a note, when it ended) for a
+# fault whose recovery is counted from its start (a killed or frozen worker).
+Fault = Callable[[System], tuple[float, str] | tuple[float, str, float]]
 
 
 def run_under_load(
@@ -48,12 +54,15 @@ def run_under_load(
     load = Load(system.api_url, client, rate=rate or RATE, **({"weights": weights} if weights else {})).start()
     try:
         time.sleep(WARM)
-        restored_at, note = fault(system)
+        restored_at, note, *window_end = fault(system)
         time.sleep(COOL)
     finally:
         load.stop()
     drain(system, client, load, max(DRAIN, drain_timeout or 0))
-    row = audit(system, client, load, fault=name, restored_at=restored_at, dead_letter_kinds=dead_letter_kinds)
+    row = audit(
+        system, client, load, fault=name, restored_at=restored_at, dead_letter_kinds=dead_letter_kinds,
+        window_end=window_end[0] if window_end else None,
+    )  # fmt: skip
     crashed = [f"{what} exited {code}" for _, what, code in system.crashes[crashes:]]
     row.note = note + (f"; restarted by the supervisor: {', '.join(crashed)}" if crashed else "")
     ROWS.append(row)
@@ -106,6 +115,92 @@ def _kill_mid_stage(system: System, target: str, during: str, stale: set[bytes])
     if recorder is not None:
         recorder.delay = 0.0
     return f"{target}{f' mid-{during}' if caught and recorder else ''} ({len(held)} held)"
+
+
+def hops_held(system: System, target: str) -> list[list[object]]:
+    """The hops the process `target` holds, as its last heartbeat listed them (project/heartbeat.py)."""
+    from project.heartbeat import REGISTRY_KEY
+
+    pid = system.procs[target].pid
+    for raw in system.redis().hgetall(REGISTRY_KEY).values():
+        record = json.loads(raw)
+        if record.get("pid") == pid:
+            return [hop for hop in record.get("hops", []) if hop[1]]
+    return []
+
+
+def wait_holding(system: System, target: str, timeout: float) -> list[list[object]]:
+    """Until `target` holds a hop (or `timeout`): the hops it holds."""
+    deadline = time.monotonic() + timeout
+    while not (hops := hops_held(system, target)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return hops
+
+
+@contextlib.contextmanager
+def replica(system: System, target: str, timeout: float = 120) -> Iterator[subprocess.Popen[bytes]]:
+    """A second process of the worker role `target` (as a deployment's other replicas are), ready,
+    stopped warm at the end."""
+    log_path = system.logs / f"{target}-replica.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [*system.command(target), "-n", f"{target}-replica@%h"],
+            cwd=ROOT, env=system.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + timeout
+        while " ready." not in log_path.read_text(errors="replace"):
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text(errors="replace")[-3000:]
+            time.sleep(0.25)
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def slow_downstream(system: System, target: str) -> Iterator[None]:
+    """The io worker's hops wait 0.5 s on the downstream API, so it is caught mid-call."""
+    system.downstream.delay = 0.5 if target == "io" else system.downstream.delay
+    try:
+        yield
+    finally:
+        system.downstream.delay = 0.0
+
+
+def sigkill_holding(system: System, target: str) -> tuple[float, str, float]:
+    """SIGKILL `target` (its whole process group) while it holds hops; the supervisor starts it
+    again. Returns the moment of the kill: recovery is counted from the fault."""
+    system.wait_ready(target)
+    with slow_downstream(system, target):
+        hops = wait_holding(system, target, 10 * SCALE)
+        at = time.time()
+        system.kill(target, signal.SIGKILL)
+    system.spawn(target)
+    system.wait_ready(target)
+    return at, f"{target} SIGKILLed holding {len(hops)} hop(s), started again", time.time()
+
+
+def sigstop_holding(system: System, target: str, frozen: float) -> tuple[float, str, float]:
+    """SIGSTOP `target` (frozen, not killed: its connections stay open, its hops held) while it
+    holds hops; SIGCONT after `frozen` seconds, when its hops have been done by others and its own
+    writes must fail their conditions. Returns the moment it froze."""
+    system.wait_ready(target)
+    with slow_downstream(system, target):
+        hops = wait_holding(system, target, 10 * SCALE)
+        pid = system.procs[target].pid
+        at = time.time()
+        os.killpg(pid, signal.SIGSTOP)
+    try:
+        time.sleep(frozen)
+    finally:
+        os.killpg(pid, signal.SIGCONT)
+    return at, f"{target} frozen {frozen:.0f} s holding {len(hops)} hop(s), then resumed", time.time()
 
 
 def sigkill_workers(system: System) -> tuple[float, str]:
