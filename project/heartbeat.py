@@ -86,8 +86,15 @@ def held_hops() -> list[list[Any]]:
                 continue
             seen.add(request.id)
             with contextlib.suppress(Exception):  # a request whose body cannot be read holds no hop
-                hops.append([request.name, list(request.args or ())[:2], request.eta if waiting else None])
+                hops.append([request.name, list(request.args or ())[:2], _iso(request.eta) if waiting else None])
     return hops
+
+
+def _iso(eta: Any) -> str | None:
+    """A retry's ETA as the sweeper reads it (ISO 8601): Celery gives a string or a datetime."""
+    if eta is None or isinstance(eta, str):
+        return eta
+    return eta.isoformat()
 
 
 def _queue_of(delivery_info: dict[str, Any]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -352,16 +353,22 @@ def test_the_heartbeat_lists_the_hops_a_worker_holds_running_and_waiting(monkeyp
     from project import heartbeat
 
     class Request:
-        def __init__(self, id: str, args: list[str], eta: str | None = None):
+        def __init__(self, id: str, args: list[str], eta: Any = None):
             self.id, self.name, self.args, self.eta = id, "agents.parse", args, eta
 
-    running, waiting = Request("1", ["t1"]), Request("2", ["t2"], eta="2030-01-01T00:00:00+00:00")
+    # Celery gives a waiting request's ETA as a datetime (or a string from the message's headers): the
+    # record is JSON, so both come out as ISO 8601, which the sweeper reads back.
+    eta = datetime(2030, 1, 1, tzinfo=UTC)
+    running, waiting = Request("1", ["t1"]), Request("2", ["t2"], eta=eta)
+    waiting_too = Request("3", ["t3"], eta="2030-01-01T00:00:00+00:00")
     monkeypatch.setattr(state, "reserved_requests", {running})
-    monkeypatch.setattr(state, "scheduled_requests", {waiting})
+    monkeypatch.setattr(state, "scheduled_requests", {waiting, waiting_too})
 
-    assert sorted(heartbeat.held_hops()) == [
+    hops = heartbeat.held_hops()
+    assert sorted(json.loads(json.dumps(hops))) == [
         ["agents.parse", ["t1"], None],
         ["agents.parse", ["t2"], "2030-01-01T00:00:00+00:00"],
+        ["agents.parse", ["t3"], "2030-01-01T00:00:00+00:00"],
     ]
 
 
