@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from tests.conftest import verified, wait_for
 from tests.factories import ticket_make
+from tests.tickets.webhooks.drains import drain_until_settled
 from tickets.models import CallbackDelivery, DeliveryStatus, Status, Ticket
 from tickets.webhooks import breaker, delivery, outbox, schedule
 from tickets.webhooks.delivery import callbacks_drain
@@ -150,8 +151,7 @@ def test_concurrent_drains_never_send_the_same_callback(transactional_db, api, r
     # Five such resets in a row open the client's breaker (tickets/webhooks/breaker.py), which would hold
     # the rest for its probe interval: close it, as the probe's success would.
     breaker.record(delivered=[client.pk], failed=[])
-    Ticket.objects.filter(callback_due_at__isnull=False).update(callback_due_at=timezone.now())
-    callbacks_drain()
+    drain_until_settled()
 
     sent = Counter(json.loads(r["body"])["ticket"]["id"] for r in recorder.requests)
     assert sent == Counter({str(t.id): 1 for t in tickets})
