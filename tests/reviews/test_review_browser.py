@@ -84,8 +84,9 @@ def test_a_reviewer_logs_in_claims_corrects_and_resolves_a_review_and_sees_the_t
     reply.clear()
     reply.send_keys("Hi bob, your new card ships today.")
     chrome.find_element(By.NAME, "_resolve").click()
-    success = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, ".messagelist .success")))
-    assert "Resolved as card_arrival" in success.text
+    # The claim's page has a success message of its own: wait for the resolve's page (a wait on its text
+    # outlives the old page's element going stale), not for any success message.
+    wait.until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, ".messagelist .success"), "Resolved as card_arrival"))
 
     wait_for(lambda: Ticket.objects.get(pk=sky).status == Status.RESOLVED, what="the worker to execute")
     chrome.get(f"{live_server.url}/admin/reviews/review/{Review.objects.get(ticket_id=sky).pk}/change/")
