@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from datetime import timedelta
 from typing import Any
 
 from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.signals import task_postrun, task_prerun, worker_init
 from django.db import InterfaceError, OperationalError, connections
+from django.utils import timezone
 
 from agents import obs_tasks  # noqa: F401 - archive beat, exporter, log context
 from agents.llm import batches
@@ -154,8 +156,12 @@ def sweep_stuck_tickets(**kwargs: Any) -> int:
 
 @shared_task(name="agents.sweep_silent_workers", acks_late=False)
 def sweep_silent_workers() -> int:
-    """Beat, every few seconds: dispatch again the hops of workers whose heartbeat stopped."""
-    return sweeper.workers_sweep_silent()
+    """Beat, every few seconds: dispatch again the hops of workers whose heartbeat stopped, and start a
+    drain for callbacks overdue by a few seconds (a drain killed with its rows claimed: they are due
+    again when its lease ends, and no drain is coming for them)."""
+    restarted = sweeper.workers_sweep_silent()
+    sweeper.callbacks_sweep_lost(cutoff=timezone.now() - timedelta(seconds=sweeper.CALLBACK_LOST_AFTER_SECONDS))
+    return restarted
 
 
 @shared_task(name="agents.retrain_local_model", soft_time_limit=1800, time_limit=2000)

@@ -21,6 +21,10 @@ from tickets.webhooks import drain_schedule
 
 log = logging.getLogger(__name__)
 
+# A callback due this long with no drain taking it is lost to a drain that died (its lease ran out) or
+# was never scheduled: the silent-worker sweep, every few seconds, starts one.
+CALLBACK_LOST_AFTER_SECONDS = 5.0
+
 
 def tickets_sweep_stuck(*, older_than_seconds: int | None = None, limit: int = 1000) -> int:
     """Re-enqueue in-flight tickets untouched for too long (their message may be lost)."""

@@ -409,3 +409,25 @@ def test_a_ticket_whose_message_a_frozen_worker_took_unseen_is_dispatched_again(
 
     assert sent == [str(unseen.pk)]  # the other waits on a queue the frozen worker did not consume
     assert Ticket.objects.get(pk=unseen.pk).stage_attempts == 0  # not an attempt: it may only have queued
+
+
+def test_a_callback_whose_drain_died_is_drained_again_within_seconds_not_after_the_stuck_sweep(db, monkeypatch):
+    """A drain killed with its rows claimed leaves them due when its lease ends, and no drain is coming:
+    the silent-worker sweep (every few seconds) starts one for callbacks overdue by a few seconds."""
+    from datetime import timedelta
+
+    from agents.tasks import sweep_silent_workers
+    from tests.factories import client_with_token
+
+    client = client_with_token()[0]
+    now = timezone.now()
+    ticket_make(client, status=Status.RESOLVED, resolved_at=now, callback_due_at=now - timedelta(seconds=1))
+    drains: list[Any] = []
+    monkeypatch.setattr(sweeper, "drain_schedule", lambda countdown=None: drains.append(countdown))
+
+    sweep_silent_workers()
+    assert drains == []  # due a second ago: its drain may be on its way
+
+    Ticket.objects.update(callback_due_at=now - timedelta(seconds=sweeper.CALLBACK_LOST_AFTER_SECONDS + 1))
+    sweep_silent_workers()
+    assert drains == [None]  # overdue: its drain died (or was never scheduled)
