@@ -264,7 +264,7 @@ def _commit(ticket: Ticket, attempt: _Attempt, result: StageResult, variant: str
             if spec.opens_review:
                 reason, suggestion = result.output["reason"], result.output["suggestion"]
                 review_open(ticket=ticket, reason=reason, suggestion=suggestion)
-            after_commit(ticket.pk, new_status, context)
+            after_commit(ticket.pk, new_status, context, client_id=ticket.client_id)
     # The in-memory ticket is what Postgres holds (or will hold once the hop is written), for a
     # fused next stage.
     for name, value in changes.items():
@@ -300,7 +300,7 @@ def _dead_letter(ticket: Ticket, attempt: _Attempt, reason: str, error: dict[str
     store.dead_letter_create(ticket_id=ticket.pk, stage=stage, reason=reason, error=error, attempts=attempt.number)
     detail = f"{stage} failed: {reason}: {error['error_message'][:500]}"
     review_open(ticket=ticket, reason="dead_letter", suggestion=review_suggestion(ticket.context, detail))
-    after_commit(ticket.pk, Status.DEAD_LETTERED)
+    after_commit(ticket.pk, Status.DEAD_LETTERED, client_id=ticket.client_id)
 
 
 # --- fused hops -------------------------------------------------------------------------------------
